@@ -1,0 +1,170 @@
+# cqrs - one non-recursive Makefile for the library, daemons, tools, plugins and tests.
+#
+#   make                    build everything into build/
+#   make check              install missing packages, build, run every test
+#   make demo               install missing packages, build, run the suite end to end
+#   make SANITIZE=address,undefined check
+#   make install PREFIX=/usr DESTDIR=/tmp/stage
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DATADIR ?= $(PREFIX)/share
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+
+VERSION := 0.1.0
+ABI_MAJOR := 0
+B := build
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+SANITIZE ?=
+
+PKGS := libpq libevent json-c librabbitmq inih libsystemd
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
+CHECK_LIBS := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wformat=2 -Wundef -Wpointer-arith -Wvla -Wno-format-nonliteral
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fPIC -MMD -MP \
+	-Icommon/include -Icommon $(PKG_CFLAGS) -DCQRS_VERSION='"$(VERSION)"'
+ALL_LDFLAGS := $(LDFLAGS) -L$(B)/lib -Wl,-rpath,'$$ORIGIN/../lib'
+ifneq ($(SANITIZE),)
+ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+ALL_LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+# Objects are rebuilt when the flags change (a SANITIZE build after a plain one).
+FLAGS_STAMP := $(B)/.flags
+$(shell mkdir -p $(B) && echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS)' > $(B)/.flags.new && \
+	(cmp -s $(B)/.flags.new $(B)/.flags || mv $(B)/.flags.new $(B)/.flags); rm -f $(B)/.flags.new)
+
+# ---- libcqrs --------------------------------------------------------------
+LIB_SRCS := $(wildcard common/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(B)/obj/%.o) $(B)/obj/gen/migrations.o
+LIB_SO := $(B)/lib/libcqrs.so
+LIB_A := $(B)/lib/libcqrs.a
+MIGRATIONS := $(sort $(wildcard sql/*.sql))
+
+$(B)/gen/migrations.c: $(MIGRATIONS) tools/embed-sql.sh
+	@mkdir -p $(@D)
+	sh tools/embed-sql.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(B)/obj/gen/%.o: $(B)/gen/%.c $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/obj/%.o: %.c $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(LIB_SO): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(CC) -shared -Wl,-soname,libcqrs.so.$(ABI_MAJOR) -o $@.$(ABI_MAJOR) $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lm
+	ln -sf libcqrs.so.$(ABI_MAJOR) $@
+
+$(LIB_A): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+# ---- programs -------------------------------------------------------------
+# prog(binary,dir): every .c in dir; main.c is left out of the unit objects
+# that tests link.
+define prog
+$(1)_SRCS := $$(wildcard $(2)/*.c)
+$(1)_OBJS := $$($(1)_SRCS:%.c=$(B)/obj/%.o)
+$(1)_UNIT_OBJS := $$(filter-out $(B)/obj/$(2)/main.o,$$($(1)_OBJS))
+ifneq ($$($(1)_SRCS),)
+PROGS += $(B)/bin/$(1)
+$(B)/bin/$(1): $$($(1)_OBJS) $(LIB_SO)
+	@mkdir -p $$(@D)
+	$(CC) -o $$@ $$($(1)_OBJS) $(ALL_LDFLAGS) -lcqrs $(PKG_LIBS) -ldl -lm
+endif
+endef
+$(eval $(call prog,cqrs-cmdd,cmd))
+$(eval $(call prog,cqrs-tracker,tracker))
+$(eval $(call prog,cqrs-consumer,consumer))
+$(eval $(call prog,cqrsctl,ctl))
+
+# ---- plugins --------------------------------------------------------------
+PLUGIN_DIRS := $(patsubst %/,%,$(dir $(wildcard examples/*/*.c) $(wildcard tests/plugins/*/*.c)))
+PLUGINS :=
+define plugin
+PLUGINS += $(B)/plugins/$(notdir $(1)).so
+$(B)/plugins/$(notdir $(1)).so: $$(patsubst %.c,$(B)/obj/%.o,$$(wildcard $(1)/*.c)) $(LIB_SO)
+	@mkdir -p $$(@D)
+	$(CC) -shared -o $$@ $$(filter %.o,$$^) $(ALL_LDFLAGS) -lcqrs $(PKG_LIBS)
+endef
+$(foreach d,$(sort $(PLUGIN_DIRS)),$(eval $(call plugin,$(d))))
+# plugins export their entry point only
+$(B)/obj/examples/%.o $(B)/obj/tests/plugins/%.o: ALL_CFLAGS += -fvisibility=hidden
+
+# ---- tests ----------------------------------------------------------------
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
+INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,$(wildcard tests/integration/test_*.c))
+E2E_TESTS := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
+FIXTURE_OBJS := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/lib/*.c))
+TEST_BINS := $(UNIT_TESTS) $(INTEG_TESTS) $(E2E_TESTS)
+
+$(B)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests/lib -DCQRS_SRCDIR='"$(CURDIR)"'
+
+# A test links the daemon unit objects it names after its own name prefix:
+# test_cmdd_* links cmd's units, test_tracker_* the tracker's, and so on.
+test_units = $(if $(findstring test_cmdd,$(1)),$(cqrs-cmdd_UNIT_OBJS)) \
+	$(if $(findstring test_tracker,$(1)),$(cqrs-tracker_UNIT_OBJS)) \
+	$(if $(findstring test_consumer,$(1)),$(cqrs-consumer_UNIT_OBJS)) \
+	$(if $(findstring test_ctl,$(1)),$(cqrsctl_UNIT_OBJS))
+
+.SECONDEXPANSION:
+$(B)/tests/%: $(B)/obj/tests/%.o $(FIXTURE_OBJS) $(LIB_SO) $$(call test_units,$$*)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
+
+# ---- top-level targets ----------------------------------------------------
+all: $(LIB_SO) $(LIB_A) $(PROGS) $(PLUGINS)
+tests: all $(TEST_BINS)
+
+deps:
+	@sh deploy/dev/deps.sh
+
+# The README's command: packages first (in a fresh make, so pkg-config sees
+# them), then build and run every suite.
+check: deps
+	@$(MAKE) --no-print-directory test
+
+test: tests
+	@B=$(B) sh tests/run.sh $(UNIT_TESTS) -- $(INTEG_TESTS) -- $(E2E_TESTS)
+
+unit: tests
+	@B=$(B) sh tests/run.sh $(UNIT_TESTS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh deploy/dev/demo.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/cqrs \
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LIBDIR)/cqrs/plugins
+	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
+	install -m 755 $(LIB_SO).$(ABI_MAJOR) $(DESTDIR)$(LIBDIR)/
+	ln -sf libcqrs.so.$(ABI_MAJOR) $(DESTDIR)$(LIBDIR)/libcqrs.so
+	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
+	install -m 644 common/include/cqrs/*.h $(DESTDIR)$(INCLUDEDIR)/cqrs/
+	$(if $(wildcard $(B)/plugins/bank.so),install -m 755 $(B)/plugins/bank.so $(DESTDIR)$(LIBDIR)/cqrs/plugins/)
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+		cqrs.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/cqrs.pc
+
+clean:
+	rm -rf $(B)
+
+.PHONY: all tests deps check test unit demo install clean
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
