@@ -22,17 +22,24 @@ cqrs_err_set(struct cqrs_err *err, int code, const char *fmt, ...)
 int
 cqrs_err_prefix(struct cqrs_err *err, const char *fmt, ...)
 {
-	char prefix[CQRS_ERR_MSG_MAX];
-	char old[CQRS_ERR_MSG_MAX];
+	char buf[2 * CQRS_ERR_MSG_MAX + 2];
 	va_list ap;
+	int n;
+	size_t len;
 
 	if (err == NULL)
 		return CQRS_EINTERNAL;
+	memset(buf, 0, sizeof(buf));
 	va_start(ap, fmt);
-	vsnprintf(prefix, sizeof(prefix), fmt, ap);
+	n = vsnprintf(buf, CQRS_ERR_MSG_MAX, fmt, ap);
 	va_end(ap);
-	memcpy(old, err->msg, sizeof(old));
-	snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+	len = n < 0 ? 0 : (size_t)n >= CQRS_ERR_MSG_MAX ? CQRS_ERR_MSG_MAX - 1 : (size_t)n;
+	memcpy(buf + len, ": ", 2);
+	len += 2;
+	memcpy(buf + len, err->msg, strnlen(err->msg, CQRS_ERR_MSG_MAX - 1) + 1);
+	/* keep the front: the prefix names the object, the rest the cause */
+	memcpy(err->msg, buf, CQRS_ERR_MSG_MAX - 1);
+	err->msg[CQRS_ERR_MSG_MAX - 1] = '\0';
 	return err->code;
 }
 

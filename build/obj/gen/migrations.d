@@ -1,0 +1,2 @@
+build/obj/gen/migrations.o: build/gen/migrations.c common/migrations.h
+common/migrations.h:

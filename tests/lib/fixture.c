@@ -1,0 +1,256 @@
+/* fixture.c - private PostgreSQL (and later RabbitMQ) for tests. */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fixture.h"
+#include "store.h"
+
+#ifndef CQRS_SRCDIR
+#define CQRS_SRCDIR "."
+#endif
+
+static char pg_dir[256];
+static char admin_conninfo[512];
+static pid_t owner_pid;		/* the process that started the cluster */
+static int db_counter;
+
+int
+fixture_run(const char *cmdline, char **out)
+{
+	FILE *p;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	char chunk[4096];
+	size_t got;
+	int status;
+
+	p = popen(cmdline, "r");
+	if (p == NULL)
+		return -1;
+	while ((got = fread(chunk, 1, sizeof(chunk), p)) > 0) {
+		if (out != NULL) {
+			if (len + got + 1 > cap) {
+				cap = (len + got + 1) * 2;
+				buf = realloc(buf, cap);
+				ck_assert_ptr_nonnull(buf);
+			}
+			memcpy(buf + len, chunk, got);
+			len += got;
+			buf[len] = '\0';
+		}
+	}
+	status = pclose(p);
+	if (out != NULL)
+		*out = buf ? buf : strdup("");
+	else
+		free(buf);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void
+stop_own_cluster(void)
+{
+	char cmd[600];
+
+	if (getpid() != owner_pid)
+		return;
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s >/dev/null 2>&1; rm -rf %s",
+		 CQRS_SRCDIR, pg_dir, pg_dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "fixture: could not stop PostgreSQL in %s\n", pg_dir);
+}
+
+/* Reads CQRS_STORE_CONNINFO='...' from DIR/env. */
+static void
+read_env_file(void)
+{
+	char path[300], line[1024];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/env", pg_dir);
+	f = fopen(path, "r");
+	if (f == NULL)
+		ck_abort_msg("fixture: cannot read %s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f) != NULL) {
+		const char *key = "CQRS_STORE_CONNINFO=";
+		if (strncmp(line, key, strlen(key)) == 0) {
+			char *v = line + strlen(key);
+			size_t n = strcspn(v, "\n");
+			v[n] = '\0';
+			if (v[0] == '\'' && n >= 2 && v[n - 1] == '\'') {
+				v[n - 1] = '\0';
+				v++;
+			}
+			snprintf(admin_conninfo, sizeof(admin_conninfo), "%s", v);
+		}
+	}
+	fclose(f);
+	if (admin_conninfo[0] == '\0')
+		ck_abort_msg("fixture: no CQRS_STORE_CONNINFO in %s", path);
+}
+
+static void
+ensure_cluster(void)
+{
+	const char *dir;
+
+	if (admin_conninfo[0] != '\0')
+		return;
+	dir = getenv("CQRS_TEST_PGDIR");
+	if (dir != NULL && dir[0] != '\0') {
+		snprintf(pg_dir, sizeof(pg_dir), "%s", dir);
+	} else {
+		char tmpl[] = "/tmp/cqrs-fx.XXXXXX";
+		char cmd[600];
+		if (mkdtemp(tmpl) == NULL)
+			ck_abort_msg("fixture: mkdtemp: %s", strerror(errno));
+		chmod(tmpl, 0755);
+		snprintf(pg_dir, sizeof(pg_dir), "%s/pg", tmpl);
+		snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh start %s --fast >%s/start.log 2>&1",
+			 CQRS_SRCDIR, pg_dir, tmpl);
+		if (system(cmd) != 0)
+			ck_abort_msg("fixture: could not start PostgreSQL (see %s/start.log)", tmpl);
+		owner_pid = getpid();
+		atexit(stop_own_cluster);
+		setenv("CQRS_TEST_PGDIR", pg_dir, 1);
+	}
+	read_env_file();
+}
+
+const char *
+fixture_pg_admin_conninfo(void)
+{
+	ensure_cluster();
+	return admin_conninfo;
+}
+
+const char *
+fixture_pg_dir(void)
+{
+	ensure_cluster();
+	return pg_dir;
+}
+
+PGconn *
+fixture_connect(const char *conninfo)
+{
+	PGconn *pg = PQconnectdb(conninfo);
+
+	if (PQstatus(pg) != CONNECTION_OK)
+		ck_abort_msg("fixture: cannot connect: %s", PQerrorMessage(pg));
+	return pg;
+}
+
+void
+fixture_exec(PGconn *pg, const char *sql)
+{
+	PGresult *res = PQexec(pg, sql);
+	ExecStatusType s = PQresultStatus(res);
+
+	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+		ck_abort_msg("fixture: %s: %s", sql, PQerrorMessage(pg));
+	PQclear(res);
+}
+
+long long
+fixture_query_int(PGconn *pg, const char *sql)
+{
+	PGresult *res = PQexec(pg, sql);
+	long long v;
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
+		ck_abort_msg("fixture: %s: %s", sql, PQerrorMessage(pg));
+	v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return v;
+}
+
+char *
+fixture_db_new(bool migrate)
+{
+	char name[64], sql[128], *conninfo;
+	size_t len;
+	PGconn *pg;
+
+	ensure_cluster();
+	snprintf(name, sizeof(name), "t_%d_%d_%ld", (int)getpid(), ++db_counter,
+		 (long)random() % 100000);
+	pg = fixture_connect(admin_conninfo);
+	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", name);
+	fixture_exec(pg, sql);
+	PQfinish(pg);
+	len = strlen(admin_conninfo) + strlen(name) + 16;
+	conninfo = malloc(len);
+	ck_assert_ptr_nonnull(conninfo);
+	snprintf(conninfo, len, "%s dbname=%s", admin_conninfo, name);
+	if (migrate) {
+		struct store *st = NULL;
+		struct cqrs_err err = { 0 };
+		if (store_connect(conninfo, &st, &err) < 0 || store_migrate(st, NULL, &err) < 0)
+			ck_abort_msg("fixture: migrate %s: %s", name, err.msg);
+		store_free(st);
+	}
+	return conninfo;
+}
+
+void
+fixture_pg_stop(void)
+{
+	char cmd[600];
+
+	ensure_cluster();
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s >/dev/null 2>&1",
+		 CQRS_SRCDIR, pg_dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+void
+fixture_pg_start(void)
+{
+	char cmd[600];
+
+	ensure_cluster();
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh start %s --fast >/dev/null 2>&1",
+		 CQRS_SRCDIR, pg_dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+const char *
+fixture_bin(const char *name)
+{
+	static char buf[4][512];
+	static int i;
+
+	i = (i + 1) % 4;
+	snprintf(buf[i], sizeof(buf[i]), "%s/build/bin/%s", CQRS_SRCDIR, name);
+	return buf[i];
+}
+
+const char *
+fixture_plugin(const char *name)
+{
+	static char buf[4][512];
+	static int i;
+
+	i = (i + 1) % 4;
+	snprintf(buf[i], sizeof(buf[i]), "%s/build/plugins/%s.so", CQRS_SRCDIR, name);
+	return buf[i];
+}
+
+char *
+fixture_tmpdir(void)
+{
+	char tmpl[] = "/tmp/cqrs-t.XXXXXX";
+
+	if (mkdtemp(tmpl) == NULL)
+		ck_abort_msg("fixture: mkdtemp: %s", strerror(errno));
+	chmod(tmpl, 0755);
+	return strdup(tmpl);
+}
