@@ -1,2 +1,0 @@
-build/obj/gen/migrations.o: build/gen/migrations.c common/migrations.h
-common/migrations.h:
