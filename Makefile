@@ -83,7 +83,7 @@ ifneq ($$($(1)_SRCS),)
 PROGS += $(B)/bin/$(1)
 $(B)/bin/$(1): $$($(1)_OBJS) $(LIB_SO)
 	@mkdir -p $$(@D)
-	$(CC) -o $$@ $$($(1)_OBJS) $(ALL_LDFLAGS) -lcqrs $(PKG_LIBS) -ldl -lm
+	$(CC) -o $$@ $$($(1)_OBJS) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS) -ldl -lm
 endif
 endef
 $(eval $(call prog,cqrs-cmdd,cmd))
@@ -98,7 +98,7 @@ define plugin
 PLUGINS += $(B)/plugins/$(notdir $(1)).so
 $(B)/plugins/$(notdir $(1)).so: $$(patsubst %.c,$(B)/obj/%.o,$$(wildcard $(1)/*.c)) $(LIB_SO)
 	@mkdir -p $$(@D)
-	$(CC) -shared -o $$@ $$(filter %.o,$$^) $(ALL_LDFLAGS) -lcqrs $(PKG_LIBS)
+	$(CC) -shared -o $$@ $$(filter %.o,$$^) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS)
 endef
 $(foreach d,$(sort $(PLUGIN_DIRS)),$(eval $(call plugin,$(d))))
 # plugins export their entry point only
@@ -124,6 +124,16 @@ test_units = $(if $(findstring test_cmdd,$(1)),$(cqrs-cmdd_UNIT_OBJS)) \
 $(B)/tests/%: $(B)/obj/tests/%.o $(FIXTURE_OBJS) $(LIB_SO) $$(call test_units,$$*)
 	@mkdir -p $(@D)
 	$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
+
+# ---- benchmarks -----------------------------------------------------------
+BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+$(B)/bench/%: $(B)/obj/bench/%.o $(LIB_SO)
+	@mkdir -p $(@D)
+	$(CC) -o $@ $< $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) -lpthread -lm
+
+bench-cmd: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@sh bench/bench-cmd.sh
 
 # ---- top-level targets ----------------------------------------------------
 all: $(LIB_SO) $(LIB_A) $(PROGS) $(PLUGINS)
@@ -162,7 +172,7 @@ install: all
 clean:
 	rm -rf $(B)
 
-.PHONY: all tests deps check test unit demo install clean
+.PHONY: all tests deps check test unit demo install clean bench-cmd
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .SECONDARY:

@@ -16,19 +16,30 @@
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 
+/* envelope_decode() refuses more input than this, and deeper nesting. */
+#define ENVELOPE_MAX_INPUT ((size_t)CQRS_EVENT_MAX_BYTES * 2)
+#define ENVELOPE_MAX_DEPTH 64
+
+/* Size of the buffer envelope_now() fills: "2026-11-26T05:20:49.123456Z". */
+#define ENVELOPE_TIME_SIZE 28
+
 /* A new event with copies of the strings and a new reference to data and
  * metadata (metadata NULL: an empty object). NULL when out of memory. */
-struct cqrs_event *event_new(const char *id, const char *stream, int64_t version,
+struct cqrs_event *cqrs_event_new(const char *id, const char *stream, int64_t version,
 			     int64_t position, const char *type,
 			     struct json_object *data, struct json_object *metadata,
 			     const char *recorded_at);
 
-/* Frees an event made by event_new() or envelope_decode(); NULL is a no-op. */
-void event_free(struct cqrs_event *ev);
+/* Frees an event made by cqrs_event_new() or envelope_decode(); NULL is a no-op. */
+void cqrs_event_free(struct cqrs_event *ev);
 
 /*
  * The envelope as compact JSON, NUL-terminated, malloc'd (caller frees).
  * NULL when out of memory. Does not validate: see envelope_validate().
+ * Fields in DESIGN.md's order; NULL strings and data come out as null. It
+ * briefly takes a reference on data and metadata, and json-c's reference
+ * counts are not atomic: don't encode or share one event's objects in two
+ * threads at once.
  */
 char *envelope_encode(const struct cqrs_event *ev);
 
@@ -36,9 +47,24 @@ char *envelope_encode(const struct cqrs_event *ev);
  * Parses and validates len bytes of JSON. On success *out is a new event
  * owned by the caller. On failure returns CQRS_EINVALID (or CQRS_ENOMEM) with
  * a message naming the field: `envelope: "version" must be an integer >= 1`.
+ *
+ * Every field is required (metadata may be {}); unknown fields are ignored.
+ * Refused as well: more than ENVELOPE_MAX_INPUT bytes, invalid UTF-8 (also
+ * overlong forms and surrogates), anything but one JSON object with optional
+ * whitespace around it, NaN/Infinity, numbers like "1." or "01", raw control
+ * characters in strings, integers outside int64/uint64 (json-c would clamp
+ * them silently), nesting deeper than ENVELOPE_MAX_DEPTH.
  */
 int envelope_decode(const char *json, size_t len, struct cqrs_event **out,
 		    struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/*
+ * Like envelope_decode() for an object already parsed (obj is borrowed; the
+ * event takes its own references to "data" and "metadata"). Only the field
+ * rules apply: the checks on the text are the parser's business.
+ */
+int envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
+			   struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* Checks every field of ev; CQRS_EINVALID with the field's name. */
 int envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
@@ -57,11 +83,18 @@ int envelope_check_type(const char *what, const char *type, struct cqrs_err *err
 int envelope_check_aggregate_type(const char *type, struct cqrs_err *err);
 int envelope_check_aggregate_id(const char *id, struct cqrs_err *err);
 
+/* recorded_at: "YYYY-MM-DDTHH:MM:SS[.f]Z", 1 to 6 fraction digits, a real
+ * date and time (seconds up to 60, for a leap second); the message names
+ * "recorded_at". */
+int envelope_check_recorded_at(const char *s, struct cqrs_err *err);
+
 /* Copies the aggregate type of stream (text before the first '-') into buf;
- * returns 0, or CQRS_EINVALID when there is no '-' or it does not fit. */
+ * returns 0, or CQRS_EINVALID when there is no '-', the type before it is
+ * empty, or it does not fit (buf is then ""). */
 int envelope_stream_type(const char *stream, char *buf, size_t size);
 
-/* Current UTC time as "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" (buf of >= 28 bytes). */
+/* Current UTC time as "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" (buf of >= 28 bytes,
+ * ENVELOPE_TIME_SIZE; a smaller buf gets a truncated string). */
 void envelope_now(char *buf, size_t size);
 
 #endif

@@ -193,7 +193,7 @@ escape_byte(unsigned char c, bool quoted, char *out)
 /*
  * Writes value, quoted when needed, using at most limit bytes. When it does
  * not fit (or cut is set: the caller already lost the end of it) the value
- * ends with TRUNC_MARK, and the cut never falls inside an escape or a UTF-8
+ * ends with TRUNC_MARK; the cut never falls inside an escape or a UTF-8
  * sequence.
  */
 static void
@@ -201,46 +201,44 @@ put_value(struct linebuf *lb, const char *v, bool force_quotes, size_t limit,
 	  bool cut)
 {
 	bool quoted = force_quotes || needs_quotes(v);
-	size_t tail = strlen(TRUNC_MARK) + (quoted ? 1 : 0);
-	size_t end;
-	const unsigned char *p = (const unsigned char *)v;
+	size_t quotes = quoted ? 2 : 0;
+	size_t mark = strlen(TRUNC_MARK);
+	size_t full = 0, budget, start;
+	const unsigned char *p;
 	char esc[8];
 
 	if (limit > room(lb))
 		limit = room(lb);
-	/* space for the value proper, keeping the mark and closing quote */
-	end = lb->len + (limit > tail ? limit - tail : 0);
+	for (p = (const unsigned char *)v; *p; p++)
+		full += escape_byte(*p, quoted, esc);
+	if (!cut && full + quotes <= limit) {
+		budget = full;
+	} else {
+		cut = true;
+		budget = limit > quotes + mark ? limit - quotes - mark : 0;
+	}
 	if (quoted)
 		put_raw(lb, "\"", 1);
-	for (; *p; p++) {
+	start = lb->len;
+	for (p = (const unsigned char *)v; *p; p++) {
 		size_t n = escape_byte(*p, quoted, esc);
 
-		if (lb->len + n > end) {
-			/* Would the rest fit without the mark after all? */
-			size_t rest = 0;
-
-			for (const unsigned char *q = p; *q && rest <= tail; q++)
-				rest += escape_byte(*q, quoted, esc);
-			if (!cut && rest <= tail) {
-				for (; *p; p++) {
-					n = escape_byte(*p, quoted, esc);
-					put_raw(lb, esc, n);
-				}
-				break;
-			}
-			/* drop a partial UTF-8 sequence */
-			while (p > (const unsigned char *)v && (*p & 0xc0) == 0x80 &&
-			       lb->len > 0 && ((unsigned char)lb->buf[lb->len - 1] & 0x80)) {
-				p--;
-				lb->len--;
-				if (((unsigned char)lb->buf[lb->len] & 0xc0) != 0x80)
-					break;
-			}
-			lb->buf[lb->len] = '\0';
-			cut = true;
+		if (lb->len - start + n > budget)
 			break;
-		}
 		put_raw(lb, esc, n);
+	}
+	if ((*p & 0xc0) == 0x80) {
+		/* Stopped inside a UTF-8 sequence: drop the bytes of it already
+		 * written. Only bytes >= 0x80 are dropped; those were copied one
+		 * for one, so an escape is never cut (even in invalid UTF-8). */
+		while (p > (const unsigned char *)v && (p[-1] & 0x80) &&
+		       lb->len > start) {
+			p--;
+			lb->len--;
+			if ((*p & 0xc0) != 0x80)
+				break;
+		}
+		lb->buf[lb->len] = '\0';
 	}
 	if (cut)
 		put_str(lb, TRUNC_MARK);
@@ -253,8 +251,7 @@ put_field(struct linebuf *lb, const char *key, const char *v)
 {
 	if (v == NULL)
 		return;
-	if (lb->len > 0 && lb->buf[lb->len - 1] != '>')
-		put_raw(lb, " ", 1);
+	put_raw(lb, " ", 1);
 	put_str(lb, key);
 	put_raw(lb, "=", 1);
 	put_value(lb, v, false, LOG_FIELD_MAX, false);
@@ -274,11 +271,14 @@ static size_t
 format_line(char *buf, size_t size, const struct cqrs_log_ctx *ctx, int level,
 	    int journal, const char *msg, bool msg_cut)
 {
-	struct linebuf lb = { buf, size - 1, 0 };
-	char head[64];
+	struct linebuf lb;
+	char head[128];
 
 	if (size == 0)
 		return 0;
+	lb.buf = buf;
+	lb.cap = size - 1;
+	lb.len = 0;
 	buf[0] = '\0';
 	level = clamp_level(level);
 	if (journal) {

@@ -499,7 +499,7 @@ store_events_clear(struct store_events *evs)
 	if (evs == NULL)
 		return;
 	for (size_t i = 0; i < evs->n; i++)
-		event_free(evs->ev[i]);
+		cqrs_event_free(evs->ev[i]);
 	free(evs->ev);
 	free(evs->at);
 	memset(evs, 0, sizeof(*evs));
@@ -525,7 +525,7 @@ store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err
 		struct cqrs_event *ev = NULL;
 
 		if (data != NULL && meta != NULL)
-			ev = event_new(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+			ev = cqrs_event_new(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
 				       strtoll(PQgetvalue(res, i, 2), NULL, 10),
 				       strtoll(PQgetvalue(res, i, 3), NULL, 10),
 				       PQgetvalue(res, i, 4), data, meta, PQgetvalue(res, i, 7));

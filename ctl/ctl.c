@@ -29,6 +29,24 @@ const struct ctl_verb ctl_verbs[] = {
 	  "publishes), one JSON envelope per line, from just after CHECKPOINT\n"
 	  "(XID:POSITION, as printed; default: the beginning). The checkpoint after\n"
 	  "the last event printed goes to stderr as \"checkpoint XID:POSITION\".\n" },
+	{ "send", ctl_send,
+	  "send COMMAND AGGREGATE_ID [JSON] [--expected N] [--id UUID] [--metadata JSON] | send -",
+	  "Sends one command to cqrs-cmdd and prints its answer line, e.g.\n"
+	  "  cqrsctl send account.deposit 42 '{\"amount\":100}' --expected 3\n"
+	  "JSON is the command's data (default {}).\n"
+	  "  --expected N      answer conflict unless the stream is at version N\n"
+	  "                    (0: the stream must not exist yet)\n"
+	  "  --id UUID         command id and idempotency key: a repeat appends\n"
+	  "                    nothing and answers the first outcome (\"duplicate\":true)\n"
+	  "  --metadata JSON   object copied into every event the command causes\n"
+	  "`send -` reads request lines from stdin (the protocol's JSON objects,\n"
+	  "one a line), pipelines them and prints the answers in order.\n"
+	  "  --socket PATH     the daemon's socket (default: cmd.socket, else\n"
+	  "                    /run/cqrs/cmd.sock)\n"
+	  "  --timeout S       give up after S seconds without progress (default 60)\n"
+	  "Exit status: 0 every answer ok, 1 any refused or the connection failed\n"
+	  "(an unanswered command's outcome is unknown: resend it with the same id),\n"
+	  "2 usage.\n" },
 	{ NULL, NULL, NULL, NULL },
 };
 

@@ -13,6 +13,7 @@
 #   PGHOST=DIR
 #   PGPORT=PORT
 #   PGUSER=USER
+#   PGDATABASE=postgres
 #   CQRS_STORE_CONNINFO='host=DIR port=PORT user=USER dbname=postgres'
 # (use `set -a; . DIR/env; set +a` to export them). If the cluster is already
 # running it only prints them again.
@@ -127,10 +128,13 @@ set_dir() {
 	[ -d "$1" ] || die "no such directory: $1"
 	DIR=$(cd "$1" && pwd -P)
 	case "$DIR" in
-	*[!A-Za-z0-9_./+:@,=-]*)
-		die "directory name must use only [A-Za-z0-9_./+:@,=-]: $DIR" ;;
+	*[!A-Za-z0-9_./+-]*)
+		die "directory name must use only [A-Za-z0-9_./+-]: $DIR" ;;
 	esac
 	DATA=$DIR/data
+	if [ -d "$DATA" ] && { ! [ -r "$DATA" ] || ! [ -x "$DATA" ]; }; then
+		die "cannot read $DATA (owned by $(stat -c %U "$DATA")): run as that user or root"
+	fi
 }
 
 # set_owner: OWNER = OS user the server runs as.
@@ -174,6 +178,28 @@ running() {
 	PID=$pid
 }
 
+# clear_stale_pid: after a crash (kill -9), let a dead postmaster be reaped
+# (a zombie still counts as alive for the new postmaster's lock-file check),
+# and drop a postmaster.pid whose pid now belongs to some other program.
+clear_stale_pid() {
+	[ -f "$DATA/postmaster.pid" ] || return 0
+	pid=$(head -n 1 "$DATA/postmaster.pid" 2>/dev/null) || return 0
+	case "$pid" in '' | *[!0-9]*) return 0 ;; esac
+	n=0
+	while [ -d "/proc/$pid" ] && [ $n -lt 100 ]; do
+		state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)
+		[ "$state" = Z ] || break
+		sleep 0.1
+		n=$((n + 1))
+	done
+	[ -d "/proc/$pid" ] || return 0
+	comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 0
+	case "$comm" in
+	postgres | postmaster) ;;
+	*) rm -f "$DATA/postmaster.pid" ;;
+	esac
+}
+
 # the port the running server uses (line 4 of postmaster.pid)
 running_port() {
 	sed -n 4p "$DATA/postmaster.pid"
@@ -186,6 +212,7 @@ print_env() {
 		echo "PGHOST=$DIR"
 		echo "PGPORT=$port"
 		echo "PGUSER=$owner"
+		echo "PGDATABASE=postgres"
 		echo "CQRS_STORE_CONNINFO='host=$DIR port=$port user=$owner dbname=postgres'"
 	} >"$DIR/env.tmp"
 	mv "$DIR/env.tmp" "$DIR/env"
@@ -217,6 +244,8 @@ cmd_start() {
 		return 0
 	fi
 
+	clear_stale_pid
+
 	read_opts
 	if [ -n "$o_tcp$o_fast" ] || [ "$HAVE_OPTS" = 0 ]; then
 		TCP=${o_tcp:-0} FAST=${o_fast:-0}
@@ -236,10 +265,10 @@ cmd_start() {
 	BINDIR=$(find_bindir)
 
 	if [ "$(id -u)" = 0 ]; then
+		runuser -u "$OWNER" -- test -d "$DIR" ||
+			die "user $OWNER cannot reach $DIR (check the permissions of its parents)"
 		chown "$OWNER" "$DIR"
 		chmod 755 "$DIR"
-		runuser -u "$OWNER" -- test -w "$DIR" ||
-			die "user $OWNER cannot write $DIR (check the permissions of its parents)"
 	fi
 
 	if [ ! -f "$DATA/PG_VERSION" ]; then
@@ -280,12 +309,22 @@ EOF
 		chown "$OWNER" "$DIR/postgres.log"
 	fi
 
-	if ! as_owner "$BINDIR/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 \
-		start >"$DIR/pg_ctl.log" 2>&1; then
+	# After a crash the old backends may hold the shared memory for a moment
+	# ("pre-existing shared memory block is still in use"): retry a while.
+	tries=0
+	while ! as_owner "$BINDIR/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 \
+		start >"$DIR/pg_ctl.log" 2>&1; do
+		tries=$((tries + 1))
+		if [ $tries -lt 20 ] && tail -n 3 "$DIR/postgres.log" |
+			grep -q -e 'is still in use' -e 'already exists'; then
+			sleep 0.5
+			clear_stale_pid
+			continue
+		fi
 		cat "$DIR/pg_ctl.log" >&2
 		tail -n 20 "$DIR/postgres.log" >&2
 		die "PostgreSQL did not start (log: $DIR/postgres.log)"
-	fi
+	done
 	print_env "$PORT"
 }
 
@@ -302,7 +341,10 @@ cmd_stop() {
 	# pg_ctl failed: signal the postmaster by its pid (fast, then immediate).
 	running || return 0
 	for sig in INT QUIT KILL; do
-		kill -s "$sig" "$PID" 2>/dev/null || true
+		if ! kill -s "$sig" "$PID" 2>/dev/null; then
+			running || return 0
+			die "cannot signal the postmaster (pid $PID): not its owner?"
+		fi
 		n=0
 		while [ $n -lt 50 ]; do
 			running || return 0

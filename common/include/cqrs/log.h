@@ -5,11 +5,20 @@
  *
  *   ts=2026-11-26T05:20:49.123Z level=info comp=cmdd correlation_id=... msg="..."
  *
- * Under journald (JOURNAL_STREAM set) the timestamp is left out and each line
+ * Under journald (JOURNAL_STREAM set and naming the device:inode of the
+ * output, as systemd.exec(5) advises) the timestamp is left out and each line
  * starts with the sd-daemon priority prefix (<3> error ... <7> debug), so the
  * journal keeps the level. A struct cqrs_log_ctx carries the ids of what the
- * line is about; every non-NULL field is printed. Plugins get a context from
- * the daemon and log through the same calls.
+ * line is about; every non-NULL field is printed, in the struct's order,
+ * after ts and level; msg comes last and is always quoted.
+ * Plugins get a context from the daemon and log through the same calls.
+ *
+ * A value with a space, '"', '=' or a control byte, or an empty one, is
+ * quoted, with \" \\ \n \r \t and \u00XX escapes inside, so no value can
+ * start a new key or a new line. A line is at most 8 KiB: a context value is
+ * cut after 256 bytes, the message where the line ends, each marked with
+ * "...(truncated)" (never inside a UTF-8 sequence). Nothing is allocated.
+ * cqrs_log_write() keeps errno, so "%m" and later errno checks still work.
  *
  * Thread-safety: one line is written with one write(2), so lines from several
  * threads do not interleave. The level and output are process-wide.
@@ -55,10 +64,12 @@ cqrs_log_enabled(int level)
 void cqrs_log_write(const struct cqrs_log_ctx *ctx, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* The level's name ("error", "warn", "info", "debug"). */
+/* The level's name ("error", "warn", "info", "debug"; other syslog
+ * priorities get their syslog names, anything else "unknown"). */
 const char *cqrs_log_level_name(int level);
 
-/* Parses "error", "warn", "info", "debug"; returns -1 when unknown. */
+/* Parses "error", "warn", "info", "debug" in any case; returns -1 when
+ * unknown or NULL. */
 int cqrs_log_level_parse(const char *name);
 
 void cqrs_log_set_level(int level);

@@ -1,0 +1,219 @@
+/* cmdd.c - cqrs-cmdd's configuration, wiring and life (signals, drain). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "cmdd.h"
+#include "config.h"
+#include "hmap.h"
+#include "pool.h"
+#include "sdnotify.h"
+
+static const char *const cmd_keys[] = {
+	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
+	"max_request_bytes", "idle_timeout", "cache_size", "snapshot_every", "max_retries",
+	"max_pipeline", "http", NULL,
+};
+
+static char *
+dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+int
+cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_err *err)
+{
+	int64_t v;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((rc = config_check_keys(cfg, "cmd", cmd_keys, err)) < 0)
+		return rc;
+	out->conninfo = dup_or_null(config_get(cfg, "store", "conninfo", NULL));
+	if (out->conninfo == NULL || out->conninfo[0] == '\0')
+		return cqrs_err_set(err, CQRS_ECONFIG,
+				    "store.conninfo is not set (config [store] conninfo, or CQRS_STORE_CONNINFO)");
+	out->socket_path = dup_or_null(config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
+	out->socket_group = dup_or_null(config_get(cfg, "cmd", "socket_group", NULL));
+	out->plugins = dup_or_null(config_get(cfg, "cmd", "plugins", ""));
+	{
+		const char *m = config_get(cfg, "cmd", "socket_mode", "0660");
+		char *end;
+		long mode = strtol(m, &end, 8);
+		if (end == m || *end != '\0' || mode < 0 || mode > 0777)
+			return cqrs_err_set(err, CQRS_ECONFIG,
+					    "cmd.socket_mode: \"%s\" is not an octal mode like 0660", m);
+		out->socket_mode = (int)mode;
+	}
+	if ((rc = config_get_int(cfg, "cmd", "pool_size", 8, 1, 256, &v, err)) < 0)
+		return rc;
+	out->pool_size = (int)v;
+	if ((rc = config_get_int(cfg, "cmd", "max_connections", 1024, 1, 1000000, &v, err)) < 0)
+		return rc;
+	out->max_connections = (int)v;
+	if ((rc = config_get_int(cfg, "cmd", "max_request_bytes", 1024 * 1024, 256,
+				 64 * 1024 * 1024, &out->max_request_bytes, err)) < 0)
+		return rc;
+	if ((rc = config_get_ms(cfg, "cmd", "idle_timeout", 300000, 100, 86400000,
+				&out->idle_timeout_ms, err)) < 0)
+		return rc;
+	if ((rc = config_get_int(cfg, "cmd", "cache_size", 10000, 1, 100000000, &v, err)) < 0)
+		return rc;
+	out->cache_size = (int)v;
+	if ((rc = config_get_int(cfg, "cmd", "snapshot_every", 500, 0, 100000000, &v, err)) < 0)
+		return rc;
+	out->snapshot_every = (int)v;
+	if ((rc = config_get_int(cfg, "cmd", "max_retries", 5, 0, 1000, &v, err)) < 0)
+		return rc;
+	out->max_retries = (int)v;
+	if ((rc = config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
+		return rc;
+	out->max_pipeline = (int)v;
+	if (out->socket_path == NULL || out->plugins == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	return 0;
+}
+
+void
+cmdd_config_clear(struct cmdd_config *c)
+{
+	free(c->conninfo);
+	free(c->socket_path);
+	free(c->socket_group);
+	free(c->plugins);
+	memset(c, 0, sizeof(*c));
+}
+
+static void
+maybe_exit(struct cmdd *d)
+{
+	if (d->stopping && d->jobs_active == 0 && d->snapshot_writes == 0 &&
+	    !d->notify_inflight && server_drained(d))
+		event_base_loopexit(d->base, NULL);
+}
+
+static void
+tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct cmdd *d = arg;
+
+	(void)fd;
+	(void)what;
+	if (!d->ready && pool_up(d->pool) > 0) {
+		d->ready = true;
+		sdnotify_ready("accepting commands");
+		cqrs_log_info(&d->log, "ready: %d PostgreSQL connections", pool_up(d->pool));
+	}
+	if (d->ready && !d->stopping)
+		sdnotify_status("%d clients, %d aggregates cached, %llu commands (%llu ok, %llu failed), "
+				"store connections %d/%d", d->n_clients, d->n_aggs,
+				(unsigned long long)d->stats.requests, (unsigned long long)d->stats.ok,
+				(unsigned long long)d->stats.failed, pool_up(d->pool), d->cfg.pool_size);
+	if (d->stopping) {
+		server_close_idle(d);
+		maybe_exit(d);
+	}
+}
+
+void
+cmdd_begin_shutdown(struct cmdd *d)
+{
+	if (d->stopping)
+		return;
+	d->stopping = true;
+	sdnotify_stopping();
+	cqrs_log_info(&d->log, "stopping: finishing %d commands in flight", pool_pending(d->pool));
+	server_close(d);
+	server_close_idle(d);
+	maybe_exit(d);
+}
+
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct cmdd *d = arg;
+
+	(void)what;
+	if (sig == SIGPIPE)
+		return;
+	if (d->stopping) {
+		cqrs_log_warn(&d->log, "second signal: exiting now");
+		event_base_loopbreak(d->base);
+		return;
+	}
+	cmdd_begin_shutdown(d);
+}
+
+int
+cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg,
+	  struct registry *reg, struct cqrs_err *err)
+{
+	struct timeval tv = { 0, 100000 };
+	int rc;
+
+	memset(d, 0, sizeof(*d));
+	d->base = base;
+	d->cfg = *cfg;
+	d->reg = reg;
+	d->log.comp = "cmdd";
+	TAILQ_INIT(&d->clients);
+	TAILQ_INIT(&d->lru);
+	d->aggs = hmap_new();
+	d->inflight = hmap_new();
+	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store");
+	d->notify = pool_new(base, cfg->conninfo, 1, "cmdd.notify");
+	if (d->aggs == NULL || d->inflight == NULL || d->pool == NULL || d->notify == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	if ((rc = server_listen(d, err)) < 0)
+		return rc;
+	d->sig_term = evsignal_new(base, SIGTERM, on_signal, d);
+	d->sig_int = evsignal_new(base, SIGINT, on_signal, d);
+	d->sig_pipe = evsignal_new(base, SIGPIPE, on_signal, d);
+	d->tick = event_new(base, -1, EV_PERSIST, tick, d);
+	evsignal_add(d->sig_term, NULL);
+	evsignal_add(d->sig_int, NULL);
+	evsignal_add(d->sig_pipe, NULL);
+	event_add(d->tick, &tv);
+	return 0;
+}
+
+int
+cmdd_run(struct cmdd *d)
+{
+	event_base_dispatch(d->base);
+	cqrs_log_info(&d->log, "stopped: %llu commands, %llu ok, %llu duplicates, %llu failed",
+		      (unsigned long long)d->stats.requests, (unsigned long long)d->stats.ok,
+		      (unsigned long long)d->stats.duplicates, (unsigned long long)d->stats.failed);
+	return 0;
+}
+
+void
+cmdd_fini(struct cmdd *d)
+{
+	server_close(d);
+	while (!TAILQ_EMPTY(&d->clients)) {
+		/* only after a second signal: drop what is left */
+		d->stopping = true;
+		server_close_idle(d);
+		break;
+	}
+	if (d->tick)
+		event_free(d->tick);
+	if (d->sig_term)
+		event_free(d->sig_term);
+	if (d->sig_int)
+		event_free(d->sig_int);
+	if (d->sig_pipe)
+		event_free(d->sig_pipe);
+	pool_free(d->pool);
+	pool_free(d->notify);
+	if (d->aggs != NULL)
+		exec_free_aggs(d);
+	hmap_free(d->aggs);
+	hmap_free(d->inflight);
+	cmdd_config_clear(&d->cfg);
+}

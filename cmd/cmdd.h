@@ -1,0 +1,162 @@
+/*
+ * cmdd.h - cqrs-cmdd, the command daemon: its configuration and the units
+ * that share its state (server.c: socket and clients; exec.c: running
+ * commands against cached aggregates; cmdd.c: wiring and life).
+ *
+ * Everything runs on one libevent loop; PostgreSQL is reached only through
+ * the asynchronous pool, so the loop never blocks.
+ */
+#ifndef CQRS_CMDD_H
+#define CQRS_CMDD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "cqrs/log.h"
+#include "plugin_host.h"
+#include "proto.h"
+#include "store.h"
+
+struct config;
+struct event_base;
+struct event;
+struct evconnlistener;
+struct bufferevent;
+struct hmap;
+struct pool;
+
+struct cmdd_config {
+	char *conninfo;
+	char *socket_path;
+	int socket_mode;
+	char *socket_group;		/* NULL: leave the group alone */
+	char *plugins;
+	int pool_size;
+	int max_connections;
+	int64_t max_request_bytes;
+	int64_t idle_timeout_ms;
+	int cache_size;			/* aggregates kept in memory */
+	int snapshot_every;		/* 0: no snapshots */
+	int max_retries;		/* conflicts resolved by catch-up and re-run */
+	int max_pipeline;		/* requests in flight per connection */
+};
+
+/* Reads [cmd], [store] and [log] from cfg; CQRS_ECONFIG naming the key. */
+int cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+void cmdd_config_clear(struct cmdd_config *c);
+
+struct job;
+struct client;
+struct agg;
+
+TAILQ_HEAD(job_queue, job);
+TAILQ_HEAD(agg_list, agg);
+TAILQ_HEAD(client_list, client);
+
+/* One request, from its line to its answer. */
+struct job {
+	struct cmdd *d;
+	struct client *client;		/* NULL once the client is gone */
+	TAILQ_ENTRY(job) client_link;	/* in the client's request order */
+	TAILQ_ENTRY(job) agg_link;	/* waiting for its aggregate */
+	struct request req;
+	const struct reg_command *rc;
+	char stream[CQRS_STREAM_MAX + 1];
+	struct agg *agg;
+	struct cqrs_log_ctx log;
+	char correlation_id[CQRS_TYPE_MAX + 1];
+	struct json_object *event_meta;	/* owned: metadata of the events it raises */
+	struct cqrs_cmd_ctx ctx;
+	struct store_append_req append;
+	struct store_append_result result;
+	const char *params[3];
+	char pbuf[2][24];
+	int retries;
+	bool fresh;			/* the aggregate was read from the store in this job */
+	bool done;
+	bool in_map;			/* registered in d->inflight under req.id */
+	char *answer;			/* owned, '\n'-terminated */
+	const char *outcome;		/* "ok" or a PROTO_* code, for logs */
+	struct job_queue waiters;	/* repeats of this command id */
+	TAILQ_ENTRY(job) waiter_link;
+	struct job *first;		/* when this is a repeat: the job it waits for */
+	uint64_t started_us;
+};
+
+enum agg_status { AGG_EMPTY, AGG_LOADED, AGG_STALE };
+
+/* An aggregate in memory: its state and the commands queued on it. */
+struct agg {
+	char *stream;			/* owned; key in d->aggs */
+	const struct reg_aggregate *type;
+	void *state;			/* owned through type->state_free */
+	int64_t version;
+	enum agg_status status;
+	bool busy;			/* a job runs on it */
+	bool in_lru;
+	struct job_queue waiting;
+	TAILQ_ENTRY(agg) lru;
+};
+
+struct cmdd_stats {
+	uint64_t requests;
+	uint64_t ok;
+	uint64_t duplicates;
+	uint64_t failed;
+	uint64_t conflicts_retried;
+	uint64_t loads;
+	uint64_t snapshots;
+};
+
+struct cmdd {
+	struct event_base *base;
+	struct cmdd_config cfg;
+	struct registry *reg;		/* borrowed */
+	struct pool *pool;
+	struct pool *notify;		/* one connection for the tracker's wake-up */
+	bool notify_inflight, notify_again;
+	struct evconnlistener *listener;
+	bool own_socket;		/* we bound it: unlink at exit */
+	struct client_list clients;
+	int n_clients;
+	struct hmap *aggs;		/* stream -> struct agg */
+	struct agg_list lru;		/* idle aggregates, oldest first */
+	int n_aggs;
+	struct hmap *inflight;		/* command id -> first job */
+	int jobs_active;
+	int snapshot_writes;
+	bool stopping;
+	bool ready;
+	struct event *sig_term, *sig_int, *sig_pipe, *tick;
+	struct cmdd_stats stats;
+	struct cqrs_log_ctx log;
+};
+
+/* cmdd.c */
+int cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg,
+	      struct registry *reg, struct cqrs_err *err) __attribute__((warn_unused_result));
+int cmdd_run(struct cmdd *d);
+void cmdd_fini(struct cmdd *d);
+void cmdd_begin_shutdown(struct cmdd *d);
+
+/* server.c */
+int server_listen(struct cmdd *d, struct cqrs_err *err) __attribute__((warn_unused_result));
+void server_close(struct cmdd *d);
+/* A job's answer is ready: write what is next in order. */
+void server_job_done(struct job *job);
+/* Closes idle clients (shutdown). */
+void server_close_idle(struct cmdd *d);
+bool server_drained(struct cmdd *d);
+
+/* exec.c */
+/* Takes a parsed request (job->req ok) and runs it to an answer. */
+void exec_submit(struct job *job);
+/* Finishes job with an answer line (owned); used by server.c for early errors. */
+void exec_answer(struct job *job, char *answer, const char *outcome);
+void exec_free_aggs(struct cmdd *d);
+void job_free(struct job *job);
+
+#endif

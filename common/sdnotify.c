@@ -1,0 +1,65 @@
+/* sdnotify.c - thin wrappers over libsystemd's sd-daemon calls. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "sdnotify.h"
+
+void
+sdnotify_ready(const char *status)
+{
+	if (status != NULL)
+		sd_notifyf(0, "READY=1\nSTATUS=%s", status);
+	else
+		sd_notify(0, "READY=1");
+}
+
+void
+sdnotify_status(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	sd_notifyf(0, "STATUS=%s", buf);
+}
+
+void
+sdnotify_stopping(void)
+{
+	sd_notify(0, "STOPPING=1");
+}
+
+void
+sdnotify_reloading(void)
+{
+	sd_notify(0, "RELOADING=1");
+}
+
+void
+sdnotify_watchdog(void)
+{
+	sd_notify(0, "WATCHDOG=1");
+}
+
+uint64_t
+sdnotify_watchdog_usec(void)
+{
+	uint64_t usec = 0;
+
+	if (sd_watchdog_enabled(0, &usec) <= 0)
+		return 0;
+	return usec;
+}
+
+int
+sdnotify_listen_fds(void)
+{
+	int n = sd_listen_fds(1);
+
+	return n < 0 ? 0 : n;
+}
