@@ -17,10 +17,17 @@ DESTDIR ?=
 
 VERSION := 0.1.0
 ABI_MAJOR := 0
-B := build
 CC ?= cc
-PKG_CONFIG ?= pkg-config
 SANITIZE ?=
+comma := ,
+# A sanitizer build lives beside the plain one, so switching does not
+# rebuild everything (and two builds can run side by side).
+ifeq ($(SANITIZE),)
+B := build
+else
+B := build/san-$(subst $(comma),-,$(SANITIZE))
+endif
+PKG_CONFIG ?= pkg-config
 
 PKGS := libpq libevent json-c librabbitmq inih libsystemd
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
@@ -111,7 +118,7 @@ E2E_TESTS := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test
 FIXTURE_OBJS := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/lib/*.c))
 TEST_BINS := $(UNIT_TESTS) $(INTEG_TESTS) $(E2E_TESTS)
 
-$(B)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests/lib -DCQRS_SRCDIR='"$(CURDIR)"'
+$(B)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests/lib -DCQRS_SRCDIR='"$(CURDIR)"' -DCQRS_BUILDDIR='"$(CURDIR)/$(B)"'
 
 # A test links the daemon unit objects it names after its own name prefix:
 # test_cmdd_* links cmd's units, test_tracker_* the tracker's, and so on.

@@ -92,7 +92,7 @@ static void
 maybe_exit(struct cmdd *d)
 {
 	if (d->stopping && d->jobs_active == 0 && d->snapshot_writes == 0 &&
-	    !d->notify_inflight && server_drained(d))
+	    !d->notify_inflight && !evtimer_pending(d->notify_timer, NULL) && server_drained(d))
 		event_base_loopexit(d->base, NULL);
 }
 
@@ -168,6 +168,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	d->notify = pool_new(base, cfg->conninfo, 1, "cmdd.notify");
 	if (d->aggs == NULL || d->inflight == NULL || d->pool == NULL || d->notify == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	exec_notify_init(d);
 	if ((rc = server_listen(d, err)) < 0)
 		return rc;
 	d->sig_term = evsignal_new(base, SIGTERM, on_signal, d);
@@ -203,6 +204,8 @@ cmdd_fini(struct cmdd *d)
 	}
 	if (d->tick)
 		event_free(d->tick);
+	if (d->notify_timer)
+		event_free(d->notify_timer);
 	if (d->sig_term)
 		event_free(d->sig_term);
 	if (d->sig_int)

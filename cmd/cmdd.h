@@ -118,6 +118,7 @@ struct cmdd {
 	struct pool *pool;
 	struct pool *notify;		/* one connection for the tracker's wake-up */
 	bool notify_inflight, notify_again;
+	struct event *notify_timer;
 	struct evconnlistener *listener;
 	bool own_socket;		/* we bound it: unlink at exit */
 	struct client_list clients;
@@ -157,6 +158,7 @@ void exec_submit(struct job *job);
 /* Finishes job with an answer line (owned); used by server.c for early errors. */
 void exec_answer(struct job *job, char *answer, const char *outcome);
 void exec_free_aggs(struct cmdd *d);
+void exec_notify_init(struct cmdd *d);
 void job_free(struct job *job);
 
 #endif

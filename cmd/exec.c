@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/event.h>
 #include <json-c/json.h>
 
 #include "cmdd.h"
@@ -48,6 +49,9 @@ static const char snapshot_sql[] =
 	"recorded_at = clock_timestamp() WHERE s.version < excluded.version";
 
 static const char notify_sql[] = "NOTIFY cqrs_events";
+
+/* How long commits are gathered before one NOTIFY covers them all. */
+#define NOTIFY_GATHER_US 1000
 
 static void job_begin(struct job *job);
 static void job_run(struct job *job);
@@ -171,7 +175,7 @@ code_of(int rc)
 
 /* ---- the tracker's wake-up --------------------------------------------- */
 
-static void notify_send(struct cmdd *d);
+static void notify_fire(evutil_socket_t fd, short what, void *arg);
 
 static void
 notify_done(void *arg, PGresult *res, PGconn *pg)
@@ -182,25 +186,45 @@ notify_done(void *arg, PGresult *res, PGconn *pg)
 	(void)pg;
 	d->notify_inflight = false;
 	if (d->notify_again) {
+		struct timeval tv = { 0, NOTIFY_GATHER_US };
 		d->notify_again = false;
-		notify_send(d);
+		evtimer_add(d->notify_timer, &tv);
 	}
 }
 
+static void
+notify_fire(evutil_socket_t fd, short what, void *arg)
+{
+	struct cmdd *d = arg;
+
+	(void)fd;
+	(void)what;
+	if (pool_query(d->notify, notify_sql, 0, NULL, notify_done, d) == 0)
+		d->notify_inflight = true;
+}
+
 /*
- * At most one NOTIFY in flight; commits while it is out are covered by one
- * more. It runs on its own connection, never inside an append: notifying
- * transactions serialize their commits.
+ * Wakes the tracker after commits. At most one NOTIFY is in flight, and
+ * commits are gathered for NOTIFY_GATHER_US first, so a busy daemon sends
+ * a few hundred a second, not one per command. It runs on its own
+ * connection, never inside an append: notifying transactions serialize
+ * their commits.
  */
 static void
 notify_send(struct cmdd *d)
 {
-	if (d->notify_inflight) {
+	struct timeval tv = { 0, NOTIFY_GATHER_US };
+
+	if (d->notify_inflight)
 		d->notify_again = true;
-		return;
-	}
-	if (pool_query(d->notify, notify_sql, 0, NULL, notify_done, d) == 0)
-		d->notify_inflight = true;
+	else if (!evtimer_pending(d->notify_timer, NULL))
+		evtimer_add(d->notify_timer, &tv);
+}
+
+void
+exec_notify_init(struct cmdd *d)
+{
+	d->notify_timer = evtimer_new(d->base, notify_fire, d);
 }
 
 /* ---- snapshots --------------------------------------------------------- */

@@ -32,7 +32,9 @@ struct pconn {
 	int idx;
 	enum pc_state state;
 	PGconn *pg;
-	struct event *ev;	/* socket readiness */
+	struct event *ev;	/* while connecting: one-shot readiness */
+	struct event *ev_read;	/* while up: persistent, results and closes */
+	struct event *ev_write;	/* while up: one-shot, when libpq has more to send */
 	struct event *timer;	/* reconnect backoff */
 	int backoff_ms;
 	struct job *job;	/* running query */
@@ -109,6 +111,14 @@ conn_down(struct pconn *c, const char *why)
 			      c->idx, c->failures, why);
 	}
 	set_event(c, 0, NULL);
+	if (c->ev_read != NULL) {
+		event_free(c->ev_read);
+		c->ev_read = NULL;
+	}
+	if (c->ev_write != NULL) {
+		event_free(c->ev_write);
+		c->ev_write = NULL;
+	}
 	c->state = PC_DOWN;
 	c->job = NULL;
 	PQclear(c->res);
@@ -137,41 +147,47 @@ pg_error(PGconn *pg)
 	return buf;
 }
 
-static void query_io(evutil_socket_t fd, short what, void *arg);
-
 /* Flushes the outgoing query; waits for writability while libpq has more. */
 static void
 arm_query(struct pconn *c)
 {
 	int f = PQflush(c->pg);
 
-	if (f < 0) {
+	if (f < 0)
 		conn_down(c, pg_error(c->pg));
-		return;
-	}
-	set_event(c, EV_READ | EV_PERSIST | (f == 1 ? EV_WRITE : 0), query_io);
+	else if (f == 1)
+		event_add(c->ev_write, NULL);
 }
 
+/*
+ * Socket events of a connection that is up. The read event stays armed for
+ * the connection's life (no epoll_ctl per query); while idle it only sees
+ * notices or the server closing the connection.
+ */
 static void
-query_io(evutil_socket_t fd, short what, void *arg)
+conn_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct pconn *c = arg;
 	struct pool *p = c->pool;
 
 	(void)fd;
 	if (what & EV_WRITE) {
-		int f = PQflush(c->pg);
-		if (f < 0) {
-			conn_down(c, pg_error(c->pg));
+		arm_query(c);
+		if (c->state == PC_DOWN)
 			return;
-		}
-		if (f == 0)
-			set_event(c, EV_READ | EV_PERSIST, query_io);
 	}
 	if (!(what & EV_READ))
 		return;
 	if (!PQconsumeInput(c->pg)) {
 		conn_down(c, pg_error(c->pg));
+		return;
+	}
+	if (c->state == PC_IDLE) {
+		PGnotify *n;
+		while ((n = PQnotifies(c->pg)) != NULL)
+			PQfreemem(n);
+		if (PQstatus(c->pg) == CONNECTION_BAD)
+			conn_down(c, pg_error(c->pg));
 		return;
 	}
 	while (!PQisBusy(c->pg)) {
@@ -182,18 +198,15 @@ query_io(evutil_socket_t fd, short what, void *arg)
 			PGresult *res = c->res;
 			c->job = NULL;
 			c->res = NULL;
-			c->state = PC_IDLE;
-			set_event(c, 0, NULL);
 			if (PQstatus(c->pg) == CONNECTION_BAD) {
 				/* answer with the error result, then reconnect */
-				c->job = NULL;
 				j->cb(j->arg, res, c->pg);
 				PQclear(res);
 				free(j);
-				c->state = PC_BUSY;
 				conn_down(c, pg_error(c->pg));
 				return;
 			}
+			c->state = PC_IDLE;
 			j->cb(j->arg, res, c->pg);
 			PQclear(res);
 			free(j);
@@ -250,6 +263,13 @@ connect_io(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		set_event(c, 0, NULL);
+		c->ev_read = event_new(p->base, PQsocket(c->pg), EV_READ | EV_PERSIST, conn_io, c);
+		c->ev_write = event_new(p->base, PQsocket(c->pg), EV_WRITE, conn_io, c);
+		if (c->ev_read == NULL || c->ev_write == NULL) {
+			conn_down(c, "out of memory");
+			return;
+		}
+		event_add(c->ev_read, NULL);
 		if (c->failures > 0)
 			cqrs_log_info(&p->log, "PostgreSQL connection %d is back", c->idx);
 		c->failures = 0;
@@ -315,6 +335,10 @@ pool_free(struct pool *p)
 		struct pconn *c = &p->conns[i];
 		if (c->ev != NULL)
 			event_free(c->ev);
+		if (c->ev_read != NULL)
+			event_free(c->ev_read);
+		if (c->ev_write != NULL)
+			event_free(c->ev_write);
 		if (c->timer != NULL)
 			event_free(c->timer);
 		PQclear(c->res);

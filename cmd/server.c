@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 
@@ -23,24 +22,34 @@
 
 /* Stop reading a client whose unread answers pile up past this. */
 #define OUTPUT_HIGH_WATER (4 * 1024 * 1024)
+#define READ_CHUNK 65536
 
+/*
+ * A client's socket is driven directly (read/write on the fd, one persistent
+ * read event with the idle timeout, a write event only while answers are
+ * left over): a bufferevent would add and remove a write event around every
+ * answer, two epoll_ctl calls per command.
+ */
 struct client {
 	struct cmdd *d;
-	struct bufferevent *bev;
+	int fd;
+	struct event *ev_read;		/* persistent, with the idle timeout */
+	struct event *ev_write;		/* armed while out holds unsent bytes */
+	struct evbuffer *in, *out;
 	TAILQ_ENTRY(client) link;
 	struct job_queue jobs;		/* in request order */
 	int n_jobs;
 	bool closing;			/* no more requests: close once answered */
 	bool in_read;			/* client_read is on the stack */
 	bool paused;			/* reading stopped: pipeline full or answers unread */
+	bool eof;			/* the peer shut its side */
 	unsigned long no;
 	struct cqrs_log_ctx log;
-	char name[32];
 };
 
 static unsigned long client_counter;
 
-static void client_read(struct bufferevent *bev, void *arg);
+static void client_process(struct client *c);
 static void client_flush(struct client *c);
 
 static void
@@ -60,68 +69,87 @@ client_free(struct client *c)
 	}
 	TAILQ_REMOVE(&d->clients, c, link);
 	d->n_clients--;
-	bufferevent_free(c->bev);
+	if (c->ev_read != NULL)
+		event_free(c->ev_read);
+	if (c->ev_write != NULL)
+		event_free(c->ev_write);
+	evbuffer_free(c->in);
+	evbuffer_free(c->out);
+	close(c->fd);
 	cqrs_log_debug(&c->log, "client %lu closed", c->no);
 	free(c);
 }
 
-static void
-client_close_when_flushed(struct bufferevent *bev, void *arg)
+/* Sends what it can of out; returns -1 when the client is gone (freed). */
+static int
+client_send(struct client *c)
 {
-	struct client *c = arg;
-
-	(void)bev;
-	if (TAILQ_EMPTY(&c->jobs))
-		client_free(c);
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+				event_add(c->ev_write, NULL);
+				return 0;
+			}
+			cqrs_log_debug(&c->log, "client %lu: write: %s", c->no, strerror(errno));
+			client_free(c);
+			return -1;
+		}
+		if (n == 0) {
+			event_add(c->ev_write, NULL);
+			return 0;
+		}
+	}
+	return 0;
 }
 
 static void
-client_wrote(struct bufferevent *bev, void *arg)
+client_writable(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
 
-	(void)bev;
-	/* answers drained below the mark: maybe read requests again */
-	if (c->paused)
-		client_flush(c);
+	(void)fd;
+	(void)what;
+	if (client_send(c) < 0)
+		return;
+	if (evbuffer_get_length(c->out) == 0)
+		client_flush(c);	/* may resume reading, or finish closing */
 }
 
 /* Writes the answers that are next in order; frees their jobs. */
 static void
 client_flush(struct client *c)
 {
-	struct evbuffer *out = bufferevent_get_output(c->bev);
-
 	while (!TAILQ_EMPTY(&c->jobs)) {
 		struct job *j = TAILQ_FIRST(&c->jobs);
 		if (!j->done)
 			break;
 		TAILQ_REMOVE(&c->jobs, j, client_link);
 		c->n_jobs--;
-		bufferevent_write(c->bev, j->answer, strlen(j->answer));
+		evbuffer_add(c->out, j->answer, strlen(j->answer));
 		job_free(j);
 	}
 	if (c->in_read)
-		return;		/* client_read flushes again when it is done */
-	if (c->closing || c->d->stopping) {
-		if (TAILQ_EMPTY(&c->jobs)) {
-			bufferevent_disable(c->bev, EV_READ);
-			if (evbuffer_get_length(out) == 0)
-				client_free(c);
-			else
-				bufferevent_setcb(c->bev, NULL, client_close_when_flushed, NULL, c);
-		}
+		return;		/* client_read sends and checks again when done */
+	if (client_send(c) < 0)
+		return;
+	if (c->closing || c->eof || c->d->stopping) {
+		if (TAILQ_EMPTY(&c->jobs) && evbuffer_get_length(c->out) == 0)
+			client_free(c);
 		return;
 	}
-	if (evbuffer_get_length(out) > OUTPUT_HIGH_WATER) {
+	if (evbuffer_get_length(c->out) > OUTPUT_HIGH_WATER) {
+		if (!c->paused)
+			event_del(c->ev_read);
 		c->paused = true;
-		bufferevent_disable(c->bev, EV_READ);
 	} else if (c->paused && c->n_jobs < c->d->cfg.max_pipeline) {
+		struct timeval tv = { c->d->cfg.idle_timeout_ms / 1000,
+				      (c->d->cfg.idle_timeout_ms % 1000) * 1000 };
 		c->paused = false;
-		bufferevent_enable(c->bev, EV_READ);
+		event_add(c->ev_read, &tv);
 		/* complete lines may be waiting in the input buffer */
-		if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-			client_read(c->bev, c);	/* not on the stack: checked above */
+		if (evbuffer_get_length(c->in) > 0)
+			client_process(c);
 	}
 }
 
@@ -149,7 +177,6 @@ job_new(struct client *c)
 	j->client = c;
 	TAILQ_INIT(&j->waiters);
 	j->log.comp = "cmdd";
-	j->log.command_id = j->req.id;
 	TAILQ_INSERT_TAIL(&c->jobs, j, client_link);
 	c->n_jobs++;
 	c->d->stats.requests++;
@@ -157,7 +184,7 @@ job_new(struct client *c)
 	return j;
 }
 
-/* An answer that needs no command: framing and parse errors. */
+/* An answer that needs no command: framing errors. */
 static void
 early_answer(struct client *c, const char *id, const char *code, const char *msg)
 {
@@ -176,37 +203,37 @@ handle_line(struct client *c, const char *line, size_t len)
 	struct job *j;
 	const char *code;
 	char msg[CQRS_ERR_MSG_MAX];
-	bool close;
+	bool close_after;
 
 	j = job_new(c);
 	if (j == NULL) {
 		c->closing = true;
 		return;
 	}
-	if (proto_parse(line, len, &j->req, &code, msg, sizeof(msg), &close) < 0) {
+	if (proto_parse(line, len, &j->req, &code, msg, sizeof(msg), &close_after) < 0) {
 		const char *id = j->req.id_given ? j->req.id : j->req.echo_id;
-		if (close)
+		if (close_after)
 			c->closing = true;
 		cqrs_log_info(&c->log, "client %lu: %s: %s", c->no, code, msg);
 		exec_answer(j, proto_answer_error(id, code, msg), code);
 		return;
 	}
+	j->log.command_id = j->req.id;
 	exec_submit(j);
 }
 
+/* Runs every complete line in c->in, within the pipeline limit. */
 static void
-client_read(struct bufferevent *bev, void *arg)
+client_process(struct client *c)
 {
-	struct client *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
 	size_t max = (size_t)c->d->cfg.max_request_bytes;
 
 	if (c->in_read)
 		return;
 	c->in_read = true;
 	while (!c->closing && !c->d->stopping && c->n_jobs < c->d->cfg.max_pipeline) {
-		struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
-		size_t avail = evbuffer_get_length(in);
+		struct evbuffer_ptr eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
+		size_t avail = evbuffer_get_length(c->in);
 		size_t len;
 		char *line;
 
@@ -215,7 +242,7 @@ client_read(struct bufferevent *bev, void *arg)
 				c->closing = true;
 				early_answer(c, NULL, PROTO_TOO_LARGE,
 					     "request line is over max_request_bytes");
-				evbuffer_drain(in, avail);
+				evbuffer_drain(c->in, avail);
 			}
 			break;
 		}
@@ -223,48 +250,62 @@ client_read(struct bufferevent *bev, void *arg)
 		if (len > max) {
 			c->closing = true;
 			early_answer(c, NULL, PROTO_TOO_LARGE, "request line is over max_request_bytes");
-			evbuffer_drain(in, avail);
+			evbuffer_drain(c->in, avail);
 			break;
 		}
-		line = (char *)evbuffer_pullup(in, (ev_ssize_t)len + 1);
+		line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)len + 1);
 		if (len > 0 && line[len - 1] == '\r')
 			len--;
-		if (len > 0) {
-			/* handle_line may finish the job at once and flush: the line
-			 * stays valid, nothing drains `in` until we do */
-			handle_line(c, line, len);
-		}
-		evbuffer_drain(in, (size_t)eol.pos + 1);
-		if (c->closing)
-			break;
+		if (len > 0)
+			handle_line(c, line, len);	/* nothing drains c->in meanwhile */
+		evbuffer_drain(c->in, (size_t)eol.pos + 1);
 	}
 	c->in_read = false;
-	if (c->n_jobs >= c->d->cfg.max_pipeline) {
+	if (!c->paused && !c->closing && c->n_jobs >= c->d->cfg.max_pipeline) {
 		c->paused = true;
-		bufferevent_disable(bev, EV_READ);
+		event_del(c->ev_read);
 	}
-	/* answers finished while reading; may also free the client */
+	/* answers that finished while reading; may also free the client */
 	client_flush(c);
 }
 
 static void
-client_event(struct bufferevent *bev, short what, void *arg)
+client_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
+	char buf[READ_CHUNK];
+	ssize_t n;
 
-	(void)bev;
-	if ((what & BEV_EVENT_TIMEOUT) && c->n_jobs > 0) {
-		/* busy, not idle: keep waiting */
-		bufferevent_enable(bev, EV_READ);
+	if (what & EV_TIMEOUT) {
+		if (c->n_jobs > 0)
+			return;		/* busy, not idle */
+		cqrs_log_debug(&c->log, "client %lu idle: closing", c->no);
+		client_free(c);
 		return;
 	}
-	if (what & BEV_EVENT_TIMEOUT)
-		cqrs_log_debug(&c->log, "client %lu idle: closing", c->no);
-	else if (what & BEV_EVENT_ERROR)
-		cqrs_log_debug(&c->log, "client %lu: %s", c->no, strerror(errno));
-	if ((what & BEV_EVENT_EOF) && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
-		cqrs_log_info(&c->log, "client %lu vanished mid-request", c->no);
-	client_free(c);
+	n = read(fd, buf, sizeof(buf));
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return;
+		cqrs_log_debug(&c->log, "client %lu: read: %s", c->no, strerror(errno));
+		client_free(c);
+		return;
+	}
+	if (n == 0) {
+		/* the client shut its side: answer what it sent, then close */
+		if (evbuffer_get_length(c->in) > 0)
+			cqrs_log_info(&c->log, "client %lu vanished mid-request", c->no);
+		c->eof = true;
+		event_del(c->ev_read);
+		c->paused = true;
+		client_flush(c);
+		return;
+	}
+	if (evbuffer_add(c->in, buf, (size_t)n) != 0) {
+		client_free(c);
+		return;
+	}
+	client_process(c);
 }
 
 static void
@@ -298,22 +339,24 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		return;
 	}
 	c->d = d;
+	c->fd = fd;
 	c->no = ++client_counter;
 	c->log.comp = "cmdd";
 	TAILQ_INIT(&c->jobs);
-	c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (c->bev == NULL) {
-		close(fd);
-		free(c);
-		return;
-	}
+	evutil_make_socket_nonblocking(fd);
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	c->ev_read = event_new(d->base, fd, EV_READ | EV_PERSIST, client_readable, c);
+	c->ev_write = event_new(d->base, fd, EV_WRITE, client_writable, c);
 	TAILQ_INSERT_TAIL(&d->clients, c, link);
 	d->n_clients++;
-	bufferevent_setcb(c->bev, client_read, client_wrote, client_event, c);
+	if (c->in == NULL || c->out == NULL || c->ev_read == NULL || c->ev_write == NULL) {
+		client_free(c);
+		return;
+	}
 	tv.tv_sec = d->cfg.idle_timeout_ms / 1000;
 	tv.tv_usec = (d->cfg.idle_timeout_ms % 1000) * 1000;
-	bufferevent_set_timeouts(c->bev, &tv, NULL);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	event_add(c->ev_read, &tv);
 	cqrs_log_debug(&c->log, "client %lu connected", c->no);
 }
 

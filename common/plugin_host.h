@@ -107,6 +107,8 @@ struct cqrs_cmd_ctx {
 	char message[512];		/* set by cqrs_invalid / cqrs_reject / emit errors */
 };
 
+/* Fills ctx for rc (log copied; its strings are borrowed and must outlive
+ * the run). It does not free anything: cmd_ctx_clear() a used ctx first. */
 void cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 		  const struct cqrs_log_ctx *log);
 /* Frees the emitted events; the ctx can be reused after cmd_ctx_init. */

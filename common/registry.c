@@ -295,6 +295,13 @@ registry_free(struct registry *reg)
 
 /* ---- registration (called by plugins) ----------------------------------- */
 
+/* For messages about names that may be missing. */
+static const char *
+nz(const char *s)
+{
+	return s != NULL ? s : "(null)";
+}
+
 static int
 call_failed(struct cqrs_registry *r, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -355,7 +362,8 @@ cqrs_register_aggregate(struct cqrs_registry *r, const struct cqrs_aggregate_typ
 	if (type == NULL)
 		return call_failed(r, CQRS_EINVALID, "cqrs_register_aggregate: type is NULL");
 	if (envelope_check_aggregate_type(type->name, &err) < 0)
-		return call_failed(r, CQRS_EINVALID, "aggregate: %s", err.msg);
+		return call_failed(r, CQRS_EINVALID, "aggregate \"%s\": %s", nz(type->name),
+				   err.msg);
 	if (strlen(type->name) > AGGREGATE_TYPE_MAX)
 		return call_failed(r, CQRS_EINVALID,
 				   "aggregate \"%s\": the name is longer than %d bytes "
@@ -404,8 +412,8 @@ cqrs_register_applier(struct cqrs_registry *r, const char *aggregate_type,
 	if (aggregate_type == NULL)
 		return call_failed(r, CQRS_EINVALID, "cqrs_register_applier: aggregate type is NULL");
 	if (envelope_check_type("event type", event_type, &err) < 0)
-		return call_failed(r, CQRS_EINVALID, "applier for aggregate \"%s\": %s",
-				   aggregate_type, err.msg);
+		return call_failed(r, CQRS_EINVALID, "applier of \"%s\" for aggregate \"%s\": %s",
+				   nz(event_type), aggregate_type, err.msg);
 	if (fn == NULL)
 		return call_failed(r, CQRS_EINVALID, "applier of \"%s\" for aggregate \"%s\" is NULL",
 				   event_type, aggregate_type);
@@ -460,7 +468,8 @@ cqrs_register_command(struct cqrs_registry *r, const char *command_type,
 	if (r == NULL)
 		return CQRS_EINVALID;
 	if (envelope_check_type("command type", command_type, &err) < 0)
-		return call_failed(r, CQRS_EINVALID, "command: %s", err.msg);
+		return call_failed(r, CQRS_EINVALID, "command \"%s\": %s", nz(command_type),
+				   err.msg);
 	if (fn == NULL)
 		return call_failed(r, CQRS_EINVALID, "command \"%s\": the handler is NULL",
 				   command_type);
@@ -545,7 +554,8 @@ cqrs_register_event_handler(struct cqrs_registry *r, const char *group, const ch
 	if (r == NULL)
 		return CQRS_EINVALID;
 	if (envelope_check_type("handler group", group, &err) < 0)
-		return call_failed(r, CQRS_EINVALID, "event handler: %s", err.msg);
+		return call_failed(r, CQRS_EINVALID, "event handler group \"%s\": %s", nz(group),
+				   err.msg);
 	if (check_pattern(pattern, &err) < 0)
 		return call_failed(r, CQRS_EINVALID, "event handler in group \"%s\": %s",
 				   group, err.msg);

@@ -13,6 +13,7 @@
 #include <json-c/json.h>
 #include <libpq-fe.h>
 
+#include "cqrs/log.h"
 #include "envelope.h"
 #include "migrations.h"
 #include "store.h"
@@ -70,6 +71,14 @@ store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs_err 
 	return cqrs_err_set(err, code, "%s: %.*s", what, (int)len, msg);
 }
 
+/* Server notices ("already exists, skipping") go to the debug log. */
+static void
+notice_to_log(void *arg, const char *message)
+{
+	(void)arg;
+	cqrs_log_debug(NULL, "PostgreSQL: %.*s", (int)strcspn(message, "\n"), message);
+}
+
 int
 store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 {
@@ -88,6 +97,7 @@ store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 		store_free(st);
 		return rc;
 	}
+	PQsetNoticeProcessor(st->pg, notice_to_log, NULL);
 	*out = st;
 	return 0;
 }

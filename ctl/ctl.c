@@ -47,6 +47,14 @@ const struct ctl_verb ctl_verbs[] = {
 	  "Exit status: 0 every answer ok, 1 any refused or the connection failed\n"
 	  "(an unanswered command's outcome is unknown: resend it with the same id),\n"
 	  "2 usage.\n" },
+	{ "status", ctl_status, "status [--name NAME] [--json]",
+	  "Shows where the tracker stands: its checkpoint (XID:POSITION and the\n"
+	  "position), its lag in events (committed, not yet published) and in\n"
+	  "seconds (age of the oldest of them), how many of them an open transaction\n"
+	  "holds back and since when, and which cqrs-tracker is active (the session\n"
+	  "holding its lock: host and pid). Uses store.conninfo.\n"
+	  "  --name NAME  the tracker's name (default: tracker.name, else \"tracker\")\n"
+	  "  --json       one JSON object instead of text\n" },
 	{ NULL, NULL, NULL, NULL },
 };
 

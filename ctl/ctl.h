@@ -43,5 +43,6 @@ int ctl_append(struct ctl *ctl, int argc, char **argv);
 int ctl_read(struct ctl *ctl, int argc, char **argv);
 int ctl_read_all(struct ctl *ctl, int argc, char **argv);
 int ctl_send(struct ctl *ctl, int argc, char **argv);
+int ctl_status(struct ctl *ctl, int argc, char **argv);
 
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,6 +535,7 @@ START_TEST(commit_safe_read_all_skips_nothing)
 	json_object *seen = json_object_new_object();	/* id -> count */
 	json_object *last = json_object_new_object();	/* stream -> version */
 	int total_seen = 0, committed = 0, reads = 0, idle_after_done = 0;
+	bool joined[CS_WRITERS] = { false };
 	PGconn *pg;
 
 	memset(ws, 0, sizeof(ws));
@@ -566,9 +568,12 @@ START_TEST(commit_safe_read_all_skips_nothing)
 			total_seen++;
 		}
 		store_events_clear(&evs);
-		for (int i = 0; i < CS_WRITERS; i++)
-			if (pthread_tryjoin_np(th[i], NULL) == EBUSY)
+		for (int i = 0; i < CS_WRITERS; i++) {
+			if (!joined[i] && pthread_tryjoin_np(th[i], NULL) == 0)
+				joined[i] = true;
+			if (!joined[i])
 				done = 0;
+		}
 		if (done && ++idle_after_done > 3)
 			break;
 		if (!done)

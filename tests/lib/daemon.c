@@ -358,7 +358,10 @@ spawn(struct daemon *d)
 	if (access(d->program, X_OK) != 0)
 		ck_abort_msg("daemon: %s is not built (%s)", d->program, strerror(errno));
 	write_config(d);
+	/* what the previous run said is not what this one says */
 	drain_notify(d);
+	d->notes_len = 0;
+	d->notes[0] = '\0';
 	logfd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	ck_assert_int_ge(logfd, 0);
 	{

@@ -69,7 +69,8 @@ void daemon_add_arg(struct daemon *d, const char *arg);
  */
 void daemon_use_notify(struct daemon *d);
 
-/* Every sd_notify message received so far, each followed by '\n'. Borrowed. */
+/* The sd_notify messages of the current (or last) run, each followed by
+ * a newline. Borrowed. */
 const char *daemon_notifications(struct daemon *d);
 
 /*
@@ -185,11 +186,18 @@ long long daemon_answer_int(const char *line, const char *path);
 char *daemon_answer_str(const char *line, const char *path);
 
 #define DAEMON_ASSERT_OK(line)                                                         \
-	ck_assert_msg(daemon_answer_ok(line), "expected an ok answer, got %s",          \
-		      (line) ? (line) : "(connection closed)")
+	do {                                                                            \
+		const char *da_line_ = (const char *)(line);                            \
+		ck_assert_msg(daemon_answer_ok(da_line_), "expected an ok answer, got %s", \
+			      da_line_ ? da_line_ : "(connection closed)");             \
+	} while (0)
 #define DAEMON_ASSERT_ERROR(line, code)                                                \
-	ck_assert_msg(daemon_answer_error(line, code), "expected error \"%s\", got %s",  \
-		      (code), (line) ? (line) : "(connection closed)")
+	do {                                                                            \
+		const char *da_line_ = (const char *)(line);                            \
+		ck_assert_msg(daemon_answer_error(da_line_, code),                      \
+			      "expected error \"%s\", got %s", (code),                  \
+			      da_line_ ? da_line_ : "(connection closed)");             \
+	} while (0)
 
 /* ---- cmdd conveniences ------------------------------------------------------------- */
 

@@ -15,9 +15,12 @@
 #ifndef CQRS_SRCDIR
 #define CQRS_SRCDIR "."
 #endif
+#ifndef CQRS_BUILDDIR
+#define CQRS_BUILDDIR CQRS_SRCDIR "/build"
+#endif
 
 static char pg_dir[256];
-static char admin_conninfo[512];
+static char admin_conninfo[1024];
 static pid_t owner_pid;		/* the process that started the cluster */
 static int db_counter;
 
@@ -229,7 +232,7 @@ fixture_bin(const char *name)
 	static int i;
 
 	i = (i + 1) % 4;
-	snprintf(buf[i], sizeof(buf[i]), "%s/build/bin/%s", CQRS_SRCDIR, name);
+	snprintf(buf[i], sizeof(buf[i]), "%s/bin/%s", CQRS_BUILDDIR, name);
 	return buf[i];
 }
 
@@ -240,7 +243,7 @@ fixture_plugin(const char *name)
 	static int i;
 
 	i = (i + 1) % 4;
-	snprintf(buf[i], sizeof(buf[i]), "%s/build/plugins/%s.so", CQRS_SRCDIR, name);
+	snprintf(buf[i], sizeof(buf[i]), "%s/plugins/%s.so", CQRS_BUILDDIR, name);
 	return buf[i];
 }
 

@@ -12,7 +12,7 @@
 
 #include "plugin_host.h"
 
-#define PLUGIN(name) CQRS_SRCDIR "/build/plugins/" name ".so"
+#define PLUGIN(name) CQRS_BUILDDIR "/plugins/" name ".so"
 
 #define ck_assert_has(hay, needle) \
 	ck_assert_msg(strstr((hay), (needle)) != NULL, "\"%s\" does not contain \"%s\"", \
@@ -371,7 +371,7 @@ START_TEST(registration_rules)
 	}
 	/* the first refused call is the reason */
 	ck_assert_has(err.msg, "rules-origin");
-	ck_assert_has(err.msg, "aggregate type");
+	ck_assert_has(err.msg, "aggregate \"bad-name\"");
 	ck_assert_has(err.msg, "letters, digits");
 	/* refused even though register_all returned 0; fini ran once */
 	ck_assert_int_eq(fini_calls, 1);
@@ -549,6 +549,65 @@ START_TEST(routing)
 			      cases[i].key, cases[i].match);
 	ck_assert(!routing_match(NULL, "a"));
 	ck_assert(!routing_match("a", NULL));
+}
+END_TEST
+
+/* The definition, recursively over word arrays: slow and obviously right. */
+static bool
+ref_match(char **p, int np, char **k, int nk)
+{
+	int i;
+
+	if (np == 0)
+		return nk == 0;
+	if (strcmp(p[0], "#") == 0) {
+		for (i = 0; i <= nk; i++)
+			if (ref_match(p + 1, np - 1, k + i, nk - i))
+				return true;
+		return false;
+	}
+	if (nk == 0)
+		return false;
+	if (strcmp(p[0], "*") != 0 && strcmp(p[0], k[0]) != 0)
+		return false;
+	return ref_match(p + 1, np - 1, k + 1, nk - 1);
+}
+
+START_TEST(routing_against_reference)
+{
+	static char *const pw[] = { "a", "b", "*", "#" };
+	static char *const kw[] = { "a", "b", "" };
+	char *p[6];
+	char *k[6];
+	char pattern[64];
+	char key[64];
+	unsigned seed = 12345;
+	int n;
+	int np;
+	int nk;
+	int i;
+
+	for (n = 0; n < 20000; n++) {
+		seed = seed * 1103515245u + 12345u;
+		np = 1 + (int)((seed >> 16) % 6);
+		nk = 1 + (int)((seed >> 8) % 6);
+		pattern[0] = key[0] = '\0';
+		for (i = 0; i < np; i++) {
+			seed = seed * 1103515245u + 12345u;
+			p[i] = pw[(seed >> 16) % 4];
+			strcat(pattern, i > 0 ? "." : "");
+			strcat(pattern, p[i]);
+		}
+		for (i = 0; i < nk; i++) {
+			seed = seed * 1103515245u + 12345u;
+			/* empty words only as the whole key, which keys never are */
+			k[i] = kw[(seed >> 16) % (nk == 1 ? 3 : 2)];
+			strcat(key, i > 0 ? "." : "");
+			strcat(key, k[i]);
+		}
+		ck_assert_msg(routing_match(pattern, key) == ref_match(p, np, k, nk),
+			      "routing_match(\"%s\", \"%s\")", pattern, key);
+	}
 }
 END_TEST
 
@@ -838,6 +897,7 @@ plugin_suite(void)
 
 	tc = tcase_create("routing");
 	tcase_add_test(tc, routing);
+	tcase_add_test(tc, routing_against_reference);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("contexts");

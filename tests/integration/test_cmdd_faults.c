@@ -1,0 +1,898 @@
+/*
+ * test_cmdd_faults.c - cqrs-cmdd when things go wrong or get busy: restarts
+ * and kill -9, SIGTERM with requests in flight, clients that vanish or do
+ * not read, many clients on one aggregate, two daemons on one database,
+ * and PostgreSQL going away (alone and under load). The daemon runs as a
+ * separate process against a real PostgreSQL with the bank plugin.
+ */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "daemon.h"
+#include "fixture.h"
+#include "uuid.h"
+
+static char *conninfo;
+static PGconn *pg;
+
+/*
+ * Tests here stop PostgreSQL. A failed test exits at once (no atexit, no
+ * teardown), so every test starts by making sure it runs, and so does the
+ * tcase's end in the parent: later tests and suites need it.
+ */
+static void
+pg_ensure_up(void)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh start %s --fast >/dev/null 2>&1",
+		 CQRS_SRCDIR, fixture_pg_dir());
+	if (system(cmd) != 0)
+		fprintf(stderr, "test_cmdd_faults: could not (re)start PostgreSQL in %s\n",
+			fixture_pg_dir());
+}
+
+static void
+setup(void)
+{
+	conninfo = NULL;
+	pg = NULL;
+	pg_ensure_up();
+}
+
+static void
+teardown(void)
+{
+	if (pg != NULL)
+		PQfinish(pg);
+	pg = NULL;
+	daemon_gc_run();
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct daemon *
+new_bank(void)
+{
+	if (conninfo == NULL)
+		conninfo = daemon_gc(fixture_db_new(true));
+	return daemon_new_cmdd(conninfo, "bank");
+}
+
+static struct daemon *
+start_bank(void)
+{
+	struct daemon *d = new_bank();
+
+	daemon_start(d);
+	return d;
+}
+
+static PGconn *
+db(void)
+{
+	if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+		if (pg != NULL)
+			PQfinish(pg);
+		pg = fixture_connect(conninfo);
+	}
+	return pg;
+}
+
+static long long
+qint(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static long long
+qint(const char *fmt, ...)
+{
+	va_list ap;
+	char *sql = NULL;
+	long long v;
+
+	va_start(ap, fmt);
+	ck_assert_int_ge(vasprintf(&sql, fmt, ap), 0);
+	va_end(ap);
+	v = fixture_query_int(db(), sql);
+	free(sql);
+	return v;
+}
+
+static long long
+stream_count(const char *stream)
+{
+	return qint("SELECT count(*) FROM cqrs.events WHERE stream = '%s'", stream);
+}
+
+static long long
+balance(const char *stream)
+{
+	return qint("SELECT coalesce((SELECT (data->>'balance')::bigint FROM cqrs.events "
+		    "WHERE stream = '%s' AND data ? 'balance' ORDER BY version DESC LIMIT 1), 0)",
+		    stream);
+}
+
+/* Sum of deposits minus withdrawals in the store: what the balance must be. */
+static long long
+store_sum(const char *stream)
+{
+	return qint("SELECT coalesce(sum(CASE type WHEN 'MoneyDeposited' THEN (data->>'amount')::bigint "
+		    "WHEN 'MoneyWithdrawn' THEN -(data->>'amount')::bigint ELSE 0 END), 0) "
+		    "FROM cqrs.events WHERE stream = '%s'", stream);
+}
+
+static char *
+new_id(void)
+{
+	char *u = malloc(UUID_STR_LEN);
+
+	ck_assert_ptr_nonnull(u);
+	uuid_v4(u);
+	return daemon_gc(u);
+}
+
+static const char *
+open_line(const char *id, const char *agg, long long overdraft)
+{
+	return daemon_fmt("{\"id\":\"%s\",\"command\":\"account.open\",\"aggregate_id\":\"%s\","
+			  "\"data\":{\"owner\":\"o\",\"overdraft_limit\":%lld}}", id, agg, overdraft);
+}
+
+static const char *
+money_line(const char *id, const char *command, const char *agg, long long amount)
+{
+	return daemon_fmt("{\"id\":\"%s\",\"command\":\"account.%s\",\"aggregate_id\":\"%s\","
+			  "\"data\":{\"amount\":%lld}}", id, command, agg, amount);
+}
+
+static const char *
+deposit_line(const char *id, const char *agg, long long amount)
+{
+	return money_line(id, "deposit", agg, amount);
+}
+
+static bool
+is_duplicate(const char *a)
+{
+	json_object *o = daemon_json(a), *v = daemon_jget(o, "duplicate");
+	bool r = v != NULL && json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+
+	json_object_put(o);
+	return r;
+}
+
+/* ---- restarts -------------------------------------------------------------------- */
+
+START_TEST(restart_rebuilds_state)
+{
+	struct daemon *d = start_bank();
+	struct daemon_conn *c = daemon_connect(d);
+	const char *dep_id = new_id(), *first, *a;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "rs", 0))));
+	for (int i = 1; i <= 5; i++)
+		DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "rs", i))));
+	first = daemon_gc(daemon_conn_call(c, deposit_line(dep_id, "rs", 100)));
+	DAEMON_ASSERT_OK(first);
+	daemon_conn_close(c);
+
+	/* a clean stop and start: the state comes back from the store */
+	daemon_restart(d);
+	a = daemon_gc(daemon_call(d, deposit_line(new_id(), "rs", 1000)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 8);
+	ck_assert_int_eq(balance("account-rs"), 1115);
+	/* idempotency survives the restart */
+	a = daemon_gc(daemon_call(d, deposit_line(dep_id, "rs", 100)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_msg(is_duplicate(a), "after a restart, a repeat must still be a duplicate: %s", a);
+	ck_assert_str_eq(daemon_answer_str(a, "events.0.id"), daemon_answer_str(first, "events.0.id"));
+	/* a rule that needs the state: it must know the balance */
+	a = daemon_gc(daemon_call(d, money_line(new_id(), "withdraw", "rs", 1116)));
+	DAEMON_ASSERT_ERROR(a, "rejected");
+
+	/* kill -9 leaves its socket file behind; the next start copes */
+	daemon_kill(d);
+	daemon_start(d);
+	a = daemon_gc(daemon_call(d, money_line(new_id(), "withdraw", "rs", 1115)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 9);
+	ck_assert_int_eq(balance("account-rs"), 0);
+	a = daemon_gc(daemon_call(d, "{\"command\":\"account.close\",\"aggregate_id\":\"rs\","
+				     "\"data\":{}}"));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(snapshots_and_cache_eviction_keep_state_right)
+{
+	struct daemon *d = new_bank();
+	struct daemon_conn *c;
+	enum { ACCOUNTS = 5, ROUNDS = 12 };
+	long long want[ACCOUNTS] = { 0 };
+	const char *a;
+
+	daemon_set(d, "cmd", "cache_size", "2");
+	daemon_set(d, "cmd", "snapshot_every", "3");
+	daemon_start(d);
+	c = daemon_connect(d);
+	for (int k = 0; k < ACCOUNTS; k++)
+		DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(),
+			daemon_fmt("sn%d", k), 0))));
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int k = 0; k < ACCOUNTS; k++) {
+			long long amount = 1 + r * 10 + k;
+			a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), daemon_fmt("sn%d", k),
+								       amount)));
+			DAEMON_ASSERT_OK(a);
+			ck_assert_int_eq(daemon_answer_int(a, "version"), r + 2);
+			want[k] += amount;
+		}
+	}
+	daemon_conn_close(c);
+	for (int k = 0; k < ACCOUNTS; k++)
+		ck_assert_int_eq(balance(daemon_fmt("account-sn%d", k)), want[k]);
+	ck_assert_msg(qint("SELECT count(*) FROM cqrs.snapshots") > 0,
+		      "snapshot_every = 3 wrote no snapshot in %d commands", ACCOUNTS * ROUNDS);
+
+	daemon_restart(d);
+	c = daemon_connect(d);
+	for (int k = 0; k < ACCOUNTS; k++) {
+		const char *agg = daemon_fmt("sn%d", k);
+		a = daemon_gc(daemon_conn_call(c, money_line(new_id(), "withdraw", agg, want[k] + 1)));
+		DAEMON_ASSERT_ERROR(a, "rejected");
+		a = daemon_gc(daemon_conn_call(c, money_line(new_id(), "withdraw", agg, want[k])));
+		DAEMON_ASSERT_OK(a);
+		ck_assert_int_eq(daemon_answer_int(a, "version"), ROUNDS + 2);
+		ck_assert_int_eq(balance(daemon_fmt("account-sn%d", k)), 0);
+	}
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- SIGTERM drains ----------------------------------------------------------------- */
+
+START_TEST(sigterm_drains_requests_in_flight)
+{
+	struct daemon *d = start_bank();
+	struct daemon_conn *c = daemon_connect(d);
+	enum { N = 300 };
+	const char *ids[N];
+	char *buf, *a;
+	size_t len = 0;
+	int ok = 0, unavailable = 0, answered = 0, code;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "dr", 0))));
+	buf = daemon_gc(malloc((size_t)N * 256));
+	for (int i = 0; i < N; i++) {
+		ids[i] = new_id();
+		len += (size_t)sprintf(buf + len, "%s\n", deposit_line(ids[i], "dr", 1));
+	}
+	daemon_conn_write(c, buf, len);
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	ck_assert_ptr_nonnull(a);
+	daemon_signal(d, SIGTERM);
+	for (int i = 0; a != NULL; i++) {
+		ck_assert_msg(i < N, "more answers than requests");
+		ck_assert_msg(strstr(a, ids[i]) != NULL, "answer %d out of order: %s", i, a);
+		if (daemon_answer_ok(a))
+			ok++;
+		else if (daemon_answer_error(a, "unavailable"))
+			unavailable++;
+		else
+			ck_abort_msg("answer %d while draining: %s", i, a);
+		answered++;
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	}
+	code = daemon_wait(d, DAEMON_STOP_TIMEOUT_MS);
+	ck_assert_msg(code == 0, "exit status %d after SIGTERM; log:\n%s", code,
+		      daemon_log_tail(d, 30));
+	/* every ack is durable; nothing committed went unacknowledged unless it
+	 * was answered unavailable (outcome unknown) */
+	ck_assert_int_ge(stream_count("account-dr") - 1, ok);
+	ck_assert_int_le(stream_count("account-dr") - 1, ok + unavailable);
+	ck_assert_int_eq(balance("account-dr"), stream_count("account-dr") - 1);
+	fprintf(stderr, "sigterm_drains: %d answered (%d ok, %d unavailable) of %d\n", answered, ok,
+		unavailable, N);
+	daemon_conn_close(c);
+
+	/* and it starts again on the same socket */
+	daemon_start(d);
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, deposit_line(new_id(), "dr", 1))));
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- clients that vanish or stall ---------------------------------------------------- */
+
+START_TEST(vanishing_clients_do_not_disturb_others)
+{
+	struct daemon *d = start_bank();
+	struct daemon_conn *steady = daemon_connect(d);
+	const char *a;
+	long long v = 1;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(steady, open_line(new_id(), "van", 0))));
+	for (int round = 0; round < 20; round++) {
+		/* half a line, then gone */
+		struct daemon_conn *c = daemon_connect(d);
+		const char *half = "{\"command\":\"account.deposit\",\"aggregate_id\":\"van\",\"da";
+		daemon_conn_write(c, half, strlen(half));
+		daemon_conn_close(c);
+
+		/* a whole request, then gone before the answer (the daemon's write
+		 * then fails: it must not die of SIGPIPE) */
+		for (int k = 0; k < 3; k++) {
+			c = daemon_connect(d);
+			daemon_conn_send(c, deposit_line(new_id(), "van", 1));
+			daemon_conn_close(c);
+		}
+		/* connect and leave at once */
+		c = daemon_connect(d);
+		daemon_conn_close(c);
+
+		a = daemon_gc(daemon_conn_call(steady, deposit_line(new_id(), "van", 1000)));
+		DAEMON_ASSERT_OK(a);
+		ck_assert_int_gt(daemon_answer_int(a, "version"), v);
+		v = daemon_answer_int(a, "version");
+	}
+	/* a big pipeline, abandoned unread */
+	{
+		struct daemon_conn *c = daemon_connect(d);
+		char *buf = daemon_gc(malloc(500 * 256));
+		size_t len = 0;
+		for (int i = 0; i < 500; i++)
+			len += (size_t)sprintf(buf + len, "%s\n", deposit_line(new_id(), "van", 1));
+		daemon_conn_write(c, buf, len);
+		daemon_conn_close(c);
+	}
+	a = daemon_gc(daemon_conn_call(steady, deposit_line(new_id(), "van", 1000)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert(daemon_running(d));
+	/* the state the daemon holds agrees with the store */
+	usleep(500000);
+	a = daemon_gc(daemon_conn_call(steady, deposit_line(new_id(), "van", 1)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), stream_count("account-van"));
+	ck_assert_int_eq(balance("account-van"), store_sum("account-van"));
+	ck_assert_int_eq(qint("SELECT count(*) FROM (SELECT 1 FROM cqrs.events GROUP BY "
+			      "metadata->>'causation_id' HAVING count(*) > 1) x"), 0);
+	daemon_conn_close(steady);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(a_client_that_does_not_read_does_not_block_others)
+{
+	struct daemon *d = start_bank();
+	struct daemon_conn *slow = daemon_connect(d), *other;
+	enum { N = 5000 };
+	char *buf = daemon_gc(malloc((size_t)N * 200));
+	size_t len = 0, off = 0;
+	int answers = 0;
+	int64_t t0;
+	const char *a;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(slow, open_line(new_id(), "slow", 0))));
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(buf + len, "{\"command\":\"account.deposit\","
+				       "\"aggregate_id\":\"slow\",\"data\":{\"amount\":1}}\n");
+	/* write until the daemon stops taking more, never reading */
+	for (;;) {
+		ssize_t w = send(daemon_conn_fd(slow), buf + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (w > 0) {
+			off += (size_t)w;
+			if (off == len)
+				break;
+			continue;
+		}
+		ck_assert_msg(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+		{
+			struct pollfd p = { .fd = daemon_conn_fd(slow), .events = POLLOUT };
+			if (poll(&p, 1, 2000) == 0)
+				break;	/* stalled: the daemon applies back-pressure */
+		}
+	}
+	/* another client is served meanwhile */
+	t0 = now_ms();
+	other = daemon_connect(d);
+	a = daemon_gc(daemon_conn_call(other, open_line(new_id(), "fast", 0)));
+	DAEMON_ASSERT_OK(a);
+	a = daemon_gc(daemon_conn_call(other, deposit_line(new_id(), "fast", 5)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_msg(now_ms() - t0 < 5000, "another client waited %lld ms",
+		      (long long)(now_ms() - t0));
+	daemon_conn_close(other);
+
+	/* the slow one now reads: every request it sent is answered, in order */
+	while (answers < N) {
+		struct pollfd p = { .fd = daemon_conn_fd(slow), .events = POLLIN };
+		char *line;
+		bool timed_out;
+		if (off < len)
+			p.events |= POLLOUT;
+		ck_assert_msg(poll(&p, 1, 30000) > 0, "stalled after %d answers", answers);
+		if ((p.revents & POLLOUT) && off < len) {
+			ssize_t w = send(daemon_conn_fd(slow), buf + off, len - off,
+					 MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (w > 0)
+				off += (size_t)w;
+		}
+		if (p.revents & (POLLIN | POLLHUP)) {
+			while ((line = daemon_conn_try_recv(slow, 0, &timed_out)) != NULL) {
+				ck_assert_msg(daemon_answer_ok(line), "answer %d: %s", answers, line);
+				ck_assert_int_eq(daemon_answer_int(line, "version"), answers + 2);
+				free(line);
+				answers++;
+			}
+			ck_assert_msg(timed_out, "the daemon closed the slow client after %d answers",
+				      answers);
+		}
+	}
+	ck_assert_int_eq(balance("account-slow"), N);
+	daemon_conn_close(slow);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- many clients, one aggregate --------------------------------------------------------- */
+
+struct depositor {
+	const char *socket;
+	const char *agg;
+	int idx, n;
+	long long sum;
+	int ok, other;
+	char first_bad[512];
+	long long *versions;
+};
+
+static void *
+depositor_run(void *arg)
+{
+	struct depositor *w = arg;
+	struct daemon_conn *c = daemon_conn_open(w->socket);
+
+	for (int i = 0; i < w->n; i++) {
+		char id[UUID_STR_LEN], line[256];
+		long long amount = (long long)w->idx * 1000 + i + 1;
+		char *a;
+		uuid_v4(id);
+		snprintf(line, sizeof(line), "{\"id\":\"%s\",\"command\":\"account.deposit\","
+			 "\"aggregate_id\":\"%s\",\"data\":{\"amount\":%lld}}", id, w->agg, amount);
+		a = daemon_conn_call(c, line);
+		if (daemon_answer_ok(a)) {
+			w->ok++;
+			w->sum += amount;
+			w->versions[i] = daemon_answer_int(a, "version");
+		} else {
+			w->other++;
+			if (w->first_bad[0] == '\0')
+				snprintf(w->first_bad, sizeof(w->first_bad), "%s", a);
+		}
+		free(a);
+	}
+	daemon_conn_close(c);
+	return NULL;
+}
+
+START_TEST(sixteen_clients_one_account_exact_sum)
+{
+	struct daemon *d = start_bank();
+	enum { W = 16, PER = 40 };
+	struct depositor w[W];
+	pthread_t th[W];
+	long long sum = 0, seen = 0;
+	char *used;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, open_line(new_id(), "hot", 0))));
+	for (int i = 0; i < W; i++) {
+		w[i] = (struct depositor){ .socket = daemon_socket(d), .agg = "hot", .idx = i,
+					   .n = PER };
+		w[i].versions = daemon_gc(calloc(PER, sizeof(long long)));
+		ck_assert_int_eq(pthread_create(&th[i], NULL, depositor_run, &w[i]), 0);
+	}
+	for (int i = 0; i < W; i++)
+		pthread_join(th[i], NULL);
+	used = daemon_gc(calloc(W * PER + 2, 1));
+	for (int i = 0; i < W; i++) {
+		ck_assert_msg(w[i].other == 0, "client %d: %d not ok, first: %s", i, w[i].other,
+			      w[i].first_bad);
+		sum += w[i].sum;
+		for (int k = 0; k < PER; k++) {
+			long long v = w[i].versions[k];
+			ck_assert_msg(v >= 2 && v <= W * PER + 1, "version %lld", v);
+			ck_assert_msg(!used[v], "version %lld answered twice", v);
+			used[v] = 1;
+			seen++;
+		}
+	}
+	ck_assert_int_eq(seen, W * PER);
+	ck_assert_int_eq(stream_count("account-hot"), W * PER + 1);
+	ck_assert_int_eq(qint("SELECT max(version) FROM cqrs.events WHERE stream = 'account-hot'"),
+			 W * PER + 1);
+	ck_assert_int_eq(store_sum("account-hot"), sum);
+	ck_assert_int_eq(balance("account-hot"), sum);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- two daemons on one database --------------------------------------------------------- */
+
+START_TEST(two_daemons_one_database)
+{
+	struct daemon *a = start_bank(), *b = start_bank();
+	enum { W = 8, PER = 30 };
+	struct depositor w[W];
+	pthread_t th[W];
+	long long sum = 0;
+	int ok = 0;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, open_line(new_id(), "shared", 0))));
+	/* both daemons write one stream: conflicts between them are resolved by
+	 * reloading and retrying (or, after max_retries, answered conflict) */
+	for (int i = 0; i < W; i++) {
+		w[i] = (struct depositor){ .socket = daemon_socket(i % 2 ? b : a), .agg = "shared",
+					   .idx = i, .n = PER };
+		w[i].versions = daemon_gc(calloc(PER, sizeof(long long)));
+		ck_assert_int_eq(pthread_create(&th[i], NULL, depositor_run, &w[i]), 0);
+	}
+	for (int i = 0; i < W; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < W; i++) {
+		ck_assert_msg(w[i].other == 0 || strstr(w[i].first_bad, "\"conflict\""),
+			      "client %d: %s", i, w[i].first_bad);
+		sum += w[i].sum;
+		ok += w[i].ok;
+	}
+	ck_assert_int_gt(ok, W * PER / 2);
+	ck_assert_int_eq(stream_count("account-shared"), ok + 1);
+	ck_assert_int_eq(balance("account-shared"), sum);
+	daemon_free(a);
+	daemon_free(b);
+}
+END_TEST
+
+/*
+ * Two daemons, one stream, sequential commands: each daemon's cache falls
+ * behind the other's writes. A stale cache is fine for accepting (the append
+ * then conflicts, and the daemon reloads and retries), but a refusal decided
+ * on stale state is never corrected: the domain rule must see the stream as
+ * it is, and so must expected_version.
+ */
+START_TEST(stale_cache_rejects_nothing_wrongly)
+{
+	struct daemon *a = start_bank(), *b = start_bank();
+	const char *r;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, open_line(new_id(), "sc", 0))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, deposit_line(new_id(), "sc", 10))));
+	r = daemon_gc(daemon_call(b, deposit_line(new_id(), "sc", 5)));
+	DAEMON_ASSERT_OK(r);
+	ck_assert_int_eq(daemon_answer_int(r, "version"), 3);
+	/* a's cache says balance 10, version 2; the store says 15, version 3 */
+	r = daemon_gc(daemon_call(a, money_line(new_id(), "withdraw", "sc", 15)));
+	ck_assert_msg(daemon_answer_ok(r), "withdraw 15 of 15 through the daemon that did not "
+		      "see the last deposit: %s", r);
+	ck_assert_int_eq(daemon_answer_int(r, "version"), 4);
+	daemon_free(a);
+	daemon_free(b);
+}
+END_TEST
+
+START_TEST(stale_cache_and_expected_version)
+{
+	struct daemon *a = start_bank(), *b = start_bank();
+	const char *r;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, open_line(new_id(), "sc", 0))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, deposit_line(new_id(), "sc", 10))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, deposit_line(new_id(), "sc", 10))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, money_line(new_id(), "withdraw", "sc", 20))));
+	r = daemon_gc(daemon_call(b, deposit_line(new_id(), "sc", 1)));
+	DAEMON_ASSERT_OK(r);
+	ck_assert_int_eq(daemon_answer_int(r, "version"), 5);
+	/* a's cache says version 4; the stream is at 5 */
+	r = daemon_gc(daemon_call(a, daemon_fmt("{\"command\":\"account.deposit\",\"aggregate_id\":"
+		"\"sc\",\"expected_version\":5,\"data\":{\"amount\":1}}")));
+	ck_assert_msg(daemon_answer_ok(r), "expected_version 5 on a stream at version 5, sent to "
+		      "the daemon whose cache is at 4: %s", r);
+	r = daemon_gc(daemon_call(b, daemon_fmt("{\"command\":\"account.deposit\",\"aggregate_id\":"
+		"\"sc\",\"expected_version\":5,\"data\":{\"amount\":1}}")));
+	DAEMON_ASSERT_ERROR(r, "conflict");
+	ck_assert_int_eq(balance("account-sc"), 2);
+	ck_assert_int_eq(stream_count("account-sc"), 6);
+	daemon_free(a);
+	daemon_free(b);
+}
+END_TEST
+
+/* ---- PostgreSQL away ---------------------------------------------------------------------- */
+
+START_TEST(unavailable_while_postgres_is_down)
+{
+	struct daemon *d = start_bank();
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id(), *a;
+	int64_t deadline;
+	int tries = 0;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "pd", 0))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "pd", 10))));
+	fixture_pg_stop();
+
+	daemon_conn_send(c, deposit_line(id, "pd", 5));
+	a = daemon_gc(daemon_conn_recv(c, 60000));
+	DAEMON_ASSERT_ERROR(a, "unavailable");
+	ck_assert(strstr(a, id) != NULL);
+	/* an aggregate not in memory: unavailable too */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "other", 5)));
+	DAEMON_ASSERT_ERROR(a, "unavailable");
+	/* what needs no database is still answered as usual */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "pd", 0)));
+	DAEMON_ASSERT_ERROR(a, "invalid");
+	a = daemon_gc(daemon_conn_call(c, "{\"command\":\"x.y\",\"aggregate_id\":\"1\",\"data\":{}}"));
+	DAEMON_ASSERT_ERROR(a, "unknown_command");
+	a = daemon_gc(daemon_conn_call(c, "nope"));
+	DAEMON_ASSERT_ERROR(a, "malformed");
+
+	fixture_pg_start();
+	/* the same id again until the daemon has reconnected: done exactly once */
+	deadline = now_ms() + 30000;
+	for (;;) {
+		a = daemon_gc(daemon_conn_call(c, deposit_line(id, "pd", 5)));
+		tries++;
+		if (!daemon_answer_error(a, "unavailable"))
+			break;
+		ck_assert_msg(now_ms() < deadline, "still unavailable 30 s after PostgreSQL came back");
+		usleep(200000);
+	}
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events WHERE metadata->>'causation_id' = '%s'",
+			      id), 1);
+	a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "pd", 100)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 4);
+	ck_assert_int_eq(balance("account-pd"), 115);
+	ck_assert(daemon_running(d));
+	daemon_conn_close(c);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+struct sent {
+	char id[UUID_STR_LEN];
+	char event_id[UUID_STR_LEN];
+	long long amount;
+	int64_t at;		/* when the answer came */
+	char code[20];		/* "ok" or the error code, "closed" */
+};
+
+struct loader {
+	const char *socket;
+	char agg[32];
+	volatile int *stop;
+	struct sent *s;
+	size_t n, cap;
+	int reconnects;
+};
+
+static void *
+loader_run(void *arg)
+{
+	struct loader *l = arg;
+	struct daemon_conn *c = daemon_conn_open(l->socket);
+
+	while (!*l->stop && l->n < l->cap) {
+		struct sent *s = &l->s[l->n++];
+		char line[256];
+		char *a;
+		bool timed_out;
+		json_object *o;
+
+		uuid_v4(s->id);
+		s->amount = (long long)(l->n % 97) + 1;
+		snprintf(line, sizeof(line), "{\"id\":\"%s\",\"command\":\"account.deposit\","
+			 "\"aggregate_id\":\"%s\",\"data\":{\"amount\":%lld}}", s->id, l->agg,
+			 s->amount);
+		if (daemon_conn_try_write(c, line, strlen(line)) != 0 ||
+		    daemon_conn_try_write(c, "\n", 1) != 0) {
+			a = NULL;
+			timed_out = false;
+		} else {
+			a = daemon_conn_try_recv(c, 60000, &timed_out);
+		}
+		s->at = now_ms();
+		if (a == NULL) {
+			snprintf(s->code, sizeof(s->code), "%s", timed_out ? "timeout" : "closed");
+			daemon_conn_close(c);
+			c = daemon_conn_try_open(l->socket);
+			l->reconnects++;
+			if (c == NULL)
+				break;
+			continue;
+		}
+		o = json_tokener_parse(a);
+		if (daemon_answer_ok(a)) {
+			snprintf(s->code, sizeof(s->code), "ok");
+			snprintf(s->event_id, sizeof(s->event_id), "%s",
+				 o ? daemon_jstr(o, "events.0.id") : "");
+		} else {
+			const char *code = o ? daemon_jstr(o, "error.code") : NULL;
+			snprintf(s->code, sizeof(s->code), "%s", code ? code : "?");
+			if (code != NULL && strcmp(code, "unavailable") == 0)
+				usleep(20000);
+		}
+		json_object_put(o);
+		free(a);
+	}
+	daemon_conn_close(c);
+	return NULL;
+}
+
+START_TEST(postgres_restart_under_load_loses_no_ack)
+{
+	struct daemon *d = start_bank();
+	enum { W = 8, ACCTS = 4, CAP = 50000 };
+	struct loader l[W];
+	pthread_t th[W];
+	volatile int stop = 0;
+	int64_t restarted, deadline;
+	long long unavailable = 0, ok = 0, ok_after = 0, other = 0;
+	pid_t pid = daemon_pid(d);
+	struct daemon_conn *c;
+	char *idlist;
+	size_t idlen = 0;
+
+	for (int k = 0; k < ACCTS; k++)
+		DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, open_line(new_id(), daemon_fmt("ld%d", k), 0))));
+	for (int i = 0; i < W; i++) {
+		l[i] = (struct loader){ .socket = daemon_socket(d), .stop = &stop, .cap = CAP };
+		snprintf(l[i].agg, sizeof(l[i].agg), "ld%d", i % ACCTS);
+		l[i].s = daemon_gc(calloc(CAP, sizeof(struct sent)));
+		ck_assert_int_eq(pthread_create(&th[i], NULL, loader_run, &l[i]), 0);
+	}
+	usleep(1500000);
+	fixture_pg_stop();
+	usleep(2000000);
+	fixture_pg_start();
+	restarted = now_ms();
+	/* run until every loader has had oks again, without touching the daemon */
+	deadline = restarted + 40000;
+	for (;;) {
+		int recovered = 0;
+		usleep(500000);
+		for (int i = 0; i < W; i++) {
+			size_t n = l[i].n, oks = 0;
+			for (size_t k = n > 50 ? n - 50 : 0; k + 1 < n; k++)
+				oks += l[i].s[k].at > restarted && strcmp(l[i].s[k].code, "ok") == 0;
+			recovered += oks >= 5;
+		}
+		if (recovered == W || now_ms() > deadline)
+			break;
+	}
+	stop = 1;
+	for (int i = 0; i < W; i++)
+		pthread_join(th[i], NULL);
+	ck_assert_msg(daemon_running(d) && daemon_pid(d) == pid, "the daemon died; log:\n%s",
+		      daemon_log_tail(d, 30));
+
+	idlist = daemon_gc(malloc((size_t)W * CAP * (UUID_STR_LEN + 3) + 16));
+	idlen += (size_t)sprintf(idlist, "{");
+	for (int i = 0; i < W; i++) {
+		for (size_t k = 0; k < l[i].n; k++) {
+			struct sent *s = &l[i].s[k];
+			if (strcmp(s->code, "ok") == 0) {
+				ok++;
+				ok_after += s->at > restarted;
+				idlen += (size_t)sprintf(idlist + idlen, "%s%s", idlen > 1 ? "," : "",
+							 s->event_id);
+			} else if (strcmp(s->code, "unavailable") == 0 || strcmp(s->code, "closed") == 0) {
+				unavailable++;
+			} else {
+				if (other++ == 0)
+					fprintf(stderr, "unexpected answer code %s for %s\n", s->code, s->id);
+			}
+		}
+	}
+	sprintf(idlist + idlen, "}");
+	fprintf(stderr, "pg restart under load: %lld ok (%lld after), %lld unavailable/closed, "
+		"%lld other\n", ok, ok_after, unavailable, other);
+	ck_assert_msg(other == 0, "%lld answers were neither ok nor unavailable", other);
+	ck_assert_msg(unavailable > 0, "no unavailable answer while PostgreSQL was down");
+	ck_assert_msg(ok_after >= W * 5, "no recovery without a restart: %lld ok after", ok_after);
+	/* every ack is in the store */
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events WHERE id = ANY('%s'::uuid[])", idlist),
+			 ok);
+
+	/* resending the unknown outcomes with the same ids settles them exactly once */
+	c = daemon_connect(d);
+	for (int i = 0; i < W; i++) {
+		for (size_t k = 0; k < l[i].n; k++) {
+			struct sent *s = &l[i].s[k];
+			char *a;
+			if (strcmp(s->code, "ok") == 0)
+				continue;
+			a = daemon_conn_call(c, deposit_line(s->id, l[i].agg, s->amount));
+			ck_assert_msg(daemon_answer_ok(a), "resend of %s: %s", s->id, a);
+			free(a);
+		}
+	}
+	daemon_conn_close(c);
+	for (int k = 0; k < ACCTS; k++) {
+		long long want = 0, n = 0;
+		const char *stream = daemon_fmt("account-ld%d", k);
+		for (int i = k; i < W; i += ACCTS)
+			for (size_t j = 0; j < l[i].n; j++) {
+				want += l[i].s[j].amount;
+				n++;
+			}
+		ck_assert_int_eq(stream_count(stream), n + 1);
+		ck_assert_int_eq(store_sum(stream), want);
+		ck_assert_int_eq(balance(stream), want);
+	}
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+static Suite *
+cmdd_faults_suite(void)
+{
+	Suite *s = suite_create("cmdd_faults");
+	TCase *tc = tcase_create("faults");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_unchecked_fixture(tc, NULL, pg_ensure_up);
+	tcase_add_test(tc, restart_rebuilds_state);
+	tcase_add_test(tc, snapshots_and_cache_eviction_keep_state_right);
+	tcase_add_test(tc, sigterm_drains_requests_in_flight);
+	tcase_add_test(tc, vanishing_clients_do_not_disturb_others);
+	tcase_add_test(tc, a_client_that_does_not_read_does_not_block_others);
+	tcase_add_test(tc, sixteen_clients_one_account_exact_sum);
+	tcase_add_test(tc, two_daemons_one_database);
+	tcase_add_test(tc, stale_cache_rejects_nothing_wrongly);
+	tcase_add_test(tc, stale_cache_and_expected_version);
+	tcase_add_test(tc, unavailable_while_postgres_is_down);
+	tcase_add_test(tc, postgres_restart_under_load_loses_no_ack);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(cmdd_faults_suite());
+	int failed;
+
+	(void)fixture_pg_admin_conninfo();
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}

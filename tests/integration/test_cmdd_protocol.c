@@ -1,0 +1,1389 @@
+/*
+ * test_cmdd_protocol.c - cqrs-cmdd's command protocol (DESIGN.md, "Command
+ * protocol"), the daemon driven as a separate process against a real
+ * PostgreSQL with the bank example plugin: every error code, the fine
+ * print, pipelining, idempotency, and cqrsctl send.
+ */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "cmdclient.h"
+#include "daemon.h"
+#include "fixture.h"
+#include "uuid.h"
+
+static char *conninfo;		/* this test's database */
+static PGconn *pg;
+
+static void
+setup(void)
+{
+	conninfo = NULL;
+	pg = NULL;
+}
+
+static void
+teardown(void)
+{
+	if (pg != NULL)
+		PQfinish(pg);
+	pg = NULL;
+	daemon_gc_run();
+}
+
+static struct daemon *
+start_cmdd(const char *plugins)
+{
+	struct daemon *d;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, plugins);
+	daemon_start(d);
+	return d;
+}
+
+static PGconn *
+db(void)
+{
+	if (pg == NULL)
+		pg = fixture_connect(conninfo);
+	return pg;
+}
+
+static long long
+qint(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static long long
+qint(const char *fmt, ...)
+{
+	va_list ap;
+	char *sql = NULL;
+	long long v;
+
+	va_start(ap, fmt);
+	ck_assert_int_ge(vasprintf(&sql, fmt, ap), 0);
+	va_end(ap);
+	v = fixture_query_int(db(), sql);
+	free(sql);
+	return v;
+}
+
+/* One text value of a query, or NULL for SQL NULL / no row (gc'd). */
+static char *
+qstr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *
+qstr(const char *fmt, ...)
+{
+	va_list ap;
+	char *sql = NULL, *r = NULL;
+	PGresult *res;
+
+	va_start(ap, fmt);
+	ck_assert_int_ge(vasprintf(&sql, fmt, ap), 0);
+	va_end(ap);
+	res = PQexec(db(), sql);
+	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s: %s", sql,
+		      PQerrorMessage(db()));
+	if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+		r = daemon_gc(strdup(PQgetvalue(res, 0, 0)));
+	PQclear(res);
+	free(sql);
+	return r;
+}
+
+static long long
+stream_count(const char *stream)
+{
+	return qint("SELECT count(*) FROM cqrs.events WHERE stream = '%s'", stream);
+}
+
+static long long
+balance(const char *stream)
+{
+	return qint("SELECT coalesce((SELECT (data->>'balance')::bigint FROM cqrs.events "
+		    "WHERE stream = '%s' AND data ? 'balance' ORDER BY version DESC LIMIT 1), 0)",
+		    stream);
+}
+
+static char *
+new_id(void)
+{
+	char *u = malloc(UUID_STR_LEN);
+
+	ck_assert_ptr_nonnull(u);
+	uuid_v4(u);
+	return daemon_gc(u);
+}
+
+static const char *
+open_line(const char *id, const char *agg)
+{
+	return daemon_fmt("{\"id\":\"%s\",\"command\":\"account.open\",\"aggregate_id\":\"%s\","
+			  "\"data\":{\"owner\":\"Owner of %s\"}}", id, agg, agg);
+}
+
+static const char *
+deposit_line(const char *id, const char *agg, long long amount)
+{
+	return daemon_fmt("{\"id\":\"%s\",\"command\":\"account.deposit\",\"aggregate_id\":\"%s\","
+			  "\"data\":{\"amount\":%lld}}", id, agg, amount);
+}
+
+/* The answer's "id": true when it is null (want NULL) or the string want. */
+static bool
+answer_id_is(const char *line, const char *want)
+{
+	json_object *o = daemon_json(line), *v = NULL;
+	bool r;
+
+	if (!json_object_object_get_ex(o, "id", &v))
+		r = false;
+	else if (want == NULL)
+		r = v == NULL;
+	else
+		r = v != NULL && json_object_is_type(v, json_type_string) &&
+		    strcmp(json_object_get_string(v), want) == 0;
+	json_object_put(o);
+	return r;
+}
+
+/* The error message of an answer contains needle. */
+static bool
+message_has(const char *line, const char *needle)
+{
+	char *m = daemon_answer_str(line, "error.message");
+
+	return m != NULL && strstr(m, needle) != NULL;
+}
+
+/* ---- ok answers ------------------------------------------------------------------- */
+
+START_TEST(ok_answers_have_the_documented_shape)
+{
+	struct daemon *d = start_cmdd("bank");
+	const char *id = new_id();
+	char *a, *evid, *gen;
+	long long pos;
+
+	a = daemon_gc(daemon_call(d, open_line(id, "42")));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_msg(answer_id_is(a, id), "answer must echo the id: %s", a);
+	ck_assert_str_eq(daemon_answer_str(a, "stream"), "account-42");
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 1);
+	ck_assert_str_eq(daemon_answer_str(a, "events.0.type"), "AccountOpened");
+	ck_assert_int_eq(daemon_answer_int(a, "events.0.version"), 1);
+	ck_assert_ptr_null(daemon_answer_str(a, "events.1.type"));
+	evid = daemon_answer_str(a, "events.0.id");
+	ck_assert_msg(evid != NULL && uuid_valid(evid), "event id: %s", a);
+	pos = daemon_answer_int(a, "events.0.position");
+	ck_assert_int_gt(pos, 0);
+	ck_assert_msg(!strstr(a, "\"duplicate\":true") && !strstr(a, "\"duplicate\": true"),
+		      "a first execution is not a duplicate: %s", a);
+	/* the answer describes what is in the store */
+	ck_assert_int_eq(qint("SELECT position FROM cqrs.events WHERE id = '%s'", evid), pos);
+	ck_assert_str_eq(qstr("SELECT stream || ' ' || version || ' ' || type FROM cqrs.events "
+			      "WHERE id = '%s'", evid), "account-42 1 AccountOpened");
+
+	a = daemon_gc(daemon_call(d, deposit_line(new_id(), "42", 100)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 2);
+	ck_assert_str_eq(daemon_answer_str(a, "events.0.type"), "MoneyDeposited");
+	ck_assert_int_gt(daemon_answer_int(a, "events.0.position"), pos);
+	ck_assert_int_eq(balance("account-42"), 100);
+
+	/* no id: the daemon makes one, answers it, and uses it as causation id */
+	a = daemon_gc(daemon_call(d, "{\"command\":\"account.deposit\",\"aggregate_id\":\"42\","
+				     "\"data\":{\"amount\":5}}"));
+	DAEMON_ASSERT_OK(a);
+	gen = daemon_answer_str(a, "id");
+	ck_assert_msg(gen != NULL && uuid_valid(gen), "a generated id must be a UUID: %s", a);
+	evid = daemon_answer_str(a, "events.0.id");
+	ck_assert_str_eq(qstr("SELECT metadata->>'causation_id' FROM cqrs.events WHERE id = '%s'",
+			      evid), gen);
+	ck_assert_int_eq(balance("account-42"), 105);
+
+	/* expected_version that matches */
+	a = daemon_gc(daemon_call(d, daemon_fmt("{\"command\":\"account.deposit\",\"aggregate_id\":"
+						"\"42\",\"expected_version\":3,\"data\":{\"amount\":1}}")));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 4);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(aggregate_id_charset_and_length)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	char id200[201], id201[202];
+	const char *a;
+
+	memset(id200, 'z', 200);
+	id200[200] = '\0';
+	memset(id201, 'z', 201);
+	id201[201] = '\0';
+
+	a = daemon_gc(daemon_conn_call(c, open_line(new_id(), "Az09-_.:@x")));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_str_eq(daemon_answer_str(a, "stream"), "account-Az09-_.:@x");
+	a = daemon_gc(daemon_conn_call(c, daemon_fmt("{\"command\":\"account.open\","
+		"\"aggregate_id\":\"%s\",\"data\":{\"owner\":\"o\"}}", id200)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_str_eq(daemon_answer_str(a, "stream"), daemon_fmt("account-%s", id200));
+
+	{
+		const char *bad[] = { id201, "", "a b", "a/b", "a\\nb", "caf\xc3\xa9", "a*", "a'b",
+				      "a\\\"b", "a,b", "a+b", "%41" };
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			const char *id = new_id();
+			a = daemon_gc(daemon_conn_call(c, open_line(id, bad[i])));
+			ck_assert_msg(daemon_answer_error(a, "malformed"),
+				      "aggregate_id \"%s\": expected malformed, got %s", bad[i], a);
+			ck_assert_msg(answer_id_is(a, id), "answer must echo the id: %s", a);
+			ck_assert_msg(message_has(a, "aggregate_id"),
+				      "the message should name aggregate_id: %s", a);
+		}
+	}
+	/* nothing but the two good ones was written */
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events"), 2);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(answers_echo_the_id_as_sent)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *upper = "0B8F5A52-3F4E-4C8E-9A0B-2A1F3C4D5E6F";
+	const char *lower = "0b8f5a52-3f4e-4c8e-9a0b-2a1f3c4d5e6f";
+	const char *a, *b;
+
+	/* a UUID in capitals is a UUID; the answer gives back what was sent,
+	 * so a client can match answers to requests by comparing strings */
+	a = daemon_gc(daemon_conn_call(c, open_line(upper, "up1")));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_msg(answer_id_is(a, upper), "answer id is not the request's id %s: %s", upper, a);
+	/* the same UUID in small letters is the same command */
+	b = daemon_gc(daemon_conn_call(c, open_line(lower, "up1")));
+	DAEMON_ASSERT_OK(b);
+	ck_assert_msg(strstr(b, "\"duplicate\":true") != NULL, "%s", b);
+	ck_assert_msg(answer_id_is(b, lower), "answer id is not the request's id %s: %s", lower, b);
+	ck_assert_int_eq(stream_count("account-up1"), 1);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- malformed --------------------------------------------------------------------- */
+
+struct bad_case {
+	const char *line;
+	const char *field;	/* the message should name it (NULL: no check) */
+	int echo;		/* 0: answer id null, 1: the request's id (U), 2: null or the
+				 * id's text (an id that is not a UUID), 3: null or a UUID */
+	const char *echo_text;
+};
+
+#define U "0b8f5a52-3f4e-4c8e-9a0b-2a1f3c4d5e6f"
+
+static const struct bad_case bad_cases[] = {
+	{ "not json", NULL, 3, NULL },
+	{ "{\"command\":\"account.open\"", NULL, 3, NULL },
+	{ "{\"command\":\"account.open\",}", NULL, 3, NULL },
+	{ "[1,2]", NULL, 3, NULL },
+	{ "\"account.open\"", NULL, 3, NULL },
+	{ "42", NULL, 3, NULL },
+	{ "null", NULL, 3, NULL },
+	{ "true", NULL, 3, NULL },
+	{ "{}", NULL, 3, NULL },
+	{ "{\"id\":\"" U "\",\"aggregate_id\":\"m1\",\"data\":{}}", "command", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"data\":{\"owner\":\"x\"}}",
+	  "aggregate_id", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\"}", "data", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":5,\"aggregate_id\":\"m1\",\"data\":{}}", "command", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":null,\"aggregate_id\":\"m1\",\"data\":{}}", "command", 1,
+	  NULL },
+	{ "{\"id\":\"" U "\",\"command\":[\"account.open\"],\"aggregate_id\":\"m1\",\"data\":{}}",
+	  "command", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":42,"
+	  "\"data\":{\"owner\":\"x\"}}", "aggregate_id", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":null,"
+	  "\"data\":{\"owner\":\"x\"}}", "aggregate_id", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\",\"data\":[]}",
+	  "data", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\",\"data\":\"x\"}",
+	  "data", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\",\"data\":null}",
+	  "data", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"metadata\":\"x\"}", "metadata", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"metadata\":[1]}", "metadata", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"expected_version\":\"0\"}", "expected_version", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"expected_version\":-1}", "expected_version", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"expected_version\":1.5}", "expected_version", 1, NULL },
+	{ "{\"id\":\"" U "\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"},\"expected_version\":true}", "expected_version", 1, NULL },
+	{ "{\"id\":\"not-a-uuid\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"}}", "id", 2, "not-a-uuid" },
+	{ "{\"id\":\"\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"}}", "id", 2, "" },
+	{ "{\"id\":\"0b8f5a523f4e4c8e9a0b2a1f3c4d5e6f\",\"command\":\"account.open\","
+	  "\"aggregate_id\":\"m1\",\"data\":{\"owner\":\"x\"}}", "id", 2,
+	  "0b8f5a523f4e4c8e9a0b2a1f3c4d5e6f" },
+	{ "{\"id\":\"" U "x\",\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"}}", "id", 2, U "x" },
+	{ "{\"id\":123,\"command\":\"account.open\",\"aggregate_id\":\"m1\","
+	  "\"data\":{\"owner\":\"x\"}}", "id", 0, NULL },
+};
+
+START_TEST(malformed_requests_keep_the_connection)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *a;
+
+	for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
+		const struct bad_case *bc = &bad_cases[i];
+		a = daemon_gc(daemon_conn_call(c, bc->line));
+		ck_assert_msg(daemon_answer_error(a, "malformed"),
+			      "request %s: expected malformed, got %s", bc->line, a);
+		switch (bc->echo) {
+		case 0:
+			ck_assert_msg(answer_id_is(a, NULL), "request %s: id must be null: %s",
+				      bc->line, a);
+			break;
+		case 1:
+			ck_assert_msg(answer_id_is(a, U), "request %s: id must be echoed: %s",
+				      bc->line, a);
+			break;
+		case 2:
+			ck_assert_msg(answer_id_is(a, NULL) || answer_id_is(a, bc->echo_text),
+				      "request %s: id must be null or echoed: %s", bc->line, a);
+			break;
+		default: {
+			char *id = daemon_answer_str(a, "id");
+			ck_assert_msg(answer_id_is(a, NULL) || (id != NULL && uuid_valid(id)),
+				      "request %s: id must be null (or a generated id): %s",
+				      bc->line, a);
+			break;
+		}
+		}
+		if (bc->field != NULL)
+			ck_assert_msg(message_has(a, bc->field),
+				      "request %s: the message should name \"%s\": %s", bc->line,
+				      bc->field, a);
+	}
+	/* the same connection still works, and nothing was written */
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events"), 0);
+	a = daemon_gc(daemon_conn_call(c, open_line(U, "m1")));
+	DAEMON_ASSERT_OK(a);
+	ck_assert(answer_id_is(a, U));
+	ck_assert_int_eq(stream_count("account-m1"), 1);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(blank_and_whitespace_around_requests)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id();
+	const char *a;
+
+	/* JSON allows whitespace around the object; \r\n line ends are common */
+	daemon_conn_send(c, daemon_fmt("  %s  \r", open_line(id, "ws1")));
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	ck_assert_msg(daemon_answer_ok(a) || daemon_answer_error(a, "malformed"),
+		      "whitespace around a request: %s", a ? a : "(closed)");
+	/* whatever that was, the connection is usable */
+	a = daemon_gc(daemon_conn_call(c, open_line(new_id(), "ws2")));
+	DAEMON_ASSERT_OK(a);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- framing errors: too_large, invalid UTF-8 -------------------------------------------- */
+
+/* A valid open request of exactly size bytes (padded in its metadata). */
+static const char *
+padded_open(const char *id, const char *agg, size_t size)
+{
+	static const char fmt[] = "{\"id\":\"%s\",\"command\":\"account.open\","
+				  "\"aggregate_id\":\"%s\",\"data\":{\"owner\":\"o\"},"
+				  "\"metadata\":{\"pad\":\"%s\"}}";
+	size_t fixed = strlen(daemon_fmt(fmt, id, agg, ""));
+	size_t pad = size > fixed ? size - fixed : 0;
+	char *p = daemon_gc(malloc(pad + 1));
+	const char *line;
+
+	memset(p, 'p', pad);
+	p[pad] = '\0';
+	line = daemon_fmt(fmt, id, agg, p);
+	ck_assert_uint_eq(strlen(line), size);
+	return line;
+}
+
+START_TEST(too_large_answers_then_closes)
+{
+	struct daemon *d;
+	struct daemon_conn *c;
+	const char *ok_id = new_id(), *big_id = new_id(), *after_id = new_id();
+	char *a;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "max_request_bytes", "4096");
+	daemon_start(d);
+
+	/* the limit is the line without its newline: 4096 bytes are fine, 4097 not */
+	a = daemon_gc(daemon_call(d, padded_open(new_id(), "under", 4096)));
+	DAEMON_ASSERT_OK(a);
+	c = daemon_connect(d);
+	daemon_conn_send(c, padded_open(new_id(), "over", 4097));
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	DAEMON_ASSERT_ERROR(a, "too_large");
+	ck_assert_msg(daemon_conn_wait_closed(c, 10000), "not closed after too_large");
+	daemon_conn_close(c);
+	ck_assert_int_eq(stream_count("account-over"), 0);
+
+	/* pipelined: ok, too large, then the connection is closed: the third
+	 * request is never executed */
+	c = daemon_connect(d);
+	{
+		const char *three = daemon_fmt("%s\n%s\n%s\n", open_line(ok_id, "before"),
+					       padded_open(big_id, "big", 5000),
+					       open_line(after_id, "after"));
+		int rc = daemon_conn_try_write(c, three, strlen(three));
+		ck_assert_msg(rc == 0 || rc == -EPIPE || rc == -ECONNRESET, "write: %s",
+			      strerror(-rc));
+	}
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	DAEMON_ASSERT_OK(a);
+	ck_assert(answer_id_is(a, ok_id));
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	DAEMON_ASSERT_ERROR(a, "too_large");
+	ck_assert_msg(daemon_conn_wait_closed(c, 10000),
+		      "the connection must be closed after too_large");
+	daemon_conn_close(c);
+	ck_assert_int_eq(stream_count("account-before"), 1);
+	ck_assert_int_eq(stream_count("account-big"), 0);
+	ck_assert_int_eq(stream_count("account-after"), 0);
+
+	/* the daemon must not wait for a newline that may never come */
+	c = daemon_connect(d);
+	{
+		size_t n = 64 * 1024;
+		char *junk = daemon_gc(malloc(n));
+		memset(junk, ' ', n);
+		memcpy(junk, "{\"pad\":\"", 8);
+		for (size_t i = 8; i < n; i++)
+			junk[i] = 'q';
+		int rc = daemon_conn_try_write(c, junk, n);
+		ck_assert_msg(rc == 0 || rc == -EPIPE || rc == -ECONNRESET, "write: %s",
+			      strerror(-rc));
+	}
+	a = daemon_gc(daemon_conn_recv(c, 10000));
+	DAEMON_ASSERT_ERROR(a, "too_large");
+	ck_assert(daemon_conn_wait_closed(c, 10000));
+	daemon_conn_close(c);
+
+	/* others are not disturbed */
+	a = daemon_gc(daemon_call(d, deposit_line(new_id(), "before", 7)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(default_limit_is_one_mebibyte)
+{
+	struct daemon *d = start_cmdd("bank");
+	char *a;
+
+	a = daemon_gc(daemon_call(d, padded_open(new_id(), "900k", 900 * 1024)));
+	DAEMON_ASSERT_OK(a);
+	{
+		struct daemon_conn *c = daemon_connect(d);
+		const char *line = padded_open(new_id(), "1100k", 1100 * 1024);
+		int rc;
+		char *buf = daemon_fmt("%s\n", line);
+		rc = daemon_conn_try_write(c, buf, strlen(buf));
+		ck_assert_msg(rc == 0 || rc == -EPIPE || rc == -ECONNRESET, "write: %s",
+			      strerror(-rc));
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		DAEMON_ASSERT_ERROR(a, "too_large");
+		ck_assert(daemon_conn_wait_closed(c, 10000));
+		daemon_conn_close(c);
+	}
+	ck_assert_int_eq(stream_count("account-1100k"), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(invalid_utf8_answers_malformed_then_closes)
+{
+	struct daemon *d = start_cmdd("bank");
+	static const char *const bad[] = {
+		"\xff\xfe",		/* never valid */
+		"\xc0\xaf",		/* overlong '/' */
+		"\xed\xa0\x80",		/* a UTF-16 surrogate */
+		"ab\xe2\x82",		/* truncated sequence */
+		"\xf8\x88\x80\x80\x80",	/* 5-byte form */
+	};
+	char *a;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct daemon_conn *c = daemon_connect(d);
+		const char *ok_id = new_id(), *agg = daemon_fmt("utf%zu", i);
+		const char *line = daemon_fmt("{\"id\":\"%s\",\"command\":\"account.open\","
+					      "\"aggregate_id\":\"%s\",\"data\":{\"owner\":\"%s\"}}",
+					      new_id(), agg, bad[i]);
+		const char *three = daemon_fmt("%s\n%s\n%s\n", open_line(ok_id, "fine"), line,
+					       open_line(new_id(), "later"));
+		int rc = daemon_conn_try_write(c, three, strlen(three));
+		ck_assert_msg(rc == 0 || rc == -EPIPE || rc == -ECONNRESET, "write: %s",
+			      strerror(-rc));
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		ck_assert_msg(daemon_answer_ok(a) || daemon_answer_error(a, "rejected"),
+			      "the request before: %s", a ? a : "(closed)");
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		ck_assert_msg(daemon_answer_error(a, "malformed"), "case %zu: expected malformed, "
+			      "got %s", i, a ? a : "(closed)");
+		ck_assert_msg(daemon_conn_wait_closed(c, 10000),
+			      "case %zu: the connection must be closed after invalid UTF-8", i);
+		daemon_conn_close(c);
+		ck_assert_int_eq(stream_count(daemon_fmt("account-%s", agg)), 0);
+	}
+	ck_assert_int_eq(stream_count("account-later"), 0);
+
+	/* outside a string too */
+	{
+		struct daemon_conn *c = daemon_connect(d);
+		daemon_conn_send(c, "{\"command\":\xff\"account.open\"}");
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		DAEMON_ASSERT_ERROR(a, "malformed");
+		ck_assert(daemon_conn_wait_closed(c, 10000));
+		daemon_conn_close(c);
+	}
+
+	/* valid non-ASCII is kept as is */
+	a = daemon_gc(daemon_call(d, "{\"command\":\"account.open\",\"aggregate_id\":\"zoe\","
+				     "\"data\":{\"owner\":\"Zo\xc3\xab \xf0\x9f\x98\x80 \\u00e9\"}}"));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_str_eq(qstr("SELECT data->>'owner' FROM cqrs.events WHERE stream = 'account-zoe'"),
+			 "Zo\xc3\xab \xf0\x9f\x98\x80 \xc3\xa9");
+	daemon_free(d);
+}
+END_TEST
+
+/*
+ * JSON strings may hold U+0000. C strings end there, so a field read as a C
+ * string would be cut short: "account.open\u0000xyz" would run account.open.
+ * PostgreSQL's jsonb cannot store U+0000 at all. Either way the request must
+ * be refused up front, and nothing cut short may be written.
+ */
+START_TEST(nul_characters_are_refused_not_truncated)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	struct {
+		const char *line, *stream;
+	} cases[] = {
+		{ "{\"command\":\"account.open\\u0000xyz\",\"aggregate_id\":\"nul1\","
+		  "\"data\":{\"owner\":\"x\"}}", "account-nul1" },
+		{ "{\"command\":\"account.open\",\"aggregate_id\":\"nul2\\u0000evil\","
+		  "\"data\":{\"owner\":\"x\"}}", "account-nul2" },
+		{ "{\"id\":\"" U "\\u0000\",\"command\":\"account.open\",\"aggregate_id\":\"nul3\","
+		  "\"data\":{\"owner\":\"x\"}}", "account-nul3" },
+		{ "{\"command\":\"account.open\",\"aggregate_id\":\"nul4\",\"data\":{\"owner\":\"x\"},"
+		  "\"metadata\":{\"correlation_id\":\"c\\u0000d\"}}", "account-nul4" },
+		{ "{\"command\":\"account.open\",\"aggregate_id\":\"nul5\",\"data\":{\"owner\":\"x\"},"
+		  "\"metadata\":{\"note\":\"\\u0000\"}}", "account-nul5" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *a = daemon_gc(daemon_conn_call(c, cases[i].line));
+		ck_assert_msg(daemon_answer_error(a, "malformed") || daemon_answer_error(a, "invalid") ||
+			      daemon_answer_error(a, "unknown_command"),
+			      "request %s: expected it refused (malformed), got %s", cases[i].line, a);
+		ck_assert_msg(stream_count(cases[i].stream) == 0, "request %s wrote %s", cases[i].line,
+			      cases[i].stream);
+	}
+	/* the connection is still usable */
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "nul6"))));
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- unknown_command, invalid, rejected, conflict ---------------------------------------- */
+
+START_TEST(unknown_command)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	/* names with bytes no command type has may also be malformed */
+	const char *names[] = { "account.explode", "counter.add", "account", "Account.open",
+				"account.open ", "", "account/open" };
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *id = new_id();
+		const char *a = daemon_gc(daemon_conn_call(c, daemon_fmt(
+			"{\"id\":\"%s\",\"command\":\"%s\",\"aggregate_id\":\"u1\",\"data\":{}}", id,
+			names[i])));
+		if (names[i][0] == '\0' || strpbrk(names[i], " /") != NULL)
+			ck_assert_msg(daemon_answer_error(a, "unknown_command") ||
+				      daemon_answer_error(a, "malformed"), "command \"%s\": %s",
+				      names[i], a);
+		else
+			ck_assert_msg(daemon_answer_error(a, "unknown_command"),
+				      "command \"%s\": expected unknown_command, got %s", names[i], a);
+		ck_assert_msg(answer_id_is(a, id), "answer must echo the id: %s", a);
+	}
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events"), 0);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(invalid_payload_names_the_field)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	char owner201[202];
+	struct {
+		const char *command, *agg, *data, *field;
+	} cases[] = {
+		{ "account.deposit", "nobody", "{}", "amount" },
+		{ "account.deposit", "nobody", "{\"amount\":0}", "amount" },
+		{ "account.deposit", "nobody", "{\"amount\":-5}", "amount" },
+		{ "account.deposit", "nobody", "{\"amount\":\"5\"}", "amount" },
+		{ "account.deposit", "nobody", "{\"amount\":1.5}", "amount" },
+		{ "account.deposit", "nobody", "{\"amount\":null}", "amount" },
+		{ "account.withdraw", "nobody", "{}", "amount" },
+		{ "account.withdraw", "nobody", "{\"amount\":0}", "amount" },
+		{ "account.open", "nobody", "{}", "owner" },
+		{ "account.open", "nobody", "{\"owner\":\"\"}", "owner" },
+		{ "account.open", "nobody", "{\"owner\":5}", "owner" },
+		{ "account.open", "nobody", NULL, "owner" },	/* 201 bytes */
+		{ "account.open", "nobody", "{\"owner\":\"x\",\"overdraft_limit\":-1}",
+		  "overdraft_limit" },
+		{ "account.open", "nobody", "{\"owner\":\"x\",\"overdraft_limit\":\"10\"}",
+		  "overdraft_limit" },
+		/* an account that exists: still invalid, not rejected */
+		{ "account.deposit", "real", "{\"amount\":0}", "amount" },
+		{ "account.open", "real", "{}", "owner" },
+	};
+	const char *a;
+
+	memset(owner201, 'o', 201);
+	owner201[201] = '\0';
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "real"))));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *id = new_id();
+		const char *data = cases[i].data ? cases[i].data
+						 : daemon_fmt("{\"owner\":\"%s\"}", owner201);
+		a = daemon_gc(daemon_conn_call(c, daemon_fmt(
+			"{\"id\":\"%s\",\"command\":\"%s\",\"aggregate_id\":\"%s\",\"data\":%s}", id,
+			cases[i].command, cases[i].agg, data)));
+		ck_assert_msg(daemon_answer_error(a, "invalid"),
+			      "%s %s %s: expected invalid, got %s", cases[i].command, cases[i].agg,
+			      data, a);
+		ck_assert_msg(message_has(a, cases[i].field), "%s %s: message should name \"%s\": %s",
+			      cases[i].command, data, cases[i].field, a);
+		ck_assert(answer_id_is(a, id));
+	}
+	/* the 200-byte owner is fine */
+	memset(owner201, 'o', 200);
+	owner201[200] = '\0';
+	a = daemon_gc(daemon_conn_call(c, daemon_fmt("{\"command\":\"account.open\","
+		"\"aggregate_id\":\"o200\",\"data\":{\"owner\":\"%s\"}}", owner201)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events"), 2);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+static const char *
+call_cmd(struct daemon_conn *c, const char *command, const char *agg, const char *data)
+{
+	return daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"%s\",\"aggregate_id\":\"%s\",\"data\":%s}", new_id(),
+		command, agg, data)));
+}
+
+START_TEST(rejected_by_domain_rules)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *a;
+
+	a = call_cmd(c, "account.deposit", "r1", "{\"amount\":10}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	a = call_cmd(c, "account.close", "r1", "{}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	DAEMON_ASSERT_OK(call_cmd(c, "account.open", "r1", "{\"owner\":\"Ann\"}"));
+	a = call_cmd(c, "account.open", "r1", "{\"owner\":\"Ann\"}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	a = call_cmd(c, "account.withdraw", "r1", "{\"amount\":1}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	ck_assert_msg(message_has(a, "insufficient funds"), "%s", a);
+	DAEMON_ASSERT_OK(call_cmd(c, "account.deposit", "r1", "{\"amount\":50}"));
+	a = call_cmd(c, "account.close", "r1", "{}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	a = call_cmd(c, "account.withdraw", "r1", "{\"amount\":51}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	ck_assert_msg(message_has(a, "insufficient funds"), "%s", a);
+	a = call_cmd(c, "account.withdraw", "r1", "{\"amount\":50}");
+	DAEMON_ASSERT_OK(a);
+	ck_assert_str_eq(daemon_answer_str(a, "events.0.type"), "MoneyWithdrawn");
+	ck_assert_int_eq(balance("account-r1"), 0);
+	a = call_cmd(c, "account.close", "r1", "{}");
+	DAEMON_ASSERT_OK(a);
+	ck_assert_str_eq(daemon_answer_str(a, "events.0.type"), "AccountClosed");
+	a = call_cmd(c, "account.deposit", "r1", "{\"amount\":1}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	a = call_cmd(c, "account.open", "r1", "{\"owner\":\"Ann\"}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	ck_assert_int_eq(stream_count("account-r1"), 4);
+
+	/* overdraft */
+	DAEMON_ASSERT_OK(call_cmd(c, "account.open", "r2", "{\"owner\":\"Bo\",\"overdraft_limit\":100}"));
+	a = call_cmd(c, "account.withdraw", "r2", "{\"amount\":100}");
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(balance("account-r2"), -100);
+	a = call_cmd(c, "account.withdraw", "r2", "{\"amount\":1}");
+	DAEMON_ASSERT_ERROR(a, "rejected");
+	ck_assert_msg(message_has(a, "insufficient funds"), "%s", a);
+	ck_assert_int_eq(stream_count("account-r2"), 2);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+static const char *
+with_expected(struct daemon_conn *c, const char *command, const char *agg, const char *data,
+	      long long expected)
+{
+	return daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"%s\",\"aggregate_id\":\"%s\","
+		"\"expected_version\":%lld,\"data\":%s}", new_id(), command, agg, expected, data)));
+}
+
+START_TEST(conflict_on_expected_version)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *a;
+
+	a = with_expected(c, "account.open", "c1", "{\"owner\":\"x\"}", 0);
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 1);
+	/* 0: the stream must not exist yet */
+	a = with_expected(c, "account.deposit", "c1", "{\"amount\":1}", 0);
+	DAEMON_ASSERT_ERROR(a, "conflict");
+	a = with_expected(c, "account.deposit", "c1", "{\"amount\":1}", 5);
+	DAEMON_ASSERT_ERROR(a, "conflict");
+	a = with_expected(c, "account.deposit", "c1", "{\"amount\":1}", 1);
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 2);
+	a = with_expected(c, "account.deposit", "c1", "{\"amount\":1}", 1);
+	DAEMON_ASSERT_ERROR(a, "conflict");
+	a = with_expected(c, "account.deposit", "c1", "{\"amount\":1}", 2);
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 3);
+	/* a stream that does not exist is at version 0 */
+	a = with_expected(c, "account.open", "c2", "{\"owner\":\"x\"}", 3);
+	DAEMON_ASSERT_ERROR(a, "conflict");
+	ck_assert_int_eq(stream_count("account-c1"), 3);
+	ck_assert_int_eq(stream_count("account-c2"), 0);
+	ck_assert_int_eq(balance("account-c1"), 2);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- metadata ----------------------------------------------------------------------- */
+
+START_TEST(metadata_is_copied_with_correlation_and_causation)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *u1 = new_id(), *u2 = new_id(), *a, *ev1, *ev2, *ev3;
+	char *out = NULL, *cmd;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "m1"))));
+	a = daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"account.deposit\",\"aggregate_id\":\"m1\","
+		"\"data\":{\"amount\":3},\"metadata\":{\"user\":\"alice\",\"n\":7}}", u1)));
+	DAEMON_ASSERT_OK(a);
+	ev1 = daemon_answer_str(a, "events.0.id");
+	ck_assert_str_eq(qstr("SELECT metadata->>'user' FROM cqrs.events WHERE id = '%s'", ev1),
+			 "alice");
+	ck_assert_int_eq(qint("SELECT (metadata->>'n')::int FROM cqrs.events WHERE id = '%s'", ev1),
+			 7);
+	ck_assert_str_eq(qstr("SELECT metadata->>'correlation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev1), u1);
+	ck_assert_str_eq(qstr("SELECT metadata->>'causation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev1), u1);
+
+	/* a given correlation id is kept; causation is always the command id */
+	a = daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"account.deposit\",\"aggregate_id\":\"m1\","
+		"\"data\":{\"amount\":4},\"metadata\":{\"correlation_id\":\"corr-7\","
+		"\"causation_id\":\"spoofed\",\"user\":\"bob\"}}", u2)));
+	DAEMON_ASSERT_OK(a);
+	ev2 = daemon_answer_str(a, "events.0.id");
+	ck_assert_str_eq(qstr("SELECT metadata->>'correlation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev2), "corr-7");
+	ck_assert_str_eq(qstr("SELECT metadata->>'causation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev2), u2);
+	ck_assert_str_eq(qstr("SELECT metadata->>'user' FROM cqrs.events WHERE id = '%s'", ev2),
+			 "bob");
+
+	/* no metadata at all: both ids still there */
+	a = daemon_gc(daemon_conn_call(c, "{\"command\":\"account.deposit\",\"aggregate_id\":\"m1\","
+					  "\"data\":{\"amount\":5}}"));
+	DAEMON_ASSERT_OK(a);
+	ev3 = daemon_answer_str(a, "events.0.id");
+	ck_assert_str_eq(qstr("SELECT metadata->>'causation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev3), daemon_answer_str(a, "id"));
+	ck_assert_str_eq(qstr("SELECT metadata->>'correlation_id' FROM cqrs.events WHERE id = '%s'",
+			      ev3), daemon_answer_str(a, "id"));
+
+	/* what operators see through cqrsctl read */
+	cmd = daemon_fmt("%s -c %s read account-m1", fixture_bin("cqrsctl"), daemon_config_path(d));
+	ck_assert_int_eq(fixture_run(cmd, &out), 0);
+	daemon_gc(out);
+	{
+		char *line2 = strchr(out, '\n');
+		json_object *e;
+		ck_assert_ptr_nonnull(line2);
+		line2++;
+		*strchr(line2, '\n') = '\0';
+		e = daemon_json(line2);
+		ck_assert_str_eq(daemon_jstr(e, "id"), ev1);
+		ck_assert_str_eq(daemon_jstr(e, "type"), "MoneyDeposited");
+		ck_assert_str_eq(daemon_jstr(e, "metadata.user"), "alice");
+		ck_assert_str_eq(daemon_jstr(e, "metadata.correlation_id"), u1);
+		ck_assert_str_eq(daemon_jstr(e, "metadata.causation_id"), u1);
+		ck_assert_int_eq(json_object_get_int64(daemon_jget(e, "data.amount")), 3);
+		ck_assert_int_eq(json_object_get_int64(daemon_jget(e, "data.balance")), 3);
+		json_object_put(e);
+	}
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- pipelining ------------------------------------------------------------------------ */
+
+START_TEST(pipelined_1000_answered_in_order)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	enum { N = 1000, ACCOUNTS = 10 };
+	const char *lines[N], *ids[N];
+	char kind[N];		/* o ok, i invalid, m malformed, u unknown, r rejected */
+	long long expect_balance[ACCOUNTS] = { 0 };
+	char **answers;
+
+	for (int i = 0; i < N; i++) {
+		const char *agg = daemon_fmt("p%d", i % ACCOUNTS);
+		ids[i] = new_id();
+		if (i < ACCOUNTS) {
+			lines[i] = open_line(ids[i], agg);
+			kind[i] = 'o';
+		} else if (i % 7 == 0) {
+			lines[i] = deposit_line(ids[i], agg, 0);
+			kind[i] = 'i';
+		} else if (i % 11 == 0) {
+			lines[i] = daemon_fmt("{\"id\":\"%s\",\"command\":\"account.deposit\","
+					      "\"aggregate_id\":\"%s\"}", ids[i], agg);
+			kind[i] = 'm';
+		} else if (i % 13 == 0) {
+			lines[i] = daemon_fmt("{\"id\":\"%s\",\"command\":\"account.nope\","
+					      "\"aggregate_id\":\"%s\",\"data\":{}}", ids[i], agg);
+			kind[i] = 'u';
+		} else if (i % 17 == 0) {
+			lines[i] = deposit_line(ids[i], daemon_fmt("unopened%d", i), 1);
+			kind[i] = 'r';
+		} else {
+			lines[i] = deposit_line(ids[i], agg, i);
+			kind[i] = 'o';
+			expect_balance[i % ACCOUNTS] += i;
+		}
+	}
+	answers = daemon_conn_pipeline(c, lines, N, 60000);
+	for (int i = 0; i < N; i++) {
+		const char *a = answers[i];
+		ck_assert_msg(answer_id_is(a, ids[i]),
+			      "answer %d is not for request %d (out of order?): %s", i, i, a);
+		switch (kind[i]) {
+		case 'o':
+			ck_assert_msg(daemon_answer_ok(a), "request %d %s: %s", i, lines[i], a);
+			break;
+		case 'i':
+			ck_assert_msg(daemon_answer_error(a, "invalid"), "request %d: %s", i, a);
+			break;
+		case 'm':
+			ck_assert_msg(daemon_answer_error(a, "malformed"), "request %d: %s", i, a);
+			break;
+		case 'u':
+			ck_assert_msg(daemon_answer_error(a, "unknown_command"), "request %d: %s", i, a);
+			break;
+		case 'r':
+			ck_assert_msg(daemon_answer_error(a, "rejected"), "request %d: %s", i, a);
+			break;
+		}
+	}
+	daemon_lines_free(answers, N);
+	for (int k = 0; k < ACCOUNTS; k++)
+		ck_assert_int_eq(balance(daemon_fmt("account-p%d", k)), expect_balance[k]);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(pipelined_on_one_aggregate_versions_follow)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	enum { N = 1000 };
+	const char *lines[N];
+	char **answers;
+	long long sum = 0;
+
+	lines[0] = open_line(new_id(), "one");
+	for (int i = 1; i < N; i++) {
+		lines[i] = deposit_line(new_id(), "one", i);
+		sum += i;
+	}
+	answers = daemon_conn_pipeline(c, lines, N, 60000);
+	for (int i = 0; i < N; i++) {
+		ck_assert_msg(daemon_answer_ok(answers[i]), "request %d: %s", i, answers[i]);
+		ck_assert_msg(daemon_answer_int(answers[i], "version") == i + 1,
+			      "request %d should make version %d: %s", i, i + 1, answers[i]);
+	}
+	daemon_lines_free(answers, N);
+	ck_assert_int_eq(stream_count("account-one"), N);
+	ck_assert_int_eq(balance("account-one"), sum);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- idempotency ---------------------------------------------------------------------- */
+
+static bool
+same_events(const char *a, const char *b)
+{
+	json_object *x = daemon_json(a), *y = daemon_json(b);
+	json_object *ex = daemon_jget(x, "events"), *ey = daemon_jget(y, "events");
+	bool r = ex != NULL && ey != NULL && json_object_equal(ex, ey) &&
+		 daemon_answer_int(a, "version") == daemon_answer_int(b, "version") &&
+		 json_object_equal(daemon_jget(x, "stream"), daemon_jget(y, "stream"));
+
+	json_object_put(x);
+	json_object_put(y);
+	return r;
+}
+
+static bool
+is_duplicate(const char *a)
+{
+	json_object *o = daemon_json(a), *v = daemon_jget(o, "duplicate");
+	bool r = v != NULL && json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+
+	json_object_put(o);
+	return r;
+}
+
+START_TEST(repeated_command_id_is_a_duplicate)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id(), *first, *again, *other;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "d1"))));
+	first = daemon_gc(daemon_conn_call(c, deposit_line(id, "d1", 10)));
+	DAEMON_ASSERT_OK(first);
+	ck_assert(!is_duplicate(first));
+	again = daemon_gc(daemon_conn_call(c, deposit_line(id, "d1", 10)));
+	DAEMON_ASSERT_OK(again);
+	ck_assert_msg(is_duplicate(again), "a repeat must say duplicate:true: %s", again);
+	ck_assert_msg(same_events(first, again), "a repeat must give the first outcome:\n%s\n%s",
+		      first, again);
+	ck_assert(answer_id_is(again, id));
+	/* on another connection, and with another payload: still the first outcome */
+	other = daemon_gc(daemon_call(d, deposit_line(id, "d1", 999)));
+	DAEMON_ASSERT_OK(other);
+	ck_assert(is_duplicate(other));
+	ck_assert(same_events(first, other));
+	ck_assert_int_eq(stream_count("account-d1"), 2);
+	ck_assert_int_eq(balance("account-d1"), 10);
+
+	/* an open that succeeded, repeated, is not "rejected: already open" */
+	{
+		const char *oid = new_id();
+		const char *o1 = daemon_gc(daemon_conn_call(c, open_line(oid, "d2")));
+		const char *o2 = daemon_gc(daemon_conn_call(c, open_line(oid, "d2")));
+		DAEMON_ASSERT_OK(o1);
+		DAEMON_ASSERT_OK(o2);
+		ck_assert(is_duplicate(o2));
+		ck_assert(same_events(o1, o2));
+	}
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(repeat_while_in_flight_gets_the_first_outcome)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id();
+	const char *lines[3];
+	char **answers;
+	int firsts = 0;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "f1"))));
+	/* pipelined on one connection: the second is in flight behind the first */
+	lines[0] = deposit_line(id, "f1", 5);
+	lines[1] = deposit_line(id, "f1", 5);
+	lines[2] = deposit_line(id, "f1", 5);
+	answers = daemon_conn_pipeline(c, lines, 3, 30000);
+	DAEMON_ASSERT_OK(answers[0]);
+	ck_assert(!is_duplicate(answers[0]));
+	for (int i = 1; i < 3; i++) {
+		DAEMON_ASSERT_OK(answers[i]);
+		ck_assert_msg(is_duplicate(answers[i]), "%s", answers[i]);
+		ck_assert(same_events(answers[0], answers[i]));
+	}
+	daemon_lines_free(answers, 3);
+	ck_assert_int_eq(stream_count("account-f1"), 2);
+
+	/* the same new id from 8 connections at once: one append, one first */
+	{
+		enum { K = 8 };
+		struct daemon_conn *cs[K];
+		char *as[K];
+		const char *id2 = new_id();
+		const char *line = daemon_fmt("%s\n", deposit_line(id2, "f1", 7));
+		for (int i = 0; i < K; i++)
+			cs[i] = daemon_connect(d);
+		for (int i = 0; i < K; i++)
+			daemon_conn_write(cs[i], line, strlen(line));
+		for (int i = 0; i < K; i++) {
+			as[i] = daemon_gc(daemon_conn_recv(cs[i], DAEMON_RECV_TIMEOUT_MS));
+			DAEMON_ASSERT_OK(as[i]);
+			if (!is_duplicate(as[i]))
+				firsts++;
+			ck_assert(same_events(as[0], as[i]));
+			daemon_conn_close(cs[i]);
+		}
+		ck_assert_msg(firsts == 1, "%d answers without duplicate, want 1", firsts);
+	}
+	ck_assert_int_eq(stream_count("account-f1"), 3);
+	ck_assert_int_eq(balance("account-f1"), 12);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- cqrsctl send -------------------------------------------------------------------------- */
+
+static int
+ctl(struct daemon *d, const char *args, char **out)
+{
+	char *cmd = daemon_fmt("%s -c %s %s", fixture_bin("cqrsctl"), daemon_config_path(d), args);
+	int rc = fixture_run(cmd, out);
+
+	if (out != NULL)
+		daemon_gc(*out);
+	return rc;
+}
+
+START_TEST(cqrsctl_send_one)
+{
+	struct daemon *d = start_cmdd("bank");
+	const char *id = new_id();
+	char *out, *errpath = daemon_fmt("%s/ctl.err", daemon_dir(d));
+	int rc;
+
+	rc = ctl(d, daemon_fmt("send account.open s1 '{\"owner\":\"Sam\"}' --id %s", id), &out);
+	ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+	ck_assert_msg(strchr(out, '\n') == out + strlen(out) - 1, "one line: %s", out);
+	DAEMON_ASSERT_OK(out);
+	ck_assert(answer_id_is(out, id));
+	ck_assert_str_eq(daemon_answer_str(out, "stream"), "account-s1");
+
+	rc = ctl(d, "send account.deposit s1 '{\"amount\":25}' --expected 1 "
+		    "--metadata '{\"user\":\"carol\"}'", &out);
+	ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+	ck_assert_int_eq(daemon_answer_int(out, "version"), 2);
+	ck_assert_str_eq(qstr("SELECT metadata->>'user' FROM cqrs.events WHERE stream = 'account-s1'"
+			      " AND version = 2"), "carol");
+
+	/* a nack is printed and exits 1 */
+	rc = ctl(d, "send account.deposit s1 '{\"amount\":1}' --expected 1", &out);
+	ck_assert_int_eq(rc, 1);
+	DAEMON_ASSERT_ERROR(out, "conflict");
+	rc = ctl(d, "send account.close s1", &out);	/* data defaults to {} */
+	ck_assert_int_eq(rc, 1);
+	DAEMON_ASSERT_ERROR(out, "rejected");
+	/* a repeat */
+	rc = ctl(d, daemon_fmt("send account.open s1 '{\"owner\":\"Sam\"}' --id %s", id), &out);
+	ck_assert_int_eq(rc, 0);
+	ck_assert(is_duplicate(out));
+
+	/* usage */
+	ck_assert_int_eq(ctl(d, "send account.open 2>/dev/null", NULL), 2);
+	ck_assert_int_eq(ctl(d, "send account.open s1 'not json' 2>/dev/null", NULL), 2);
+	ck_assert_int_eq(ctl(d, "send account.open s1 '{}' --expected x 2>/dev/null", NULL), 2);
+
+	/* no daemon there: exit 1, and the message names the socket */
+	rc = ctl(d, daemon_fmt("send --socket %s/nope.sock account.open s1 2>%s", daemon_dir(d),
+			       errpath), &out);
+	ck_assert_int_eq(rc, 1);
+	{
+		char *cmd = daemon_fmt("cat %s", errpath), *err = NULL;
+		ck_assert_int_eq(fixture_run(cmd, &err), 0);
+		daemon_gc(err);
+		ck_assert_msg(strstr(err, daemon_fmt("%s/nope.sock", daemon_dir(d))) != NULL,
+			      "the message should name the socket: %s", err);
+	}
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(cqrsctl_send_pipelined_from_stdin)
+{
+	struct daemon *d = start_cmdd("bank");
+	enum { N = 20000 };
+	const char *in = daemon_fmt("%s/in.jsonl", daemon_dir(d));
+	FILE *f = fopen(in, "w");
+	char *out;
+	int rc, lines = 0;
+
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "%s\n\n", open_line(new_id(), "big"));
+	for (int i = 1; i < N; i++)
+		fprintf(f, "{\"id\":\"00000000-0000-4000-8000-%012d\",\"command\":\"account.deposit\","
+			   "\"aggregate_id\":\"big\",\"data\":{\"amount\":1},"
+			   "\"metadata\":{\"pad\":\"%0100d\"}}\n", i, i);
+	fclose(f);
+	rc = ctl(d, daemon_fmt("send - --timeout 120 < %s", in), &out);
+	ck_assert_msg(rc == 0, "rc %d, output ends: %s", rc,
+		      strlen(out) > 500 ? out + strlen(out) - 500 : out);
+	for (char *p = out, *nl; (nl = strchr(p, '\n')) != NULL; p = nl + 1) {
+		*nl = '\0';
+		if (lines > 0) {
+			char want[64];
+			snprintf(want, sizeof(want), "00000000-0000-4000-8000-%012d", lines);
+			ck_assert_msg(answer_id_is(p, want), "answer %d out of order: %s", lines, p);
+		}
+		DAEMON_ASSERT_OK(p);
+		lines++;
+	}
+	ck_assert_int_eq(lines, N);
+	ck_assert_int_eq(balance("account-big"), N - 1);
+
+	/* one nack among oks: every answer printed, exit 1 */
+	f = fopen(in, "w");
+	fprintf(f, "%s\n%s\n%s", deposit_line(new_id(), "big", 1), deposit_line(new_id(), "big", 0),
+		deposit_line(new_id(), "big", 1) /* no final newline */);
+	fclose(f);
+	rc = ctl(d, daemon_fmt("send - < %s", in), &out);
+	ck_assert_int_eq(rc, 1);
+	ck_assert_int_eq(balance("account-big"), N + 1);
+	{
+		char *l2 = strchr(out, '\n') + 1, *l3 = strchr(l2, '\n') + 1;
+		DAEMON_ASSERT_OK(out);
+		DAEMON_ASSERT_ERROR(l2, "invalid");
+		DAEMON_ASSERT_OK(l3);
+	}
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(cqrsctl_send_when_the_daemon_closes)
+{
+	struct daemon *d;
+	const char *in;
+	FILE *f;
+	char *out;
+	int rc;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "max_request_bytes", "2048");
+	daemon_start(d);
+	in = daemon_fmt("%s/in.jsonl", daemon_dir(d));
+	f = fopen(in, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "%s\n%s\n%s\n", open_line(new_id(), "cl"), padded_open(new_id(), "x", 4000),
+		open_line(new_id(), "never"));
+	fclose(f);
+	rc = ctl(d, daemon_fmt("send - < %s 2>%s/err", in, daemon_dir(d)), &out);
+	ck_assert_int_eq(rc, 1);
+	{
+		char *l2 = strchr(out, '\n');
+		ck_assert_ptr_nonnull(l2);
+		*l2++ = '\0';
+		DAEMON_ASSERT_OK(out);
+		DAEMON_ASSERT_ERROR(l2, "too_large");
+	}
+	ck_assert_int_eq(stream_count("account-never"), 0);
+	daemon_free(d);
+}
+END_TEST
+
+/* ---- the library client the process managers use ------------------------------------- */
+
+START_TEST(cmdclient_against_the_daemon)
+{
+	struct daemon *d;
+	struct cmdclient *c = NULL;
+	struct cqrs_err err = { 0 };
+	char *answer = NULL, longpath[200];
+	const char *line;
+	size_t len;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "max_request_bytes", "4096");
+	daemon_start(d);
+
+	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cmdclient_call(c, open_line(new_id(), "cc1"), 5000, &answer, &err), 0);
+	DAEMON_ASSERT_OK(answer);
+	free(answer);
+	/* a request already ending in a newline gets no second one */
+	ck_assert_int_eq(cmdclient_call(c, daemon_fmt("%s\n", deposit_line(new_id(), "cc1", 4)),
+					5000, &answer, &err), 0);
+	DAEMON_ASSERT_OK(answer);
+	ck_assert_int_eq(daemon_answer_int(answer, "version"), 2);
+	free(answer);
+	/* nothing asked, nothing comes: a timeout, reported as unavailable */
+	ck_assert_int_eq(cmdclient_recv(c, 200, &line, &len, &err), CQRS_EUNAVAILABLE);
+	ck_assert_msg(strstr(err.msg, "timed out") != NULL, "%s", err.msg);
+	cmdclient_free(c);
+	c = NULL;
+
+	/* pipelined through send/recv */
+	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	for (int i = 0; i < 50; i++) {
+		const char *l = deposit_line(new_id(), "cc1", 1);
+		ck_assert_int_eq(cmdclient_send(c, l, strlen(l), 5000, &err), 0);
+	}
+	for (int i = 0; i < 50; i++) {
+		ck_assert_int_eq(cmdclient_recv(c, 5000, &line, &len, &err), 0);
+		ck_assert_uint_eq(strlen(line), len);
+		ck_assert_int_eq(daemon_answer_int(line, "version"), 3 + i);
+	}
+	/* an answer over the client's limit */
+	cmdclient_set_max_line(c, 50);
+	ck_assert_int_eq(cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
+			 CQRS_ETOOLARGE);
+	cmdclient_free(c);
+	c = NULL;
+
+	/* the daemon closes after a framing error: the client says so */
+	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cmdclient_call(c, padded_open(new_id(), "toolong", 5000), 5000, &answer,
+					&err), 0);
+	DAEMON_ASSERT_ERROR(answer, "too_large");
+	free(answer);
+	ck_assert_int_eq(cmdclient_recv(c, 5000, &line, &len, &err), CQRS_EUNAVAILABLE);
+	ck_assert_msg(strstr(err.msg, "closed") != NULL, "%s", err.msg);
+	cmdclient_free(c);
+	c = NULL;
+
+	/* nobody there, and a path that cannot be a socket address */
+	ck_assert_int_eq(cmdclient_connect(daemon_fmt("%s/none.sock", daemon_dir(d)), 1000, &c, &err),
+			 CQRS_EUNAVAILABLE);
+	ck_assert_msg(strstr(err.msg, daemon_fmt("%s/none.sock", daemon_dir(d))) != NULL, "%s",
+		      err.msg);
+	memset(longpath, 'x', sizeof(longpath) - 1);
+	longpath[0] = '/';
+	longpath[sizeof(longpath) - 1] = '\0';
+	ck_assert_int_eq(cmdclient_connect(longpath, 1000, &c, &err), CQRS_EINVALID);
+	ck_assert_ptr_null(c);
+	cmdclient_free(NULL);
+
+	/* the daemon goes away between two calls */
+	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	ck_assert_int_eq(cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
+			 CQRS_EUNAVAILABLE);
+	cmdclient_free(c);
+	daemon_free(d);
+}
+END_TEST
+
+static Suite *
+cmdd_protocol_suite(void)
+{
+	Suite *s = suite_create("cmdd_protocol");
+	TCase *tc = tcase_create("protocol");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, ok_answers_have_the_documented_shape);
+	tcase_add_test(tc, answers_echo_the_id_as_sent);
+	tcase_add_test(tc, aggregate_id_charset_and_length);
+	tcase_add_test(tc, malformed_requests_keep_the_connection);
+	tcase_add_test(tc, blank_and_whitespace_around_requests);
+	tcase_add_test(tc, too_large_answers_then_closes);
+	tcase_add_test(tc, default_limit_is_one_mebibyte);
+	tcase_add_test(tc, invalid_utf8_answers_malformed_then_closes);
+	tcase_add_test(tc, nul_characters_are_refused_not_truncated);
+	tcase_add_test(tc, unknown_command);
+	tcase_add_test(tc, invalid_payload_names_the_field);
+	tcase_add_test(tc, rejected_by_domain_rules);
+	tcase_add_test(tc, conflict_on_expected_version);
+	tcase_add_test(tc, metadata_is_copied_with_correlation_and_causation);
+	tcase_add_test(tc, pipelined_1000_answered_in_order);
+	tcase_add_test(tc, pipelined_on_one_aggregate_versions_follow);
+	tcase_add_test(tc, repeated_command_id_is_a_duplicate);
+	tcase_add_test(tc, repeat_while_in_flight_gets_the_first_outcome);
+	tcase_add_test(tc, cqrsctl_send_one);
+	tcase_add_test(tc, cqrsctl_send_pipelined_from_stdin);
+	tcase_add_test(tc, cqrsctl_send_when_the_daemon_closes);
+	tcase_add_test(tc, cmdclient_against_the_daemon);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(cmdd_protocol_suite());
+	int failed;
+
+	/* start (or find) the shared PostgreSQL here, not in each forked test */
+	(void)fixture_pg_admin_conninfo();
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}

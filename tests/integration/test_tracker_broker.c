@@ -1,0 +1,432 @@
+/* test_tracker_broker.c - the broker unit (common/broker.c) against a real RabbitMQ. */
+#include <check.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<rabbitmq-c/amqp.h>)
+#define TEST_NEW_HEADERS 1
+#endif
+#endif
+#ifdef TEST_NEW_HEADERS
+#include <rabbitmq-c/amqp.h>
+#include <rabbitmq-c/tcp_socket.h>
+#else
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
+#include <json-c/json.h>
+
+#include "broker.h"
+#include "envelope.h"
+#include "fixture.h"
+#include "proc.h"
+#include "rabbit.h"
+#include "uuid.h"
+
+static struct broker *
+connect_ok(const struct broker_options *opt)
+{
+	struct broker *b = NULL;
+	struct cqrs_err err = { 0 };
+
+	if (broker_connect(fixture_broker_url(), opt, &b, &err) < 0)
+		ck_abort_msg("broker_connect: %s", err.msg);
+	if (broker_declare_topology(b, &err) < 0)
+		ck_abort_msg("declare: %s", err.msg);
+	return b;
+}
+
+/* A unique aggregate type for this test's streams. */
+static const char *
+unique_type(void)
+{
+	static char buf[64];
+
+	snprintf(buf, sizeof(buf), "bt%d%ld", (int)getpid(), random() % 100000);
+	return buf;
+}
+
+START_TEST(url_parsing)
+{
+	struct broker_url u;
+	struct cqrs_err err = { 0 };
+
+	ck_assert_int_eq(broker_url_parse("amqp://u%40x:p%3Aw@host.example:1234/%2f", &u, &err), 0);
+	ck_assert_str_eq(u.user, "u@x");
+	ck_assert_str_eq(u.password, "p:w");
+	ck_assert_str_eq(u.host, "host.example");
+	ck_assert_int_eq(u.port, 1234);
+	ck_assert_str_eq(u.vhost, "/");
+	ck_assert(!u.tls);
+	ck_assert_str_eq(u.name, "host.example:1234/%2f");
+	broker_url_clear(&u);
+
+	/* no path: vhost "/", default port and user */
+	ck_assert_int_eq(broker_url_parse("amqp://h", &u, &err), 0);
+	ck_assert_str_eq(u.vhost, "/");
+	ck_assert_int_eq(u.port, 5672);
+	ck_assert_str_eq(u.user, "guest");
+	broker_url_clear(&u);
+
+	ck_assert_int_eq(broker_url_parse("amqps://h/prod", &u, &err), 0);
+	ck_assert(u.tls);
+	ck_assert_int_eq(u.port, 5671);
+	ck_assert_str_eq(u.vhost, "prod");
+	ck_assert_str_eq(u.name, "h:5671/prod");
+	broker_url_clear(&u);
+
+	/* "/" then nothing: the empty vhost, as the spec says */
+	ck_assert_int_eq(broker_url_parse("amqp://h/", &u, &err), 0);
+	ck_assert_str_eq(u.vhost, "");
+	broker_url_clear(&u);
+
+	ck_assert_int_eq(broker_url_parse("http://h/", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(broker_url_parse("amqp://h:port/", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(broker_url_parse("amqp://h/a/b", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(broker_url_parse("amqp://h/x?heartbeat=5", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(broker_url_parse("amqp://u:secret@h:99999/", &u, &err), CQRS_ECONFIG);
+	ck_assert_msg(strstr(err.msg, "secret") == NULL, "password in \"%s\"", err.msg);
+	ck_assert_int_eq(broker_url_parse("", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(broker_url_parse(NULL, &u, &err), CQRS_ECONFIG);
+}
+END_TEST
+
+START_TEST(routing_keys)
+{
+	char buf[BROKER_SHORTSTR_MAX + 1], stream[400], type[201];
+
+	broker_routing_key("account-42", "MoneyDeposited", buf, sizeof(buf));
+	ck_assert_str_eq(buf, "account.MoneyDeposited");
+	broker_routing_key("order-a-b-c", "Placed", buf, sizeof(buf));
+	ck_assert_str_eq(buf, "order.Placed");
+	broker_routing_key("lonely", "T", buf, sizeof(buf));
+	ck_assert_str_eq(buf, "lonely.T");
+	memset(stream, 'a', 250);
+	strcpy(stream + 250, "-1");
+	memset(type, 'T', 200);
+	type[200] = '\0';
+	broker_routing_key(stream, type, buf, sizeof(buf));
+	ck_assert_int_eq(strlen(buf), BROKER_SHORTSTR_MAX);
+}
+END_TEST
+
+START_TEST(connect_errors_name_broker_and_step)
+{
+	struct broker *b = NULL;
+	struct cqrs_err err = { 0 };
+	char url[256], name[64];
+
+	/* nothing listens on port 1 */
+	ck_assert_int_eq(broker_connect("amqp://cqrs:hunter2@127.0.0.1:1/%2f", NULL, &b, &err),
+			 CQRS_EUNAVAILABLE);
+	ck_assert_ptr_null(b);
+	ck_assert_msg(strstr(err.msg, "127.0.0.1:1/%2f") && strstr(err.msg, "connect"), "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "hunter2") == NULL, "%s", err.msg);
+
+	/* wrong password */
+	snprintf(url, sizeof(url), "amqp://cqrs:wrongpass@127.0.0.1:%d/%%2f", fixture_rabbit_port());
+	snprintf(name, sizeof(name), "127.0.0.1:%d/%%2f", fixture_rabbit_port());
+	ck_assert_int_eq(broker_connect(url, NULL, &b, &err), CQRS_EUNAVAILABLE);
+	ck_assert_msg(strstr(err.msg, name) && strstr(err.msg, "login") && strstr(err.msg, "\"cqrs\""),
+		      "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "wrongpass") == NULL, "%s", err.msg);
+
+	/* no such vhost */
+	snprintf(url, sizeof(url), "amqp://cqrs:cqrs@127.0.0.1:%d/nowhere", fixture_rabbit_port());
+	ck_assert_int_lt(broker_connect(url, NULL, &b, &err), 0);
+	ck_assert_msg(strstr(err.msg, "/nowhere"), "%s", err.msg);
+
+	/* TLS to a plain port: the handshake fails, with the step named */
+	snprintf(url, sizeof(url), "amqps://cqrs:cqrs@127.0.0.1:%d/%%2f", fixture_rabbit_port());
+	{
+		struct broker_options o;
+		broker_options_default(&o);
+		o.connect_timeout_ms = 3000;
+		ck_assert_int_lt(broker_connect(url, &o, &b, &err), 0);
+		ck_assert_msg(strstr(err.msg, "TLS"), "%s", err.msg);
+	}
+}
+END_TEST
+
+START_TEST(publish_properties_exactly)
+{
+	struct broker *b = connect_ok(NULL);
+	struct rabbit_collector *col = rabbit_collector_new(NULL, "#");
+	struct cqrs_err err = { 0 };
+	const char *type = unique_type();
+	char stream[128], id[UUID_STR_LEN], *body;
+	struct json_object *data = json_tokener_parse("{\"amount\":9007199254740993,\"note\":\"\\u00e9\"}");
+	struct json_object *meta = json_tokener_parse("{\"correlation_id\":\"c-1\"}");
+	struct cqrs_event *ev;
+	const struct rabbit_msg *m;
+	size_t n;
+	uint64_t tag = 0;
+
+	snprintf(stream, sizeof(stream), "%s-42", type);
+	uuid_v4(id);
+	ev = cqrs_event_new(id, stream, 7, 1234567890123LL, "MoneyDeposited", data, meta,
+		       "2026-11-26T05:20:49.123456Z");
+	ck_assert_ptr_nonnull(ev);
+	ck_assert_int_eq(broker_publish_event(b, ev, &tag, &err), 0);
+	ck_assert_uint_eq(tag, 1);
+	ck_assert_uint_eq(broker_unconfirmed(b), 1);
+	ck_assert_msg(broker_wait_confirms(b, 0, 10000, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(broker_unconfirmed(b), 0);
+
+	ck_assert_uint_eq(rabbit_collector_wait(col, type, 1, 10000), 1);
+	m = rabbit_collector_msgs(col, &n);
+	while (strcmp(m->stream, stream) != 0)
+		m++;
+	body = envelope_encode(ev);
+	ck_assert_str_eq(m->exchange, "cqrs.events");
+	{
+		char key[200];
+		snprintf(key, sizeof(key), "%s.MoneyDeposited", type);
+		ck_assert_str_eq(m->routing_key, key);
+	}
+	ck_assert_str_eq(m->message_id, id);
+	ck_assert_str_eq(m->type, "MoneyDeposited");
+	ck_assert_str_eq(m->content_type, "application/json");
+	ck_assert_int_eq(m->delivery_mode, 2);
+	ck_assert_int_eq(m->nheaders, 3);
+	ck_assert_int_eq(m->stream_kind, 'S');
+	ck_assert_int_eq(m->version_kind, 'l');
+	ck_assert_int_eq(m->position_kind, 'l');
+	ck_assert_int_eq(m->version, 7);
+	ck_assert_int_eq(m->position, 1234567890123LL);
+	ck_assert_str_eq(m->body, body);
+	/* and the body is an envelope a consumer can decode */
+	{
+		struct cqrs_event *back = NULL;
+		ck_assert_int_eq(envelope_decode(m->body, m->body_len, &back, &err), 0);
+		ck_assert_str_eq(back->id, id);
+		cqrs_event_free(back);
+	}
+	free(body);
+	cqrs_event_free(ev);
+	json_object_put(data);
+	json_object_put(meta);
+	rabbit_collector_free(col);
+	broker_free(b);
+}
+END_TEST
+
+START_TEST(many_in_flight_then_confirms)
+{
+	struct broker *b = connect_ok(NULL);
+	struct rabbit_collector *col = rabbit_collector_new(NULL, "#");
+	struct cqrs_err err = { 0 };
+	const char *type = unique_type();
+	char stream[128], body[64], id[UUID_STR_LEN], key[128];
+	uint64_t tag = 0, mid = 0;
+
+	snprintf(stream, sizeof(stream), "%s-1", type);
+	snprintf(key, sizeof(key), "%s.Ping", type);
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 2000; i++) {
+			struct broker_message m = {
+				.routing_key = key, .body = body, .message_id = id, .type = "Ping",
+				.stream = stream, .version = round * 2000 + i + 1, .position = i,
+			};
+			uuid_v4(id);
+			m.body_len = (size_t)snprintf(body, sizeof(body), "{\"i\":%d}", i);
+			ck_assert_msg(broker_publish(b, &m, &tag, &err) == 0, "%s", err.msg);
+			if (i == 999)
+				mid = tag;
+		}
+		/* the first half, then everything */
+		ck_assert_msg(broker_wait_confirms(b, mid, 20000, &err) == 0, "%s", err.msg);
+		ck_assert_uint_le(broker_unconfirmed(b), 1000);
+		ck_assert_msg(broker_wait_confirms(b, 0, 20000, &err) == 0, "%s", err.msg);
+		ck_assert_uint_eq(broker_unconfirmed(b), 0);
+		ck_assert_uint_eq(tag, (uint64_t)(round + 1) * 2000);
+	}
+	ck_assert_uint_eq(rabbit_collector_wait(col, type, 6000, 30000), 6000);
+	rabbit_collector_free(col);
+	broker_free(b);
+}
+END_TEST
+
+/* A raw AMQP connection for setting up what the broker unit must not do. */
+static amqp_connection_state_t
+raw_conn(void)
+{
+	amqp_connection_state_t c = amqp_new_connection();
+	amqp_socket_t *s = amqp_tcp_socket_new(c);
+
+	ck_assert_int_eq(amqp_socket_open(s, "127.0.0.1", fixture_rabbit_port()), 0);
+	ck_assert_int_eq(amqp_login(c, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "cqrs", "cqrs")
+				 .reply_type, AMQP_RESPONSE_NORMAL);
+	amqp_channel_open(c, 1);
+	ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+	return c;
+}
+
+START_TEST(nack_is_an_error)
+{
+	amqp_connection_state_t raw = raw_conn();
+	struct broker *b = connect_ok(NULL);
+	struct cqrs_err err = { 0 };
+	char exch[64], queue[64];
+	amqp_table_entry_t args[2];
+	amqp_table_t t = { 2, args };
+	struct broker_message m = { .routing_key = "full", .body = "{}", .body_len = 2,
+				    .message_id = "m1", .type = "T", .stream = "s-1",
+				    .version = 1, .position = 1 };
+	int rc;
+
+	/* a queue that refuses every message: the broker nacks what goes there */
+	snprintf(exch, sizeof(exch), "cqrs-test.nack.%d", (int)getpid());
+	snprintf(queue, sizeof(queue), "cqrs-test.full.%d", (int)getpid());
+	amqp_exchange_declare(raw, 1, amqp_cstring_bytes(exch), amqp_cstring_bytes("direct"), 0, 0,
+			      1, 0, amqp_empty_table);
+	ck_assert_int_eq(amqp_get_rpc_reply(raw).reply_type, AMQP_RESPONSE_NORMAL);
+	args[0].key = amqp_cstring_bytes("x-max-length");
+	args[0].value.kind = AMQP_FIELD_KIND_I32;
+	args[0].value.value.i32 = 0;
+	args[1].key = amqp_cstring_bytes("x-overflow");
+	args[1].value.kind = AMQP_FIELD_KIND_UTF8;
+	args[1].value.value.bytes = amqp_cstring_bytes("reject-publish");
+	amqp_queue_declare(raw, 1, amqp_cstring_bytes(queue), 0, 0, 0, 1, t);
+	ck_assert_int_eq(amqp_get_rpc_reply(raw).reply_type, AMQP_RESPONSE_NORMAL);
+	amqp_queue_bind(raw, 1, amqp_cstring_bytes(queue), amqp_cstring_bytes(exch),
+			amqp_cstring_bytes("full"), amqp_empty_table);
+	ck_assert_int_eq(amqp_get_rpc_reply(raw).reply_type, AMQP_RESPONSE_NORMAL);
+
+	m.exchange = exch;
+	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), 0);
+	rc = broker_wait_confirms(b, 0, 10000, &err);
+	ck_assert_int_eq(rc, CQRS_EINTERNAL);
+	ck_assert_msg(strstr(err.msg, "nack") && strstr(err.msg, "confirm"), "%s", err.msg);
+	ck_assert(!broker_ok(b));
+	/* broken: everything fails at once */
+	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), CQRS_EUNAVAILABLE);
+	broker_free(b);
+
+	amqp_queue_delete(raw, 1, amqp_cstring_bytes(queue), 0, 0);
+	amqp_exchange_delete(raw, 1, amqp_cstring_bytes(exch), 0);
+	amqp_connection_close(raw, AMQP_REPLY_SUCCESS);
+	amqp_destroy_connection(raw);
+}
+END_TEST
+
+START_TEST(channel_close_is_an_error)
+{
+	struct broker *b = connect_ok(NULL);
+	struct cqrs_err err = { 0 };
+	struct broker_message m = { .exchange = "cqrs-test.no-such-exchange", .routing_key = "k",
+				    .body = "{}", .body_len = 2, .message_id = "m1", .type = "T",
+				    .stream = "s-1", .version = 1, .position = 1 };
+
+	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), 0);
+	ck_assert_int_eq(broker_wait_confirms(b, 0, 10000, &err), CQRS_EINTERNAL);
+	ck_assert_msg(strstr(err.msg, "404") && strstr(err.msg, "channel closed"), "%s", err.msg);
+	ck_assert(!broker_ok(b));
+	ck_assert_int_eq(broker_fd(b), -1);
+	broker_free(b);
+}
+END_TEST
+
+START_TEST(topology_is_idempotent)
+{
+	struct broker *b = connect_ok(NULL);
+	struct cqrs_err err = { 0 };
+
+	ck_assert_int_eq(broker_declare_topology(b, &err), 0);
+	ck_assert_int_eq(broker_declare_topology(b, &err), 0);
+	ck_assert(broker_ok(b));
+	ck_assert_int_ge(broker_fd(b), 0);
+	broker_free(b);
+}
+END_TEST
+
+static pid_t
+rabbit_vm_pid(void)
+{
+	char path[300];
+	FILE *f;
+	int pid = 0;
+
+	snprintf(path, sizeof(path), "%s/rabbitmq.pid", fixture_rabbit_dir());
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(fscanf(f, "%d", &pid), 1);
+	fclose(f);
+	return pid;
+}
+
+/* Heartbeats keep an idle connection up, and find a frozen broker. */
+START_TEST(heartbeats)
+{
+	struct broker_options o;
+	struct broker *b;
+	struct cqrs_err err = { 0 };
+	pid_t vm = rabbit_vm_pid();
+	long long start;
+	int rc = 0;
+
+	broker_options_default(&o);
+	o.heartbeat_s = 1;
+	b = connect_ok(&o);
+	/* idle 3 s (3 heartbeat intervals), polling: still fine */
+	for (int i = 0; i < 12; i++) {
+		usleep(250000);
+		ck_assert_msg(broker_poll(b, &err) == 0, "%s", err.msg);
+	}
+	ck_assert(broker_ok(b));
+
+	/* the broker freezes: two missed heartbeats and the poll says so */
+	ck_assert_int_eq(kill(vm, SIGSTOP), 0);
+	start = proc_now_ms();
+	while (proc_now_ms() - start < 6000) {
+		usleep(100000);
+		if ((rc = broker_poll(b, &err)) < 0)
+			break;
+	}
+	kill(vm, SIGCONT);
+	ck_assert_int_eq(rc, CQRS_EUNAVAILABLE);
+	ck_assert_msg(strstr(err.msg, "heartbeat"), "%s", err.msg);
+	ck_assert(!broker_ok(b));
+	broker_free(b);
+}
+END_TEST
+
+static Suite *
+broker_suite(void)
+{
+	Suite *s = suite_create("tracker_broker");
+	TCase *tc = tcase_create("broker");
+
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, url_parsing);
+	tcase_add_test(tc, routing_keys);
+	tcase_add_test(tc, connect_errors_name_broker_and_step);
+	tcase_add_test(tc, publish_properties_exactly);
+	tcase_add_test(tc, many_in_flight_then_confirms);
+	tcase_add_test(tc, nack_is_an_error);
+	tcase_add_test(tc, channel_close_is_an_error);
+	tcase_add_test(tc, topology_is_idempotent);
+	tcase_add_test(tc, heartbeats);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr;
+	int failed;
+
+	/* start the broker (if run by hand) once, here, not in every forked test */
+	fixture_broker_url();
+	sr = srunner_create(broker_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? 0 : 1;
+}

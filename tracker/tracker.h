@@ -1,0 +1,82 @@
+/*
+ * tracker.h - cqrs-tracker: publishes committed events from PostgreSQL to
+ * RabbitMQ in commit-safe order, moving its checkpoint only after the
+ * broker's confirms (DESIGN.md, "Broker" and "Delivery guarantees").
+ *
+ *   struct tracker_config cfg;
+ *   tracker_config_load(config, &cfg, &err);
+ *   tracker_new(&cfg, &t, &err);
+ *   tracker_run(t);          // until tracker_stop(), from a signal or a thread
+ *   tracker_free(t);
+ *   tracker_config_clear(&cfg);
+ *
+ * tracker_run() is a blocking loop on one thread: it keeps one PostgreSQL
+ * session (advisory lock, LISTEN, reads, checkpoint) and one AMQP connection,
+ * reconnects either with backoff when it fails, and returns only when asked
+ * to stop. The keys it reads are listed at the top of tracker.c.
+ */
+#ifndef CQRS_TRACKER_H
+#define CQRS_TRACKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cqrs/err.h"
+#include "store.h"
+
+struct config;
+
+struct tracker_config {
+	char *conninfo;			/* store.conninfo */
+	char *broker_url;		/* broker.url */
+	char *name;			/* tracker.name: checkpoint and lock name */
+	int batch_size;			/* tracker.batch_size */
+	int64_t poll_ms;		/* tracker.poll_ms: ceiling of the adaptive poll */
+	int64_t lag_warn_ms;		/* tracker.lag_warn */
+	int64_t confirm_timeout_ms;	/* tracker.confirm_timeout */
+	int64_t status_ms;		/* how often lag is measured (tracker.status_interval) */
+	int heartbeat_s;		/* broker.heartbeat */
+	char *cacert, *cert, *key;	/* broker.cacert, broker.cert, broker.key */
+	bool verify;			/* broker.verify */
+};
+
+/* Reads and checks the keys; on error out is cleared. */
+int tracker_config_load(const struct config *cfg, struct tracker_config *out,
+			struct cqrs_err *err) __attribute__((warn_unused_result));
+void tracker_config_clear(struct tracker_config *c);
+
+struct tracker;
+
+/* cfg is borrowed and must outlive the tracker. Does not connect. */
+int tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+void tracker_free(struct tracker *t);
+
+/*
+ * Runs until tracker_stop(). The batch in flight is finished (published,
+ * confirmed, checkpointed) before it returns. Returns 0 (or 1 when it could
+ * not even start: out of memory).
+ */
+int tracker_run(struct tracker *t);
+
+/* Asks tracker_run() to return. Async-signal-safe and thread-safe. */
+void tracker_stop(struct tracker *t);
+
+/* What the tracker did so far (for tests; read from tracker_run's thread or
+ * after it returned). */
+struct tracker_stats {
+	bool ready;			/* connected to both at least once */
+	bool active;			/* holds the lock now */
+	uint64_t published;		/* events published and checkpointed */
+	uint64_t batches;
+	uint64_t activations;		/* times it took the lock */
+	struct store_checkpoint checkpoint;
+};
+
+void tracker_get_stats(const struct tracker *t, struct tracker_stats *out);
+
+/* "cqrs-tracker@HOST:PID", the application_name of its sessions and the
+ * name of its AMQP connection. Borrowed. */
+const char *tracker_app_name(const struct tracker *t);
+
+#endif
