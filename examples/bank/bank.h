@@ -26,10 +26,6 @@
 #define BANK_REASON_MAX 500				/* bytes */
 #define BANK_ID_MAX CQRS_AGGREGATE_ID_MAX		/* an account id, in bytes */
 
-/* The entry point (bank.c). cqrs/plugin.h names it but does not declare it,
- * and -Wmissing-prototypes wants a declaration. */
-CQRS_PLUGIN_EXPORT const struct cqrs_plugin *cqrs_plugin_entry(void);
-
 /* Each registers its aggregate, appliers and commands; 0 or negative. */
 int account_register(struct cqrs_registry *reg);
 int transfer_register(struct cqrs_registry *reg);

@@ -193,9 +193,11 @@ writer_main(void *arg)
 	struct writer *w = arg;
 	struct store *st = open_store(w->e->conninfo);
 
-	for (int i = 0; !*w->stop && i < 100000; i++) {
+	/* a steady trickle (~130 appends/s per writer) until told to stop */
+	for (int i = 0; !*w->stop && i < 5000; i++) {
 		append_n(st, w->e, w->id * 100 + i % 7, 1 + i % 3);
 		w->appends++;
+		usleep(7000);
 	}
 	store_free(st);
 	return NULL;

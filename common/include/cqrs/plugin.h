@@ -68,6 +68,9 @@ struct cqrs_plugin {
 
 typedef const struct cqrs_plugin *(*cqrs_plugin_entry_fn)(void);
 
+/* What the plugin defines (declared here so the plugin need not). */
+CQRS_PLUGIN_EXPORT const struct cqrs_plugin *cqrs_plugin_entry(void);
+
 /* ---- aggregates -------------------------------------------------------- */
 
 struct cqrs_aggregate_type {

@@ -1,11 +1,10 @@
 /*
- * nosym.c - a test plugin that exports no cqrs_plugin_entry: the function
- * exists but stays hidden (-fvisibility=hidden, no CQRS_PLUGIN_EXPORT), the
- * mistake a plugin author is most likely to make.
+ * nosym.c - a test plugin that exports no cqrs_plugin_entry: its entry point
+ * has another name, a mistake a plugin author can make.
  */
 #include <cqrs/plugin.h>
 
-const struct cqrs_plugin *cqrs_plugin_entry(void);
+CQRS_PLUGIN_EXPORT const struct cqrs_plugin *plugin_entry(void);
 
 static const struct cqrs_plugin nosym = {
 	.abi_version = CQRS_PLUGIN_ABI,
@@ -14,7 +13,7 @@ static const struct cqrs_plugin nosym = {
 };
 
 const struct cqrs_plugin *
-cqrs_plugin_entry(void)
+plugin_entry(void)
 {
 	return &nosym;
 }
