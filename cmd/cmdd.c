@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -15,7 +16,7 @@
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
 	"max_request_bytes", "idle_timeout", "cache_size", "snapshot_every", "max_retries",
-	"max_pipeline", "http", NULL,
+	"max_pipeline", HTTPD_CONFIG_KEYS, NULL,
 };
 
 static char *
@@ -73,6 +74,8 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 	if ((rc = config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
 		return rc;
 	out->max_pipeline = (int)v;
+	if ((rc = httpd_config_load(cfg, "cmd", &out->http, err)) < 0)
+		return rc;
 	if (out->socket_path == NULL || out->plugins == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	return 0;
@@ -96,6 +99,15 @@ maybe_exit(struct cmdd *d)
 		event_base_loopexit(d->base, NULL);
 }
 
+static uint64_t
+mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static void
 tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -113,6 +125,11 @@ tick(evutil_socket_t fd, short what, void *arg)
 				"store connections %d/%d", d->n_clients, d->n_aggs,
 				(unsigned long long)d->stats.requests, (unsigned long long)d->stats.ok,
 				(unsigned long long)d->stats.failed, pool_up(d->pool), d->cfg.pool_size);
+	/* the loop turns: tell systemd's watchdog, at half its interval */
+	if (d->ready && d->watchdog_us > 0 && mono_us() - d->watchdog_last_us >= d->watchdog_us) {
+		sdnotify_watchdog();
+		d->watchdog_last_us = mono_us();
+	}
 	if (d->stopping) {
 		server_close_idle(d);
 		maybe_exit(d);
@@ -132,6 +149,34 @@ cmdd_begin_shutdown(struct cmdd *d)
 	maybe_exit(d);
 }
 
+/*
+ * SIGHUP: re-read the file for what can change live (log.level). A file
+ * that no longer loads changes nothing; the daemon keeps running.
+ */
+static void
+reload(struct cmdd *d)
+{
+	struct config *cfg = NULL;
+	struct cqrs_err err = { 0 };
+	int level;
+
+	if (d->config_path == NULL)
+		return;
+	sdnotify_reloading();
+	if (config_load(d->config_path, &cfg, &err) < 0) {
+		cqrs_log_error(&d->log, "reload: %s (keeping the running configuration)", err.msg);
+	} else if ((level = cqrs_log_level_parse(config_get(cfg, "log", "level", "info"))) < 0) {
+		cqrs_log_error(&d->log, "reload: log.level \"%s\" is not error, warn, info or debug",
+			       config_get(cfg, "log", "level", ""));
+	} else {
+		cqrs_log_set_level(level);
+		cqrs_log_warn(&d->log, "reloaded %s: log.level=%s; other keys take effect at restart",
+			      d->config_path, cqrs_log_level_name(level));
+	}
+	config_free(cfg);
+	sdnotify_ready(NULL);
+}
+
 static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -140,6 +185,10 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	(void)what;
 	if (sig == SIGPIPE)
 		return;
+	if (sig == SIGHUP) {
+		reload(d);
+		return;
+	}
 	if (d->stopping) {
 		cqrs_log_warn(&d->log, "second signal: exiting now");
 		event_base_loopbreak(d->base);
@@ -171,9 +220,14 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	exec_notify_init(d);
 	if ((rc = server_listen(d, err)) < 0)
 		return rc;
+	if ((rc = metrics_start(d, err)) < 0)
+		return rc;
+	d->watchdog_us = sdnotify_watchdog_usec() / 2;
 	d->sig_term = evsignal_new(base, SIGTERM, on_signal, d);
 	d->sig_int = evsignal_new(base, SIGINT, on_signal, d);
 	d->sig_pipe = evsignal_new(base, SIGPIPE, on_signal, d);
+	d->sig_hup = evsignal_new(base, SIGHUP, on_signal, d);
+	evsignal_add(d->sig_hup, NULL);
 	d->tick = event_new(base, -1, EV_PERSIST, tick, d);
 	evsignal_add(d->sig_term, NULL);
 	evsignal_add(d->sig_int, NULL);
@@ -212,6 +266,9 @@ cmdd_fini(struct cmdd *d)
 		event_free(d->sig_int);
 	if (d->sig_pipe)
 		event_free(d->sig_pipe);
+	if (d->sig_hup)
+		event_free(d->sig_hup);
+	metrics_stop(d);
 	pool_free(d->pool);
 	pool_free(d->notify);
 	if (d->aggs != NULL)

@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 
 #include "cqrs/log.h"
+#include "httpd.h"
 #include "plugin_host.h"
 #include "proto.h"
 #include "store.h"
@@ -41,6 +42,7 @@ struct cmdd_config {
 	int snapshot_every;		/* 0: no snapshots */
 	int max_retries;		/* conflicts resolved by catch-up and re-run */
 	int max_pipeline;		/* requests in flight per connection */
+	struct httpd_addr http;		/* /health and /metrics; http.len 0: none */
 };
 
 /* Reads [cmd], [store] and [log] from cfg; CQRS_ECONFIG naming the key. */
@@ -80,6 +82,7 @@ struct job {
 	bool in_map;			/* registered in d->inflight under req.id */
 	char *answer;			/* owned, '\n'-terminated */
 	const char *outcome;		/* "ok" or a PROTO_* code, for logs */
+	char errmsg[CQRS_ERR_MSG_MAX];	/* the message of an error answer */
 	struct job_queue waiters;	/* repeats of this command id */
 	TAILQ_ENTRY(job) waiter_link;
 	struct job *first;		/* when this is a repeat: the job it waits for */
@@ -101,6 +104,9 @@ struct agg {
 	TAILQ_ENTRY(agg) lru;
 };
 
+/* ok, duplicate and the eight PROTO_* codes */
+#define CMDD_OUTCOMES 10
+
 struct cmdd_stats {
 	uint64_t requests;
 	uint64_t ok;
@@ -109,6 +115,8 @@ struct cmdd_stats {
 	uint64_t conflicts_retried;
 	uint64_t loads;
 	uint64_t snapshots;
+	uint64_t outcomes[CMDD_OUTCOMES];	/* answers by outcome (metrics.c) */
+	struct httpd_hist latency;	/* submit to answer */
 };
 
 struct cmdd {
@@ -131,9 +139,13 @@ struct cmdd {
 	int snapshot_writes;
 	bool stopping;
 	bool ready;
-	struct event *sig_term, *sig_int, *sig_pipe, *tick;
+	struct event *sig_term, *sig_int, *sig_pipe, *sig_hup, *tick;
+	const char *config_path;	/* borrowed: re-read on SIGHUP */
 	struct cmdd_stats stats;
 	struct cqrs_log_ctx log;
+	struct httpd *http;		/* NULL without cmd.http */
+	uint64_t watchdog_us;		/* WATCHDOG=1 this often; 0: no watchdog */
+	uint64_t watchdog_last_us;
 };
 
 /* cmdd.c */
@@ -160,5 +172,13 @@ void exec_answer(struct job *job, char *answer, const char *outcome);
 void exec_free_aggs(struct cmdd *d);
 void exec_notify_init(struct cmdd *d);
 void job_free(struct job *job);
+
+/* metrics.c */
+/* Starts /health and /metrics when cfg.http is set. */
+int metrics_start(struct cmdd *d, struct cqrs_err *err) __attribute__((warn_unused_result));
+void metrics_stop(struct cmdd *d);
+/* Counts an answer by outcome ("ok", "duplicate" or a PROTO_* code) and,
+ * when started_us is not 0 (CLOCK_MONOTONIC, us), its latency. */
+void metrics_command_done(struct cmdd *d, const char *outcome, uint64_t started_us);
 
 #endif

@@ -159,7 +159,8 @@ answer_error(struct job *job, const char *code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	job_finish(job, proto_answer_error(job->req.id, code, msg), code);
+	snprintf(job->errmsg, sizeof(job->errmsg), "%s", msg);
+	job_finish(job, proto_answer_error(request_answer_id(&job->req), code, msg), code);
 }
 
 static const char *
@@ -456,7 +457,7 @@ command_done(void *arg, PGresult *res, PGconn *pg)
 	job->d->stats.duplicates++;
 	free(job->answer);
 	job->answer = NULL;
-	job_finish(job, proto_answer_ok(job->req.id, job->stream, &job->result), "duplicate");
+	job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "duplicate");
 }
 
 /*
@@ -477,11 +478,12 @@ refuse(struct job *job, const char *code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	snprintf(job->errmsg, sizeof(job->errmsg), "%s", msg);
 	if (!job->req.id_given) {
-		job_finish(job, proto_answer_error(job->req.id, code, msg), code);
+		job_finish(job, proto_answer_error(request_answer_id(&job->req), code, msg), code);
 		return;
 	}
-	job->answer = proto_answer_error(job->req.id, code, msg);
+	job->answer = proto_answer_error(request_answer_id(&job->req), code, msg);
 	job->outcome = code;
 	job->params[0] = job->req.id;
 	if (pool_query(job->d->pool, command_sql, 1, job->params, command_done, job) != 0) {
@@ -533,7 +535,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 	if (job->result.duplicate) {
 		a->status = AGG_STALE;
 		d->stats.duplicates++;
-		job_finish(job, proto_answer_ok(job->req.id, job->stream, &job->result), "duplicate");
+		job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "duplicate");
 		return;
 	}
 	/* fold the new events into the cached state */
@@ -561,7 +563,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 		maybe_snapshot(d, a, before);
 	if (job->result.n > 0)
 		notify_send(d);
-	job_finish(job, proto_answer_ok(job->req.id, job->stream, &job->result), "ok");
+	job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "ok");
 }
 
 /* Metadata for the events: the request's, plus correlation and causation. */
@@ -626,6 +628,14 @@ job_run(struct job *job)
 		return;
 	}
 	if (outcome == CQRS_OUTCOME_REJECTED) {
+		if (!job->fresh) {
+			/* decided on cached state, which another writer may have
+			 * moved on: a refusal must see the stream as it is */
+			a->status = AGG_STALE;
+			cmd_ctx_clear(&job->ctx);
+			job_load(job);
+			return;
+		}
 		refuse(job, PROTO_REJECTED, "%s", job->ctx.message);
 		return;
 	}
@@ -639,7 +649,7 @@ job_run(struct job *job)
 		/* nothing to record and no id to remember */
 		store_append_result_clear(&job->result);
 		job->result.version = a->version;
-		job_finish(job, proto_answer_ok(job->req.id, job->stream, &job->result), "ok");
+		job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "ok");
 		return;
 	}
 	in = calloc(job->ctx.n_events ? job->ctx.n_events : 1, sizeof(*in));
@@ -737,11 +747,11 @@ answer_waiter(struct job *w, struct job *first)
 	if (strcmp(first->outcome, "ok") == 0 || strcmp(first->outcome, "duplicate") == 0) {
 		struct store_append_result r = first->result;
 		r.duplicate = true;
-		answer = proto_answer_ok(w->req.id, first->stream, &r);
+		answer = proto_answer_ok(request_answer_id(&w->req), first->stream, &r);
 		w->d->stats.duplicates++;
 	} else {
 		/* same words, this request's id */
-		answer = strdup(first->answer);
+		answer = proto_answer_error(request_answer_id(&w->req), first->outcome, first->errmsg);
 	}
 	w->first = NULL;
 	job_finish(w, answer, "duplicate");
@@ -758,6 +768,7 @@ job_finish(struct job *job, char *answer, const char *outcome)
 					       "{\"code\":\"internal\",\"message\":\"out of memory\"}}\n");
 	job->outcome = outcome;
 	job->done = true;
+	metrics_command_done(d, outcome, job->started_us);
 	if (strcmp(outcome, "ok") == 0) {
 		d->stats.ok++;
 		cqrs_log_debug(&job->log, "command %s on %s: ok, version %" PRId64 " (%" PRIu64 " us)",

@@ -117,6 +117,7 @@ main(int argc, char **argv)
 		cmdd_fini(&d);
 		goto out;
 	}
+	d.config_path = path;
 	rc = cmdd_run(&d);
 	cmdd_fini(&d);
 out:

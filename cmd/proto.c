@@ -57,6 +57,13 @@ request_clear(struct request *req)
 	memset(req, 0, sizeof(*req));
 }
 
+/* json-c keeps "\u0000" inside strings; C strings would stop there. */
+static bool
+has_nul(struct json_object *v)
+{
+	return strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v);
+}
+
 static int
 fail(const char **code, const char *c, char *msg, size_t size, const char *m)
 {
@@ -104,15 +111,19 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	if (json_object_object_get_ex(req->root, "id", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_string))
 			return fail(code, PROTO_MALFORMED, msg, msgsize, "\"id\" is not a string");
-		if (!uuid_valid(json_object_get_string(v))) {
-			if (json_object_get_string_len(v) <= 64)
+		if (!uuid_valid(json_object_get_string(v)) ||
+		    has_nul(v)) {
+			if (json_object_get_string_len(v) <= 64 && !has_nul(v))
 				req->echo_id = strdup(json_object_get_string(v));
 			return fail(code, PROTO_MALFORMED, msg, msgsize, "\"id\" is not a UUID");
 		}
-		/* lower case, so "A..." and "a..." are one command */
+		/* lower case, so "A..." and "a..." are one command; the answer
+		 * echoes the id as it was sent */
 		for (int i = 0; i < UUID_STR_LEN - 1; i++)
 			req->id[i] = (char)(json_object_get_string(v)[i] | 0x20);
 		req->id[UUID_STR_LEN - 1] = '\0';
+		if (strcmp(req->id, json_object_get_string(v)) != 0)
+			req->echo_id = strdup(json_object_get_string(v));
 		req->id_given = true;
 	} else {
 		uuid_v7(req->id);
@@ -123,6 +134,8 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	if (!json_object_is_type(v, json_type_string))
 		return fail(code, PROTO_MALFORMED, msg, msgsize, "\"command\" is not a string");
 	req->command = json_object_get_string(v);
+	if (has_nul(v))
+		return fail(code, PROTO_MALFORMED, msg, msgsize, "\"command\" contains a NUL character");
 	if (envelope_check_type("\"command\"", req->command, &err) < 0)
 		return fail(code, PROTO_MALFORMED, msg, msgsize, err.msg);
 
@@ -131,6 +144,9 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	if (!json_object_is_type(v, json_type_string))
 		return fail(code, PROTO_MALFORMED, msg, msgsize, "\"aggregate_id\" is not a string");
 	req->aggregate_id = json_object_get_string(v);
+	if (has_nul(v))
+		return fail(code, PROTO_MALFORMED, msg, msgsize,
+			    "\"aggregate_id\" contains a NUL character");
 	if (envelope_check_aggregate_id(req->aggregate_id, &err) < 0)
 		return fail(code, PROTO_MALFORMED, msg, msgsize, err.msg);
 
@@ -155,9 +171,17 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 
 	if (json_object_object_get_ex(req->root, "metadata", &v) &&
 	    !json_object_is_type(v, json_type_null)) {
+		struct json_object *corr;
 		if (!json_object_is_type(v, json_type_object))
 			return fail(code, PROTO_MALFORMED, msg, msgsize,
 				    "\"metadata\" is not an object");
+		/* the correlation id goes into every log line about the command */
+		if (json_object_object_get_ex(v, "correlation_id", &corr) &&
+		    (!json_object_is_type(corr, json_type_string) || has_nul(corr) ||
+		     json_object_get_string_len(corr) < 1 ||
+		     json_object_get_string_len(corr) > CQRS_TYPE_MAX))
+			return fail(code, PROTO_MALFORMED, msg, msgsize,
+				    "\"metadata.correlation_id\" must be a string of 1..200 bytes");
 		req->metadata = v;
 	}
 	return 0;

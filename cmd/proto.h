@@ -28,7 +28,8 @@ struct request {
 	struct json_object *root;	/* owned: the parsed line */
 	char id[UUID_STR_LEN];		/* given, or generated when absent */
 	bool id_given;
-	char *echo_id;			/* owned: what to echo when the id is bad; NULL: null */
+	char *echo_id;			/* owned: the id as sent, when it is not the
+					 * canonical form or not a UUID at all */
 	const char *command;		/* borrowed from root */
 	const char *aggregate_id;
 	int64_t expected;		/* STORE_ANY when absent */
@@ -46,6 +47,14 @@ struct request {
 int proto_parse(const char *line, size_t len, struct request *req, const char **code,
 		char *msg, size_t msgsize, bool *close);
 void request_clear(struct request *req);
+
+/* The id an answer carries: the request's id as sent (or the one made for
+ * it). For a request that failed to parse, NULL when it had no id. */
+static inline const char *
+request_answer_id(const struct request *req)
+{
+	return req->echo_id ? req->echo_id : req->id[0] ? req->id : NULL;
+}
 
 /* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates). */
 bool proto_utf8_valid(const char *s, size_t len);

@@ -211,7 +211,7 @@ handle_line(struct client *c, const char *line, size_t len)
 		return;
 	}
 	if (proto_parse(line, len, &j->req, &code, msg, sizeof(msg), &close_after) < 0) {
-		const char *id = j->req.id_given ? j->req.id : j->req.echo_id;
+		const char *id = j->req.echo_id ? j->req.echo_id : j->req.id_given ? j->req.id : NULL;
 		if (close_after)
 			c->closing = true;
 		cqrs_log_info(&c->log, "client %lu: %s: %s", c->no, code, msg);

@@ -90,7 +90,7 @@ static const char sql_load_checkpoint[] =
 	"SELECT xid::text, position FROM cqrs.checkpoints WHERE name = $1";
 /* Moves the checkpoint only while this session holds the lock: 0 rows
  * written means the lock is gone. */
-static const char sql_save_checkpoint[] =
+const char tracker_save_checkpoint_sql[] =
 	"INSERT INTO cqrs.checkpoints AS c (name, xid, position, updated_at) "
 	"SELECT $1, $2::xid8, $3::bigint, clock_timestamp() WHERE cqrs.tracker_holds_lock($1) "
 	"ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, position = excluded.position, "
@@ -676,7 +676,7 @@ run_batch(struct tracker *t, size_t *n)
 	snprintf(pos, sizeof(pos), "%" PRId64, evs.at[evs.n - 1].position);
 	{
 		const char *cparams[3] = { t->cfg->name, xid, pos };
-		res = pg_query(t, "PostgreSQL: writing the checkpoint", sql_save_checkpoint, 3,
+		res = pg_query(t, "PostgreSQL: writing the checkpoint", tracker_save_checkpoint_sql, 3,
 			       cparams, PGRES_COMMAND_OK);
 	}
 	if (res == NULL) {

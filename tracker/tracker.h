@@ -75,6 +75,13 @@ struct tracker_stats {
 
 void tracker_get_stats(const struct tracker *t, struct tracker_stats *out);
 
+/*
+ * The checkpoint write: parameters $1 name, $2 xid, $3 position. It writes
+ * one row only when the session holds the lock of $1 (0 rows: the lock is
+ * lost). Exposed for tests.
+ */
+extern const char tracker_save_checkpoint_sql[];
+
 /* "cqrs-tracker@HOST:PID", the application_name of its sessions and the
  * name of its AMQP connection. Borrowed. */
 const char *tracker_app_name(const struct tracker *t);

@@ -684,6 +684,34 @@ START_TEST(unavailable_while_postgres_is_down)
 }
 END_TEST
 
+/* Under systemd the store may come up after the daemon: it starts anyway,
+ * answers unavailable, and serves once PostgreSQL is there. */
+START_TEST(starts_while_postgres_is_down)
+{
+	struct daemon *d = new_bank();
+	const char *a;
+	int64_t deadline;
+
+	fixture_pg_stop();
+	daemon_start(d);
+	a = daemon_gc(daemon_call(d, open_line(new_id(), "late", 0)));
+	DAEMON_ASSERT_ERROR(a, "unavailable");
+	fixture_pg_start();
+	deadline = now_ms() + 30000;
+	for (;;) {
+		a = daemon_gc(daemon_call(d, open_line(new_id(), "late", 0)));
+		if (!daemon_answer_error(a, "unavailable"))
+			break;
+		ck_assert_msg(now_ms() < deadline, "still unavailable 30 s after PostgreSQL came up");
+		usleep(200000);
+	}
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(stream_count("account-late"), 1);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
 struct sent {
 	char id[UUID_STR_LEN];
 	char event_id[UUID_STR_LEN];
@@ -879,6 +907,7 @@ cmdd_faults_suite(void)
 	tcase_add_test(tc, stale_cache_rejects_nothing_wrongly);
 	tcase_add_test(tc, stale_cache_and_expected_version);
 	tcase_add_test(tc, unavailable_while_postgres_is_down);
+	tcase_add_test(tc, starts_while_postgres_is_down);
 	tcase_add_test(tc, postgres_restart_under_load_loses_no_ack);
 	suite_add_tcase(s, tc);
 	return s;

@@ -524,6 +524,27 @@ after(const struct store_checkpoint *a, const struct store_checkpoint *b)
 	return a->xid > b->xid || (a->xid == b->xid && a->position > b->position);
 }
 
+/* For failure messages: the stream's messages up to index `upto`. */
+static const char *
+stream_history(struct rabbit_collector *c, struct hmap *by_id, const char *stream, size_t upto)
+{
+	static char buf[4096];
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i <= upto && i < c->n && len < sizeof(buf) - 100; i++) {
+		const struct rabbit_msg *m = &c->msgs[i];
+		struct seen_event *s;
+		if (strcmp(m->stream, stream) != 0)
+			continue;
+		s = hmap_get(by_id, m->message_id);
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, " %zu:%lld%s@%" PRIu64 ":%" PRId64,
+					i, (long long)m->version, m->redelivered ? "r" : "",
+					s ? s->at.xid : 0, s ? s->at.position : 0);
+	}
+	return buf;
+}
+
 void
 rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabbit_check *chk)
 {
@@ -561,6 +582,15 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 	}
 	chk->events = evs.n;
 	chk->received = chk->duplicates = 0;
+	if (getenv("RABBIT_DUMP") != NULL) {
+		FILE *f = fopen(getenv("RABBIT_DUMP"), "w");
+		for (size_t i = 0; f != NULL && i < c->n; i++)
+			fprintf(f, "%zu %s %lld %lld %d %lld\n", i, c->msgs[i].stream,
+				(long long)c->msgs[i].version, (long long)c->msgs[i].position,
+				c->msgs[i].redelivered, c->msgs[i].received_ms);
+		if (f != NULL)
+			fclose(f);
+	}
 
 	for (size_t i = 0; i < c->n; i++) {
 		const struct rabbit_msg *m = &c->msgs[i];
@@ -594,9 +624,11 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 		}
 		s->copies++;
 		/* per-stream order: the first copy of each event is the next version */
-		ck_assert_msg((uintptr_t)m->version == last + 1,
-			      "stream %s: version %lld arrived after version %lu (message %zu)", m->stream,
-			      (long long)m->version, (unsigned long)last, i);
+		if ((uintptr_t)m->version != last + 1)
+			ck_abort_msg("stream %s: version %lld arrived after version %lu (message %zu); "
+				     "this stream's messages so far (index:version[r] @xid:position):%s",
+				     m->stream, (long long)m->version, (unsigned long)last, i,
+				     stream_history(c, by_id, m->stream, i));
 		ck_assert_int_eq(hmap_put(last_version, m->stream, (void *)(uintptr_t)m->version), 0);
 
 		/* exactly DESIGN.md's message */
