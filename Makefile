@@ -19,6 +19,14 @@ VERSION := 0.1.0
 ABI_MAJOR := 0
 CC ?= cc
 SANITIZE ?=
+# make V=1 shows the commands
+ifeq ($(V),1)
+Q :=
+say := @true
+else
+Q := @
+say := @printf '  %-6s %s\n'
+endif
 comma := ,
 # A sanitizer build lives beside the plain one, so switching does not
 # rebuild everything (and two builds can run side by side).
@@ -60,24 +68,29 @@ MIGRATIONS := $(sort $(wildcard sql/*.sql))
 
 $(B)/gen/migrations.c: $(MIGRATIONS) tools/embed-sql.sh
 	@mkdir -p $(@D)
-	sh tools/embed-sql.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+	$(say) GEN $@
+	$(Q)sh tools/embed-sql.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
 
 $(B)/obj/gen/%.o: $(B)/gen/%.c $(FLAGS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(say) CC $<
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(B)/obj/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(say) CC $<
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(LIB_SO): $(LIB_OBJS)
 	@mkdir -p $(@D)
-	$(CC) -shared -Wl,-soname,libcqrs.so.$(ABI_MAJOR) -o $@.$(ABI_MAJOR) $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lm
-	ln -sf libcqrs.so.$(ABI_MAJOR) $@
+	$(say) LD $@
+	$(Q)$(CC) -shared -Wl,-soname,libcqrs.so.$(ABI_MAJOR) -o $@.$(ABI_MAJOR) $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lm
+	$(Q)ln -sf libcqrs.so.$(ABI_MAJOR) $@
 
 $(LIB_A): $(LIB_OBJS)
 	@mkdir -p $(@D)
-	rm -f $@ && ar rcs $@ $^
+	$(say) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 # ---- programs -------------------------------------------------------------
 # prog(binary,dir): every .c in dir; main.c is left out of the unit objects
@@ -90,7 +103,8 @@ ifneq ($$($(1)_SRCS),)
 PROGS += $(B)/bin/$(1)
 $(B)/bin/$(1): $$($(1)_OBJS) $(LIB_SO)
 	@mkdir -p $$(@D)
-	$(CC) -o $$@ $$($(1)_OBJS) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS) -ldl -lm
+	$$(say) LD $$@
+	$$(Q)$(CC) -o $$@ $$($(1)_OBJS) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS) -ldl -lm
 endif
 endef
 $(eval $(call prog,cqrs-cmdd,cmd))
@@ -105,7 +119,8 @@ define plugin
 PLUGINS += $(B)/plugins/$(notdir $(1)).so
 $(B)/plugins/$(notdir $(1)).so: $$(patsubst %.c,$(B)/obj/%.o,$$(wildcard $(1)/*.c)) $(LIB_SO)
 	@mkdir -p $$(@D)
-	$(CC) -shared -o $$@ $$(filter %.o,$$^) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS)
+	$$(say) LD $$@
+	$$(Q)$(CC) -shared -o $$@ $$(filter %.o,$$^) $$(ALL_LDFLAGS) -lcqrs $(PKG_LIBS)
 endef
 $(foreach d,$(sort $(PLUGIN_DIRS)),$(eval $(call plugin,$(d))))
 # plugins export their entry point only
@@ -130,13 +145,15 @@ test_units = $(if $(findstring test_cmdd,$(1)),$(cqrs-cmdd_UNIT_OBJS)) \
 .SECONDEXPANSION:
 $(B)/tests/%: $(B)/obj/tests/%.o $(FIXTURE_OBJS) $(LIB_SO) $$(call test_units,$$*)
 	@mkdir -p $(@D)
-	$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
+	$(say) LD $@
+	$(Q)$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
 
 # ---- benchmarks -----------------------------------------------------------
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 $(B)/bench/%: $(B)/obj/bench/%.o $(LIB_SO)
 	@mkdir -p $(@D)
-	$(CC) -o $@ $< $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) -lpthread -lm
+	$(say) LD $@
+	$(Q)$(CC) -o $@ $< $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) -lpthread -lm
 
 bench-cmd: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
