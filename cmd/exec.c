@@ -153,14 +153,12 @@ answer_error(struct job *job, const char *code, const char *fmt, ...)
 static void
 answer_error(struct job *job, const char *code, const char *fmt, ...)
 {
-	char msg[CQRS_ERR_MSG_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(job->errmsg, sizeof(job->errmsg), fmt, ap);
 	va_end(ap);
-	snprintf(job->errmsg, sizeof(job->errmsg), "%s", msg);
-	job_finish(job, proto_answer_error(request_answer_id(&job->req), code, msg), code);
+	job_finish(job, proto_answer_error(request_answer_id(&job->req), code, job->errmsg), code);
 }
 
 static const char *
@@ -472,18 +470,17 @@ refuse(struct job *job, const char *code, const char *fmt, ...)
 static void
 refuse(struct job *job, const char *code, const char *fmt, ...)
 {
-	char msg[CQRS_ERR_MSG_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(job->errmsg, sizeof(job->errmsg), fmt, ap);
 	va_end(ap);
-	snprintf(job->errmsg, sizeof(job->errmsg), "%s", msg);
 	if (!job->req.id_given) {
-		job_finish(job, proto_answer_error(request_answer_id(&job->req), code, msg), code);
+		job_finish(job, proto_answer_error(request_answer_id(&job->req), code, job->errmsg),
+			   code);
 		return;
 	}
-	job->answer = proto_answer_error(request_answer_id(&job->req), code, msg);
+	job->answer = proto_answer_error(request_answer_id(&job->req), code, job->errmsg);
 	job->outcome = code;
 	job->params[0] = job->req.id;
 	if (pool_query(job->d->pool, command_sql, 1, job->params, command_done, job) != 0) {

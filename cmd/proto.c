@@ -136,7 +136,7 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	req->command = json_object_get_string(v);
 	if (has_nul(v))
 		return fail(code, PROTO_MALFORMED, msg, msgsize, "\"command\" contains a NUL character");
-	if (envelope_check_type("\"command\"", req->command, &err) < 0)
+	if (envelope_check_type("command", req->command, &err) < 0)
 		return fail(code, PROTO_MALFORMED, msg, msgsize, err.msg);
 
 	if (!json_object_object_get_ex(req->root, "aggregate_id", &v))
@@ -221,23 +221,5 @@ proto_answer_error(const char *id, const char *code, const char *message)
 char *
 proto_answer_ok(const char *id, const char *stream, const struct store_append_result *r)
 {
-	struct json_object *o = json_object_new_object();
-	struct json_object *evs = json_object_new_array_ext((int)r->n);
-
-	json_object_object_add(o, "id", json_object_new_string(id));
-	json_object_object_add(o, "ok", json_object_new_boolean(1));
-	json_object_object_add(o, "stream", json_object_new_string(stream));
-	json_object_object_add(o, "version", json_object_new_int64(r->version));
-	if (r->duplicate)
-		json_object_object_add(o, "duplicate", json_object_new_boolean(1));
-	for (size_t i = 0; i < r->n; i++) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "id", json_object_new_string(r->events[i].id));
-		json_object_object_add(e, "type", json_object_new_string(r->events[i].type));
-		json_object_object_add(e, "version", json_object_new_int64(r->events[i].version));
-		json_object_object_add(e, "position", json_object_new_int64(r->events[i].position));
-		json_object_array_add(evs, e);
-	}
-	json_object_object_add(o, "events", evs);
-	return finish(o);
+	return finish(store_append_result_json(id, stream, r));
 }

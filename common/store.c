@@ -233,6 +233,31 @@ store_append_result_clear(struct store_append_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
+struct json_object *
+store_append_result_json(const char *id, const char *stream, const struct store_append_result *r)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *evs = json_object_new_array_ext((int)r->n);
+
+	if (id != NULL)
+		json_object_object_add(o, "id", json_object_new_string(id));
+	json_object_object_add(o, "ok", json_object_new_boolean(1));
+	json_object_object_add(o, "stream", json_object_new_string(stream));
+	json_object_object_add(o, "version", json_object_new_int64(r->version));
+	if (r->duplicate)
+		json_object_object_add(o, "duplicate", json_object_new_boolean(1));
+	for (size_t i = 0; i < r->n; i++) {
+		struct json_object *e = json_object_new_object();
+		json_object_object_add(e, "id", json_object_new_string(r->events[i].id));
+		json_object_object_add(e, "type", json_object_new_string(r->events[i].type));
+		json_object_object_add(e, "version", json_object_new_int64(r->events[i].version));
+		json_object_object_add(e, "position", json_object_new_int64(r->events[i].position));
+		json_object_array_add(evs, e);
+	}
+	json_object_object_add(o, "events", evs);
+	return o;
+}
+
 void
 store_append_req_clear(struct store_append_req *req)
 {

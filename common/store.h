@@ -86,6 +86,14 @@ struct store_append_result {
 void store_append_result_clear(struct store_append_result *r);
 
 /*
+ * The outcome as the command protocol's answer object (a new json-c
+ * reference): {"id"?,"ok":true,"stream","version","duplicate"?,"events":[
+ * {"id","type","version","position"}]}. id NULL leaves "id" out.
+ */
+struct json_object *store_append_result_json(const char *id, const char *stream,
+					     const struct store_append_result *r);
+
+/*
  * Appends n events (0..CQRS_APPEND_MAX_EVENTS) to stream in one round trip
  * and one transaction. expected: STORE_ANY, STORE_NO_STREAM or the version
  * the stream must be at. command_id (NULL or a UUID): when already recorded,

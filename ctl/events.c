@@ -98,23 +98,8 @@ ctl_migrate(struct ctl *ctl, int argc, char **argv)
 static void
 print_result(struct ctl *ctl, const char *stream, const struct store_append_result *r)
 {
-	json_object *o = json_object_new_object();
-	json_object *evs = json_object_new_array();
+	json_object *o = store_append_result_json(NULL, stream, r);
 
-	json_object_object_add(o, "ok", json_object_new_boolean(1));
-	json_object_object_add(o, "stream", json_object_new_string(stream));
-	json_object_object_add(o, "version", json_object_new_int64(r->version));
-	if (r->duplicate)
-		json_object_object_add(o, "duplicate", json_object_new_boolean(1));
-	for (size_t i = 0; i < r->n; i++) {
-		json_object *e = json_object_new_object();
-		json_object_object_add(e, "id", json_object_new_string(r->events[i].id));
-		json_object_object_add(e, "type", json_object_new_string(r->events[i].type));
-		json_object_object_add(e, "version", json_object_new_int64(r->events[i].version));
-		json_object_object_add(e, "position", json_object_new_int64(r->events[i].position));
-		json_object_array_add(evs, e);
-	}
-	json_object_object_add(o, "events", evs);
 	fprintf(ctl->out, "%s\n", json_object_to_json_string_ext(o,
 		JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
