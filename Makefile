@@ -179,24 +179,52 @@ unit: tests
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	@sh deploy/dev/demo.sh
+	@sh deploy/dev/demo.sh demo
 
+up: deps
+	@$(MAKE) --no-print-directory all
+	@sh deploy/dev/demo.sh up
+
+down:
+	@sh deploy/dev/demo.sh down
+
+# install: what a Debian admin expects, under PREFIX (/usr/local by default;
+# PREFIX=/usr for a host-wide install). Units go to PREFIX/lib/systemd/system
+# (systemd reads /usr/local/lib/systemd/system too), the sysusers.d file
+# beside them; /etc/cqrs/cqrs.conf is never written, only cqrs.conf.example.
+# See docs/deploy.md.
+install: UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+install: DOCDIR ?= $(DATADIR)/doc/cqrs
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/cqrs \
-		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LIBDIR)/cqrs/plugins
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LIBDIR)/cqrs/plugins $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/cqrs $(DESTDIR)$(DOCDIR)
 	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
-	install -m 755 $(LIB_SO).$(ABI_MAJOR) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(LIB_SO).$(ABI_MAJOR) $(DESTDIR)$(LIBDIR)/
 	ln -sf libcqrs.so.$(ABI_MAJOR) $(DESTDIR)$(LIBDIR)/libcqrs.so
 	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/
 	install -m 644 common/include/cqrs/*.h $(DESTDIR)$(INCLUDEDIR)/cqrs/
-	$(if $(wildcard $(B)/plugins/bank.so),install -m 755 $(B)/plugins/bank.so $(DESTDIR)$(LIBDIR)/cqrs/plugins/)
-	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+	install -m 644 $(B)/plugins/bank.so $(DESTDIR)$(LIBDIR)/cqrs/plugins/
+# paths under the prefix stay relative to it (pkg-config --define-prefix)
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
+		-e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|; s|@VERSION@|$(VERSION)|' \
 		cqrs.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/cqrs.pc
+	for u in deploy/systemd/*.service deploy/systemd/*.socket; do \
+		sed -e 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' \
+			"$$u" > $(DESTDIR)$(UNITDIR)/"$${u##*/}" && chmod 644 $(DESTDIR)$(UNITDIR)/"$${u##*/}" \
+			|| exit 1; \
+	done
+	install -m 644 deploy/sysusers.d/cqrs.conf $(DESTDIR)$(SYSUSERSDIR)/cqrs.conf
+	sed -e 's|/usr/lib/cqrs/plugins|$(LIBDIR)/cqrs/plugins|g' deploy/cqrs.conf.example \
+		> $(DESTDIR)$(SYSCONFDIR)/cqrs/cqrs.conf.example
+	chmod 644 $(DESTDIR)$(SYSCONFDIR)/cqrs/cqrs.conf.example
+	install -m 644 docs/deploy.md docs/plugins.md $(DESTDIR)$(DOCDIR)/
 
 clean:
 	rm -rf $(B)
 
-.PHONY: all tests deps check test unit demo install clean bench-cmd
+.PHONY: all tests deps check test unit demo up down install clean bench-cmd
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .SECONDARY:

@@ -106,15 +106,16 @@ write_metrics(void *arg, struct evbuffer *out)
 	httpd_gauge(out, "cqrs_cmdd_aggregates_cached", "Aggregates held in memory.", d->n_aggs);
 	httpd_gauge(out, "cqrs_cmdd_store_connections_up", "PostgreSQL connections up.",
 		    pool_up(d->pool));
-	httpd_gauge(out, "cqrs_cmdd_store_connections", "PostgreSQL connections configured (cmd.pool_size).",
-		    d->cfg.pool_size);
+	httpd_gauge(out, "cqrs_cmdd_store_connections",
+		    "PostgreSQL connections configured (cmd.pool_size).", d->cfg.pool_size);
 	httpd_counter(out, "cqrs_cmdd_conflicts_retried_total",
 		      "Appends that met another writer and were re-run on the caught-up aggregate.",
 		      s->conflicts_retried);
 	httpd_counter(out, "cqrs_cmdd_aggregate_loads_total",
 		      "Aggregates read (or caught up) from the store.", s->loads);
 	httpd_counter(out, "cqrs_cmdd_snapshots_written_total", "Snapshots written.", s->snapshots);
-	httpd_gauge(out, "cqrs_cmdd_ready", "1 once accepting commands, 0 before and while stopping.",
+	httpd_gauge(out, "cqrs_cmdd_ready",
+		    "1 once accepting commands, 0 before and while stopping.",
 		    d->ready && !d->stopping ? 1 : 0);
 	httpd_metric_header(out, "cqrs_cmdd_build_info", "gauge", "The running version.");
 	httpd_metric_u64(out, "cqrs_cmdd_build_info", "version=\"" CQRS_VERSION "\"", 1);

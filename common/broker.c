@@ -474,6 +474,12 @@ broker_unconfirmed(const struct broker *b)
 	return n;
 }
 
+uint64_t
+broker_confirmed(const struct broker *b)
+{
+	return b->low - 1;
+}
+
 /* ---- frames -------------------------------------------------------------- */
 
 static int

@@ -159,6 +159,11 @@ int broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct
 /* Messages published and not yet acked. */
 size_t broker_unconfirmed(const struct broker *b);
 
+/* The highest delivery tag T such that every message with a tag <= T is
+ * acked (0 before the first ack). Acks are read by broker_poll() and
+ * broker_wait_confirms(). */
+uint64_t broker_confirmed(const struct broker *b);
+
 /*
  * The routing key of an event: "<aggregate type>.<EventType>", the aggregate
  * type being the stream's text before its first '-' (the whole stream when

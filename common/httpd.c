@@ -66,7 +66,8 @@ parse_port(const char *s, const char *what, const char *spec, uint16_t *out,
 	}
 	if (v > 65535)
 		return cqrs_err_set(err, CQRS_ECONFIG,
-				    "%s: \"%s\": the port must be a number from 0 to 65535", what, spec);
+				    "%s: \"%s\": the port must be a number from 0 to 65535",
+				    what, spec);
 	*out = (uint16_t)v;
 	return 0;
 }
@@ -120,7 +121,8 @@ httpd_parse_addr(const char *spec, bool allow_remote, const char *what, struct h
 	} else {
 		const char *colon = strrchr(spec, ':');
 		size_t len = colon ? (size_t)(colon - spec) : 0;
-		if (colon == NULL || len == 0 || len >= sizeof(host) || memchr(spec, ':', len) != NULL)
+		if (colon == NULL || len == 0 || len >= sizeof(host) ||
+		    memchr(spec, ':', len) != NULL)
 			return cqrs_err_set(err, CQRS_ECONFIG,
 					    "%s: \"%s\" is not HOST:PORT, [IPV6]:PORT or PORT",
 					    what, spec);
@@ -177,6 +179,13 @@ httpd_config_load(const struct config *cfg, const char *section, struct httpd_ad
 
 /* ---- serving ------------------------------------------------------------ */
 
+/* Whether the answer carries a body: not for HEAD (evhttp would send it). */
+static bool
+wants_body(struct evhttp_request *req)
+{
+	return evhttp_request_get_command(req) != EVHTTP_REQ_HEAD;
+}
+
 static void
 reply_text(struct evhttp_request *req, int code, const char *phrase, const char *text)
 {
@@ -184,7 +193,7 @@ reply_text(struct evhttp_request *req, int code, const char *phrase, const char 
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "text/plain; charset=utf-8");
-	if (body != NULL)
+	if (body != NULL && wants_body(req))
 		evbuffer_add_printf(body, "%s\n", text);
 	evhttp_send_reply(req, code, phrase, body);
 	if (body != NULL)
@@ -223,7 +232,7 @@ on_request(struct evhttp_request *req, void *arg)
 			evhttp_send_error(req, 500, "out of memory");
 			return;
 		}
-		if (h->hd.metrics != NULL)
+		if (h->hd.metrics != NULL && wants_body(req))
 			h->hd.metrics(h->hd.arg, body);
 		evhttp_add_header(hdrs, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 		evhttp_send_reply(req, 200, "OK", body);
@@ -260,7 +269,8 @@ bind_addr(const struct httpd_addr *addr, struct cqrs_err *err)
 	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
-		return cqrs_err_set(err, CQRS_EIO, "http %s: socket: %s", addr->text, strerror(errno));
+		return cqrs_err_set(err, CQRS_EIO, "http %s: socket: %s", addr->text,
+				    strerror(errno));
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (addr->ss.ss_family == AF_INET6)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
@@ -337,8 +347,9 @@ httpd_new(struct event_base *base, const struct httpd_addr *addr,
 		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
 		snprintf(h->address, sizeof(h->address), "%s:%u", host, (unsigned)h->port);
 	}
-	/* from here on evhttp owns fd (it closes it, also on failure) */
+	/* once accepted, evhttp owns fd and closes it in evhttp_free() */
 	if (evhttp_accept_socket_with_handle(h->http, fd) == NULL) {
+		close(fd);
 		rc = cqrs_err_set(err, CQRS_EIO, "http: cannot serve on %s", addr->text);
 		goto fail;
 	}
@@ -536,6 +547,7 @@ httpd_hist_write(struct evbuffer *out, const char *name, const char *help, const
 	size_t n = h->n ? h->n : DEFAULT_N;
 	const uint64_t *le = h->n ? h->le_us : default_le_us;
 	bool lab = labels != NULL && labels[0] != '\0';
+	double sum;
 	uint64_t cum = 0;
 
 	if (help != NULL)
@@ -549,13 +561,12 @@ httpd_hist_write(struct evbuffer *out, const char *name, const char *help, const
 	cum += atomic_load_explicit(&h->counts[n], memory_order_relaxed);
 	evbuffer_add_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %" PRIu64 "\n", name,
 			    lab ? labels : "", lab ? "," : "", cum);
+	sum = (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6;
 	if (lab) {
-		evbuffer_add_printf(out, "%s_sum{%s} %.6f\n", name, labels,
-				    (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+		evbuffer_add_printf(out, "%s_sum{%s} %.6f\n", name, labels, sum);
 		evbuffer_add_printf(out, "%s_count{%s} %" PRIu64 "\n", name, labels, cum);
 	} else {
-		evbuffer_add_printf(out, "%s_sum %.6f\n", name,
-				    (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+		evbuffer_add_printf(out, "%s_sum %.6f\n", name, sum);
 		evbuffer_add_printf(out, "%s_count %" PRIu64 "\n", name, cum);
 	}
 }

@@ -55,6 +55,25 @@ const struct ctl_verb ctl_verbs[] = {
 	  "holding its lock: host and pid). Uses store.conninfo.\n"
 	  "  --name NAME  the tracker's name (default: tracker.name, else \"tracker\")\n"
 	  "  --json       one JSON object instead of text\n" },
+	{ "replay", ctl_replay, "replay NAME",
+	  "Rebuilds the read models of consumer NAME from the store: runs\n"
+	  "`cqrs-consumer -n NAME --replay --once` (found beside cqrsctl, else in\n"
+	  "PATH) with the same config file, which calls each handler's reset, feeds\n"
+	  "every event of the store to the handlers in commit-safe order and exits\n"
+	  "once caught up. A cqrs-consumer of that name that runs meanwhile waits,\n"
+	  "then goes on from its queue without a gap or a double.\n"
+	  "Exit status: 0 caught up, 1 failed (the consumer's log says why).\n" },
+	{ "dead", ctl_dead, "dead NAME [--json] [--retry ID | --all]",
+	  "Lists the events that consumer NAME dead-lettered (queue QUEUE.dead, QUEUE\n"
+	  "being consumer.NAME.queue, default cqrs.NAME), with why: the handler's\n"
+	  "reason, or the queue's delivery limit for an event the consumer kept\n"
+	  "dying on. Uses broker.url.\n"
+	  "  --json      one JSON object a line: id, stream, version, position, type,\n"
+	  "              reason, failed_at, deaths\n"
+	  "  --retry ID  put the dead letter of event ID back into the consumer's queue\n"
+	  "  --all       put them all back\n"
+	  "The consumer handles what is put back like any delivery: once, in stream\n"
+	  "order (an event already handled since is a duplicate).\n" },
 	{ NULL, NULL, NULL, NULL },
 };
 

@@ -44,5 +44,7 @@ int ctl_read(struct ctl *ctl, int argc, char **argv);
 int ctl_read_all(struct ctl *ctl, int argc, char **argv);
 int ctl_send(struct ctl *ctl, int argc, char **argv);
 int ctl_status(struct ctl *ctl, int argc, char **argv);
+int ctl_replay(struct ctl *ctl, int argc, char **argv);
+int ctl_dead(struct ctl *ctl, int argc, char **argv);
 
 #endif

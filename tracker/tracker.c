@@ -19,8 +19,9 @@
  *   [tracker]
  *   name = tracker            checkpoint name and lock name; trackers with the
  *                             same name are one active and the rest standby.
- *   batch_size = 500          events read, published and confirmed together
- *                             (1..10000).
+ *   batch_size = 500          events read and published together (1..10000).
+ *   inflight = 4              batches published ahead of their confirms
+ *                             (1..64); the checkpoint follows the confirms.
  *   poll_ms = 1000            ceiling of the adaptive poll (10ms..1h): how
  *                             long, at most, an event from a writer that sends
  *                             no NOTIFY (or one released by the end of an old
@@ -37,12 +38,13 @@
  *
  * The loop, in order of priority: keep a PostgreSQL session and an AMQP
  * connection (each reconnected with backoff on its own); hold the advisory
- * lock of tracker.name (else stand by, trying again every second); read a
- * batch after the checkpoint in commit-safe order, publish it, wait for every
- * confirm, then write the checkpoint in a statement that also checks that
- * this session still holds the lock. Nothing is skipped: the checkpoint only
- * ever names events whose confirms came. A crash between publish and
- * checkpoint republishes the batch (at least once).
+ * lock of tracker.name (else stand by, trying again every second); read
+ * batches in commit-safe order and publish them, up to tracker.inflight
+ * ahead of their confirms (pipeline.c); as confirms come, write the
+ * checkpoint in a statement that also checks that this session still holds
+ * the lock. Nothing is skipped: the checkpoint only ever names events whose
+ * confirms, and those of every event before them, came. A crash between
+ * publish and checkpoint publishes those batches again (at least once).
  *
  * The lock, LISTEN, the reads and the checkpoint share one session on
  * purpose: a read that succeeds proves the session, hence the lock, is alive
@@ -53,22 +55,15 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <libpq-fe.h>
-
-#include "broker.h"
 #include "config.h"
-#include "cqrs/log.h"
 #include "sdnotify.h"
-#include "store.h"
-#include "tracker.h"
+#include "tracker_int.h"
 
 #define POLL_MIN_MS 10		/* first poll after activity */
 #define LOCK_RETRY_MS 1000	/* standby: how often to try the lock */
@@ -80,8 +75,8 @@
 #define LAG_WARN_REPEAT_MS 60000
 
 static const char *const tracker_keys[] = {
-	"name", "batch_size", "poll_ms", "lag_warn", "confirm_timeout", "status_interval",
-	"http", NULL,
+	"name", "batch_size", "inflight", "poll_ms", "lag_warn", "confirm_timeout",
+	"status_interval", "http", NULL,
 };
 
 static const char sql_try_lock[] = "SELECT cqrs.tracker_try_lock($1)";
@@ -98,39 +93,6 @@ const char tracker_save_checkpoint_sql[] =
 static const char sql_status[] =
 	"SELECT lag_events, coalesce(lag_seconds, 0), held_events, blocker_pid, "
 	"blocker_application, coalesce(blocker_seconds, 0) FROM cqrs.tracker_status($1)";
-
-struct tracker {
-	const struct tracker_config *cfg;
-	struct broker_options bopt;
-	char app[128];
-	struct cqrs_log_ctx log;
-	atomic_int stop;
-
-	PGconn *pg;
-	struct broker *mq;
-	bool wake;			/* a NOTIFY came since the last read */
-	bool mq_blocked_logged;
-
-	int64_t poll_interval;
-	int64_t next_lock_try;
-	int64_t next_status;
-	int64_t next_mq_poll;
-	int64_t watchdog_ms;		/* 0: no watchdog */
-	int64_t next_watchdog;
-	int64_t pg_backoff, mq_backoff;
-	int64_t pg_retry_at, mq_retry_at;
-	char pg_last_err[CQRS_ERR_MSG_MAX], mq_last_err[CQRS_ERR_MSG_MAX];
-	int64_t pg_last_log, mq_last_log;
-	char holder[128];		/* standby: who holds the lock, as last logged */
-	int64_t lag_warned_at;		/* 0: not warning */
-
-	/* status for STATUS= */
-	int64_t lag_events, held_events;
-	double lag_seconds, blocker_seconds;
-
-	pthread_mutex_t mu;		/* guards stats */
-	struct tracker_stats stats;
-};
 
 /* ---- config ---------------------------------------------------------------- */
 
@@ -180,6 +142,9 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 	if ((rc = config_get_int(cfg, "tracker", "batch_size", 500, 1, 10000, &v, err)) < 0)
 		goto bad;
 	out->batch_size = (int)v;
+	if ((rc = config_get_int(cfg, "tracker", "inflight", 4, 1, 64, &v, err)) < 0)
+		goto bad;
+	out->inflight = (int)v;
 	if ((rc = config_get_ms(cfg, "tracker", "poll_ms", 1000, POLL_MIN_MS, 3600000,
 				&out->poll_ms, err)) < 0)
 		goto bad;
@@ -224,8 +189,8 @@ tracker_config_clear(struct tracker_config *c)
 
 /* ---- small things ---------------------------------------------------------- */
 
-static int64_t
-now_ms(void)
+int64_t
+tracker_now_ms(void)
 {
 	struct timespec ts;
 
@@ -289,24 +254,43 @@ set_ready(struct tracker_stats *s, void *arg)
 }
 
 struct batch_done {
-	size_t n;
+	size_t n, k;
 	struct store_checkpoint cp;
 };
 
 static void
-add_batch(struct tracker_stats *s, void *arg)
+add_batches(struct tracker_stats *s, void *arg)
 {
 	struct batch_done *b = arg;
 
 	s->published += b->n;
-	s->batches++;
+	s->batches += b->k;
 	s->checkpoint = b->cp;
+}
+
+void
+tracker_note_done(struct tracker *t, size_t n, size_t k, const struct store_checkpoint *cp)
+{
+	struct batch_done b = { n, k, *cp };
+
+	stats_update(t, add_batches, &b);
 }
 
 static void
 set_checkpoint(struct tracker_stats *s, void *arg)
 {
 	s->checkpoint = *(struct store_checkpoint *)arg;
+}
+
+struct store_checkpoint
+tracker_checkpoint(struct tracker *t)
+{
+	struct store_checkpoint cp;
+
+	pthread_mutex_lock(&t->mu);
+	cp = t->stats.checkpoint;
+	pthread_mutex_unlock(&t->mu);
+	return cp;
 }
 
 void
@@ -368,7 +352,7 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	t->watchdog_ms = (int64_t)(wd / 2000);	/* ping at half the interval */
 	if (wd > 0 && t->watchdog_ms == 0)
 		t->watchdog_ms = 1;
-	srandom((unsigned)getpid() ^ (unsigned)now_ms());
+	srandom((unsigned)getpid() ^ (unsigned)tracker_now_ms());
 	*out = t;
 	return 0;
 }
@@ -380,6 +364,7 @@ tracker_free(struct tracker *t)
 		return;
 	broker_free(t->mq);
 	PQfinish(t->pg);
+	pipeline_free(t);
 	pthread_mutex_destroy(&t->mu);
 	free(t);
 }
@@ -401,14 +386,14 @@ static void
 note_error(struct tracker *t, char *last, int64_t *last_log, const char *what, const char *msg,
 	   int64_t retry_ms)
 {
-	int64_t now = now_ms();
+	int64_t now = tracker_now_ms();
 
 	if (strcmp(last, msg) != 0 || now - *last_log >= REPEAT_LOG_MS) {
 		cqrs_log_error(&t->log, "%s: %s (retrying in %" PRId64 " ms)", what, msg, retry_ms);
+		sdnotify_status("%s: %s", what, msg);
 		*last_log = now;
 		snprintf(last, CQRS_ERR_MSG_MAX, "%s", msg);
 	}
-	sdnotify_status("%s: %s", what, msg);
 }
 
 static void
@@ -420,9 +405,8 @@ set_inactive(struct tracker *t)
 		stats_update(t, set_active, &no);
 }
 
-/* Drops the PostgreSQL session (and with it the lock). */
-static void
-pg_lost(struct tracker *t, const char *what, const char *msg)
+void
+tracker_pg_lost(struct tracker *t, const char *what, const char *msg)
 {
 	int64_t delay = backoff_next(&t->pg_backoff);
 
@@ -433,7 +417,8 @@ pg_lost(struct tracker *t, const char *what, const char *msg)
 	PQfinish(t->pg);
 	t->pg = NULL;
 	set_inactive(t);
-	t->pg_retry_at = now_ms() + delay;
+	pipeline_reset(t);
+	t->pg_retry_at = tracker_now_ms() + delay;
 }
 
 static void
@@ -442,18 +427,19 @@ pg_lost_res(struct tracker *t, const char *what, PGresult *res)
 	char msg[CQRS_ERR_MSG_MAX];
 
 	pg_message(t->pg, res, msg, sizeof(msg));
-	pg_lost(t, what, msg);
+	tracker_pg_lost(t, what, msg);
 }
 
-static void
-mq_lost(struct tracker *t, const char *what, const char *msg)
+void
+tracker_mq_lost(struct tracker *t, const char *what, const char *msg)
 {
 	int64_t delay = backoff_next(&t->mq_backoff);
 
 	note_error(t, t->mq_last_err, &t->mq_last_log, what, msg, delay);
 	broker_free(t->mq);
 	t->mq = NULL;
-	t->mq_retry_at = now_ms() + delay;
+	pipeline_reset(t);	/* what was not confirmed goes out again */
+	t->mq_retry_at = tracker_now_ms() + delay;
 }
 
 static int
@@ -470,7 +456,7 @@ pg_open(struct tracker *t)
 	if (t->pg == NULL || PQstatus(t->pg) != CONNECTION_OK) {
 		char msg[CQRS_ERR_MSG_MAX];
 		pg_message(t->pg, NULL, msg, sizeof(msg));
-		pg_lost(t, "cannot connect to PostgreSQL", msg);
+		tracker_pg_lost(t, "cannot connect to PostgreSQL", msg);
 		return -1;
 	}
 	/* A checkpoint lost in a crash only means publishing its batch again,
@@ -497,7 +483,7 @@ mq_open(struct tracker *t)
 
 	if (broker_connect(t->cfg->broker_url, &t->bopt, &t->mq, &err) < 0 ||
 	    broker_declare_topology(t->mq, &err) < 0) {
-		mq_lost(t, "cannot connect to RabbitMQ", err.msg);
+		tracker_mq_lost(t, "cannot connect to RabbitMQ", err.msg);
 		return -1;
 	}
 	if (t->mq_last_err[0] != '\0')
@@ -507,7 +493,7 @@ mq_open(struct tracker *t)
 	t->mq_last_err[0] = '\0';
 	t->mq_backoff = BACKOFF_MIN_MS;
 	t->mq_blocked_logged = false;
-	t->next_mq_poll = now_ms() + MQ_POLL_MS;
+	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
 	return 0;
 }
 
@@ -525,9 +511,8 @@ drain_notifies(struct tracker *t)
 	}
 }
 
-/* One statement with text parameters; the result, or NULL after pg_lost(). */
-static PGresult *
-pg_query(struct tracker *t, const char *what, const char *sql, int n, const char *const *params,
+PGresult *
+tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n, const char *const *params,
 	 ExecStatusType want)
 {
 	PGresult *res = PQexecParams(t->pg, sql, n, NULL, params, NULL, NULL, 0);
@@ -548,7 +533,7 @@ static void
 note_holder(struct tracker *t)
 {
 	const char *params[1] = { t->cfg->name };
-	PGresult *res = pg_query(t, "PostgreSQL: who holds the lock", sql_holder, 1, params,
+	PGresult *res = tracker_pg_query(t, "PostgreSQL: who holds the lock", sql_holder, 1, params,
 				 PGRES_TUPLES_OK);
 	char holder[128];
 
@@ -577,7 +562,7 @@ try_activate(struct tracker *t)
 	PGresult *res;
 	bool won, yes = true;
 
-	res = pg_query(t, "PostgreSQL: taking the tracker lock (is the schema migrated? "
+	res = tracker_pg_query(t, "PostgreSQL: taking the tracker lock (is the schema migrated? "
 			  "cqrsctl migrate)", sql_try_lock, 1, params, PGRES_TUPLES_OK);
 	if (res == NULL)
 		return;
@@ -588,7 +573,7 @@ try_activate(struct tracker *t)
 		note_holder(t);
 		return;
 	}
-	res = pg_query(t, "PostgreSQL: reading the checkpoint", sql_load_checkpoint, 1, params,
+	res = tracker_pg_query(t, "PostgreSQL: reading the checkpoint", sql_load_checkpoint, 1, params,
 		       PGRES_TUPLES_OK);
 	if (res == NULL)
 		return;
@@ -597,109 +582,19 @@ try_activate(struct tracker *t)
 		cp.position = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
 	}
 	PQclear(res);
-	res = pg_query(t, "PostgreSQL: LISTEN cqrs_events", "LISTEN cqrs_events", 0, NULL,
+	res = tracker_pg_query(t, "PostgreSQL: LISTEN cqrs_events", "LISTEN cqrs_events", 0, NULL,
 		       PGRES_COMMAND_OK);
 	if (res == NULL)
 		return;
 	PQclear(res);
 	stats_update(t, set_checkpoint, &cp);
 	stats_update(t, set_active, &yes);
+	pipeline_reset(t);
 	t->wake = true;		/* read at once */
 	t->next_status = 0;
 	store_checkpoint_format(&cp, cpbuf, sizeof(cpbuf));
 	cqrs_log_info(&t->log, "active: holding the lock of tracker \"%s\", publishing after "
 			       "checkpoint %s", t->cfg->name, cpbuf);
-}
-
-/* ---- a batch ------------------------------------------------------------------ */
-
-static struct store_checkpoint
-current_checkpoint(struct tracker *t)
-{
-	struct store_checkpoint cp;
-
-	pthread_mutex_lock(&t->mu);
-	cp = t->stats.checkpoint;
-	pthread_mutex_unlock(&t->mu);
-	return cp;
-}
-
-/*
- * Reads up to batch_size events after the checkpoint, publishes them, waits
- * for their confirms, then moves the checkpoint. *n gets the number read.
- * On failure the connection at fault is dropped (the other is kept) and the
- * checkpoint stays: the batch is read and published again later.
- */
-static int
-run_batch(struct tracker *t, size_t *n)
-{
-	struct store_checkpoint cp = current_checkpoint(t);
-	char xid[24], pos[24], lim[16];
-	const char *params[3] = { xid, pos, lim };
-	struct store_events evs = { 0 };
-	struct cqrs_err err = { 0 };
-	struct batch_done done;
-	PGresult *res;
-	int rc = -1;
-
-	*n = 0;
-	snprintf(xid, sizeof(xid), "%" PRIu64, cp.xid);
-	snprintf(pos, sizeof(pos), "%" PRId64, cp.position);
-	snprintf(lim, sizeof(lim), "%d", t->cfg->batch_size);
-	t->wake = false;	/* a NOTIFY from now on means: read again */
-	res = pg_query(t, "PostgreSQL: reading events", store_read_all_sql, 3, params,
-		       PGRES_TUPLES_OK);
-	if (res == NULL)
-		return -1;
-	rc = store_events_parse(res, &evs, &err);
-	PQclear(res);
-	if (rc < 0) {
-		pg_lost(t, "reading events", err.msg);
-		return rc;
-	}
-	*n = evs.n;
-	if (evs.n == 0)
-		return 0;
-
-	for (size_t i = 0; i < evs.n; i++) {
-		if ((rc = broker_publish_event(t->mq, evs.ev[i], NULL, &err)) < 0) {
-			mq_lost(t, "RabbitMQ: publishing", err.msg);
-			goto out;
-		}
-	}
-	if ((rc = broker_wait_confirms(t->mq, 0, (int)t->cfg->confirm_timeout_ms, &err)) < 0) {
-		mq_lost(t, "RabbitMQ: waiting for confirms", err.msg);
-		goto out;
-	}
-
-	snprintf(xid, sizeof(xid), "%" PRIu64, evs.at[evs.n - 1].xid);
-	snprintf(pos, sizeof(pos), "%" PRId64, evs.at[evs.n - 1].position);
-	{
-		const char *cparams[3] = { t->cfg->name, xid, pos };
-		res = pg_query(t, "PostgreSQL: writing the checkpoint", tracker_save_checkpoint_sql, 3,
-			       cparams, PGRES_COMMAND_OK);
-	}
-	if (res == NULL) {
-		rc = -1;
-		goto out;
-	}
-	if (strcmp(PQcmdTuples(res), "1") != 0) {
-		PQclear(res);
-		cqrs_log_error(&t->log, "lost the lock of tracker \"%s\": the checkpoint was not "
-					"moved; standing by", t->cfg->name);
-		pg_lost(t, "PostgreSQL: lock lost", "this session no longer holds the tracker lock");
-		rc = -1;
-		goto out;
-	}
-	PQclear(res);
-	done.n = evs.n;
-	done.cp = evs.at[evs.n - 1];
-	stats_update(t, add_batch, &done);
-	cqrs_log_debug(&t->log, "published %zu events, checkpoint %s:%s", evs.n, xid, pos);
-	rc = 0;
-out:
-	store_events_clear(&evs);
-	return rc;
 }
 
 /* ---- status --------------------------------------------------------------------- */
@@ -732,9 +627,9 @@ static void
 check_lag(struct tracker *t)
 {
 	const char *params[1] = { t->cfg->name };
-	PGresult *res = pg_query(t, "PostgreSQL: measuring lag", sql_status, 1, params,
+	PGresult *res = tracker_pg_query(t, "PostgreSQL: measuring lag", sql_status, 1, params,
 				 PGRES_TUPLES_OK);
-	int64_t now = now_ms();
+	int64_t now = tracker_now_ms();
 
 	if (res == NULL || PQntuples(res) != 1) {
 		PQclear(res);
@@ -782,7 +677,7 @@ mq_service(struct tracker *t)
 	if (t->mq == NULL)
 		return;
 	if (broker_poll(t->mq, &err) < 0) {
-		mq_lost(t, "RabbitMQ", err.msg);
+		tracker_mq_lost(t, "RabbitMQ", err.msg);
 		return;
 	}
 	if (broker_blocked(t->mq, &reason) != t->mq_blocked_logged) {
@@ -794,13 +689,14 @@ mq_service(struct tracker *t)
 			cqrs_log_info(&t->log, "RabbitMQ %s accepts publishing again",
 				      broker_name(t->mq));
 	}
-	t->next_mq_poll = now_ms() + MQ_POLL_MS;
+	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
 }
 
 /*
- * Sleeps until `until`, a NOTIFY, or tracker_stop(), while keeping both
- * connections serviced: notifications and a lost session on the PostgreSQL
- * socket, heartbeats and closes on the AMQP one, and the watchdog.
+ * Sleeps until `until`, a NOTIFY that can be acted on, confirms that let
+ * the checkpoint move, or tracker_stop(), while keeping both connections
+ * serviced: notifications and a lost session on the PostgreSQL socket,
+ * acks, heartbeats and closes on the AMQP one, and the watchdog.
  */
 static void
 wait_until(struct tracker *t, int64_t until)
@@ -811,9 +707,11 @@ wait_until(struct tracker *t, int64_t until)
 		int64_t now, timeout;
 
 		drain_notifies(t);
-		if (stopping(t) || (t->wake && is_active(t)))
+		if (stopping(t))
 			return;
-		now = now_ms();
+		if (is_active(t) && ((t->wake && pipeline_has_room(t)) || pipeline_settleable(t)))
+			return;
+		now = tracker_now_ms();
 		watchdog(t, now);
 		if (t->mq != NULL && now >= t->next_mq_poll)
 			mq_service(t);
@@ -849,7 +747,7 @@ wait_until(struct tracker *t, int64_t until)
 				pg_lost_res(t, "PostgreSQL connection lost", NULL);
 		}
 		if (mq_i >= 0 && (fds[mq_i].revents & (POLLIN | POLLERR | POLLHUP)))
-			mq_service(t);
+			mq_service(t);	/* acks, mostly */
 	}
 }
 
@@ -866,12 +764,13 @@ tracker_run(struct tracker *t)
 {
 	int64_t now;
 
-	cqrs_log_info(&t->log, "starting as %s: tracker \"%s\", batch_size %d, poll_ms %" PRId64,
-		      t->app, t->cfg->name, t->cfg->batch_size, t->cfg->poll_ms);
+	cqrs_log_info(&t->log, "starting as %s: tracker \"%s\", batch_size %d, inflight %d, "
+			       "poll_ms %" PRId64, t->app, t->cfg->name, t->cfg->batch_size,
+		      t->cfg->inflight, t->cfg->poll_ms);
 	while (!stopping(t)) {
 		size_t n = 0;
 
-		now = now_ms();
+		now = tracker_now_ms();
 		watchdog(t, now);
 		if (t->pg == NULL && now >= t->pg_retry_at)
 			(void)pg_open(t);
@@ -902,29 +801,38 @@ tracker_run(struct tracker *t)
 				continue;
 			}
 		}
+		/* acks already read: move the checkpoint */
+		mq_service(t);
+		if (t->mq == NULL || pipeline_settle(t) < 0)
+			continue;
 		if (broker_blocked(t->mq, NULL)) {
 			/* publishing would only stall in the socket */
 			wait_until(t, now + SLICE_MS);
 			continue;
 		}
-		if (run_batch(t, &n) < 0)
+		if (pipeline_has_room(t) && pipeline_fill(t, &n) < 0)
 			continue;
-		now = now_ms();
+		now = tracker_now_ms();
 		if (t->pg != NULL && is_active(t) && now >= t->next_status) {
 			t->next_status = now + t->cfg->status_ms;
 			check_lag(t);
 		}
-		if (n == (size_t)t->cfg->batch_size)
+		if (n == (size_t)t->cfg->batch_size && pipeline_has_room(t))
 			continue;	/* more are waiting */
 		if (n > 0 || t->wake)
 			t->poll_interval = POLL_MIN_MS;
-		else
+		else if (pipeline_has_room(t))
 			t->poll_interval = min64(t->poll_interval * 2, t->cfg->poll_ms);
-		wait_until(t, now + t->poll_interval);
+		/* window full: wait for confirms (wait_until returns when the
+		 * oldest batch can be settled) */
+		wait_until(t, now + (pipeline_has_room(t) ? t->poll_interval : SLICE_MS));
 		if (t->wake)
 			t->poll_interval = POLL_MIN_MS;
 	}
 
+	/* the batches in flight: their confirms, then the checkpoint */
+	if (is_active(t))
+		pipeline_flush(t);
 	sdnotify_stopping();
 	{
 		struct tracker_stats s;

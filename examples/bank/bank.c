@@ -7,6 +7,7 @@
  * and the transfer process manager) will register here the same way.
  */
 #include "bank.h"
+#include "readside.h"
 
 static int
 bank_register(struct cqrs_registry *reg, void **state)
@@ -15,6 +16,10 @@ bank_register(struct cqrs_registry *reg, void **state)
 	(void)state;
 	if (account_register(reg) < 0 || transfer_register(reg) < 0)
 		return -1;	/* the failing call told the registry why */
+	/* the read side: event handlers for cqrs-consumer (readside.h) */
+	if (projection_register(reg) < 0 || notify_register(reg) < 0 ||
+	    process_register(reg) < 0)
+		return -1;
 	return 0;
 }
 

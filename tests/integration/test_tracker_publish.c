@@ -167,10 +167,10 @@ START_TEST(every_committed_event_once_in_order)
 					       "c.xid = l.xid AND c.position = l.position"),
 			 1);
 	/* STATUS came, with the checkpoint */
-	ck_assert_ptr_nonnull(strstr(proc_notifications(p), "READY=1"));
+	ck_assert(proc_notified(p, "READY=1"));
 	ck_assert_int_eq(proc_stop(p), 0);
 	ck_assert(proc_log_contains(p, "stopping:"));
-	ck_assert_ptr_nonnull(strstr(proc_notifications(p), "STOPPING=1"));
+	ck_assert(proc_notified(p, "STOPPING=1"));
 	PQfinish(pg);
 	store_free(st);
 	proc_free(p);
@@ -255,7 +255,7 @@ START_TEST(concurrent_writers_and_open_transactions)
 	ck_assert_msg(strstr(out, "held back") != NULL && strstr(out, "open for") != NULL, "%s", out);
 	free(out);
 	ck_assert(proc_wait_log(p, "held back by a transaction open for", 1, 5000));
-	ck_assert_ptr_nonnull(strstr(proc_notifications(p), "held back by a transaction"));
+	ck_assert(proc_notified(p, "held back by a transaction"));
 	/* and nothing committed after the oldest open transaction was published:
 	 * every event received so far is older than it */
 	{

@@ -2,6 +2,8 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +33,15 @@ struct proc {
 	int nkeys;
 	pid_t pid;
 	int notify_fd;
+	/*
+	 * sd_notify datagrams are taken by a thread as they come: the kernel
+	 * queues only net.unix.max_dgram_qlen (often 10) of them, and a daemon
+	 * whose notifications nobody reads blocks in sd_notify() (systemd always
+	 * reads them).
+	 */
+	pthread_t drainer;
+	int wake[2];		/* a byte here stops the drainer */
+	pthread_mutex_t mu;	/* guards notes */
 	char *notes;
 	size_t notes_len;
 	size_t notes_mark;	/* notes_len at the last start */
@@ -106,6 +117,8 @@ track(struct proc *p, bool on)
 	}
 }
 
+static void *drainer_main(void *arg);
+
 struct proc *
 proc_new(const char *program)
 {
@@ -125,6 +138,9 @@ proc_new(const char *program)
 	memcpy(sa.sun_path, p->notify_path, strlen(p->notify_path) + 1);
 	if (bind(p->notify_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
 		ck_abort_msg("proc: bind %s: %s", p->notify_path, strerror(errno));
+	pthread_mutex_init(&p->mu, NULL);
+	ck_assert_int_eq(pipe2(p->wake, O_CLOEXEC), 0);
+	ck_assert_int_eq(pthread_create(&p->drainer, NULL, drainer_main, p), 0);
 	proc_set(p, "log", "level", "info");
 	return p;
 }
@@ -136,6 +152,11 @@ proc_free(struct proc *p)
 		return;
 	proc_kill(p);
 	track(p, false);
+	ck_assert_int_eq(write(p->wake[1], "x", 1), 1);
+	pthread_join(p->drainer, NULL);
+	close(p->wake[0]);
+	close(p->wake[1]);
+	pthread_mutex_destroy(&p->mu);
 	close(p->notify_fd);
 	if (getenv("CQRS_TEST_KEEP") == NULL) {
 		char cmd[200];
@@ -215,21 +236,46 @@ drain_notify(struct proc *p)
 	char buf[4096];
 	ssize_t n;
 
+	pthread_mutex_lock(&p->mu);
 	while ((n = recv(p->notify_fd, buf, sizeof(buf) - 1, 0)) > 0) {
-		p->notes = realloc(p->notes, p->notes_len + (size_t)n + 2);
-		ck_assert_ptr_nonnull(p->notes);
+		char *grown = realloc(p->notes, p->notes_len + (size_t)n + 2);
+		if (grown == NULL)
+			break;
+		p->notes = grown;
 		memcpy(p->notes + p->notes_len, buf, (size_t)n);
 		p->notes_len += (size_t)n;
 		p->notes[p->notes_len++] = '\n';
 		p->notes[p->notes_len] = '\0';
 	}
+	pthread_mutex_unlock(&p->mu);
 }
 
-const char *
-proc_notifications(struct proc *p)
+static void *
+drainer_main(void *arg)
 {
+	struct proc *p = arg;
+
+	for (;;) {
+		struct pollfd fds[2] = { { p->notify_fd, POLLIN, 0 }, { p->wake[0], POLLIN, 0 } };
+		if (poll(fds, 2, -1) < 0 && errno != EINTR)
+			return NULL;
+		if (fds[1].revents != 0)
+			return NULL;
+		if (fds[0].revents != 0)
+			drain_notify(p);
+	}
+}
+
+bool
+proc_notified(struct proc *p, const char *needle)
+{
+	bool found;
+
 	drain_notify(p);
-	return p->notes;
+	pthread_mutex_lock(&p->mu);
+	found = strstr(p->notes, needle) != NULL;
+	pthread_mutex_unlock(&p->mu);
+	return found;
 }
 
 void
@@ -246,7 +292,9 @@ proc_spawn(struct proc *p)
 		ck_abort_msg("proc: %s is not built (%s)", p->program, strerror(errno));
 	write_config(p);
 	drain_notify(p);
+	pthread_mutex_lock(&p->mu);
 	p->notes_mark = p->notes_len;
+	pthread_mutex_unlock(&p->mu);
 	logfd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	ck_assert_int_ge(logfd, 0);
 	n = snprintf(mark, sizeof(mark), "==== tests/lib/proc.c: starting %s -c %s\n", p->program,
@@ -311,8 +359,12 @@ proc_wait_ready(struct proc *p, int timeout_ms)
 	long long deadline = proc_now_ms() + timeout_ms;
 
 	for (;;) {
+		bool ready;
 		drain_notify(p);
-		if (strstr(p->notes + p->notes_mark, "READY=1") != NULL)
+		pthread_mutex_lock(&p->mu);
+		ready = strstr(p->notes + p->notes_mark, "READY=1") != NULL;
+		pthread_mutex_unlock(&p->mu);
+		if (ready)
 			return true;
 		if (p->pid > 0)
 			reap(p, WNOHANG);

@@ -66,8 +66,9 @@ int proc_wait_exit(struct proc *p, int timeout_ms);
 bool proc_running(struct proc *p);
 pid_t proc_pid(const struct proc *p);
 
-/* Every sd_notify message received so far, each followed by '\n'. Borrowed. */
-const char *proc_notifications(struct proc *p);
+/* Whether an sd_notify message received so far contains needle
+ * ("READY=1", "STATUS=standby"). */
+bool proc_notified(struct proc *p, const char *needle);
 
 /* Paths, borrowed. */
 const char *proc_dir(const struct proc *p);

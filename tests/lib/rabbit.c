@@ -549,9 +549,10 @@ void
 rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabbit_check *chk)
 {
 	static const char sql[] =
-		"SELECT id, stream, version, position, type, data::text, metadata::text, "
-		"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-		"xid::text FROM cqrs.events WHERE starts_with(stream, $1) ORDER BY xid, position";
+		"SELECT e.id, e.stream, e.version, e.position, e.type, e.data::text, e.metadata::text, "
+		"to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+		"e.xid::text FROM cqrs.events e WHERE starts_with(e.stream, $1) "
+		"ORDER BY e.xid, e.position";	/* e.xid: "xid" alone would sort the text */
 	const char *params[1] = { chk->prefix };
 	struct store_events evs = { 0 };
 	struct cqrs_err err = { 0 };
@@ -584,10 +585,12 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 	chk->received = chk->duplicates = 0;
 	if (getenv("RABBIT_DUMP") != NULL) {
 		FILE *f = fopen(getenv("RABBIT_DUMP"), "w");
-		for (size_t i = 0; f != NULL && i < c->n; i++)
-			fprintf(f, "%zu %s %lld %lld %d %lld\n", i, c->msgs[i].stream,
+		for (size_t i = 0; f != NULL && i < c->n; i++) {
+			struct seen_event *se = hmap_get(by_id, c->msgs[i].message_id);
+			fprintf(f, "%zu %s %lld %lld %d %lld %" PRIu64 "\n", i, c->msgs[i].stream,
 				(long long)c->msgs[i].version, (long long)c->msgs[i].position,
-				c->msgs[i].redelivered, c->msgs[i].received_ms);
+				c->msgs[i].redelivered, c->msgs[i].received_ms, se ? se->at.xid : 0);
+		}
 		if (f != NULL)
 			fclose(f);
 	}

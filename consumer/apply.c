@@ -1,0 +1,754 @@
+/*
+ * apply.c - one PostgreSQL transaction for a batch of events: the heart of
+ * "each event takes effect exactly once and in stream order" (DESIGN.md,
+ * "Delivery guarantees").
+ *
+ * In one transaction:
+ *  1. (live) take the consumer's lock in shared mode without waiting, and
+ *     check that it is live: a replay or catch-up holds it exclusively while
+ *     it feeds the store to the handlers, and live batches must not
+ *     interleave with that;
+ *  2. lock this consumer's row of every stream in the batch (SELECT ... FOR
+ *     UPDATE, in stream order so two competing consumers lock in the same
+ *     order; rows missing are inserted at version 0 first). This serializes
+ *     competing consumers per stream and gives each stream's last handled
+ *     version;
+ *  3. for each event, in order: a version not above the stream's is a
+ *     duplicate (a redelivery, or an event a competitor or a catch-up already
+ *     handled): skip it. A version more than one above it means earlier
+ *     events may be missing (out-of-order delivery, a competitor holding
+ *     them): read the stream's events between the two from the store, only
+ *     of the types this consumer handles (one read on the index
+ *     events_stream_type_version), and handle them first. Then run every
+ *     matching handler with the transaction in its context;
+ *  4. record the new versions (and, catching up, the checkpoint); COMMIT.
+ * The caller acks only after the COMMIT. A redelivery after a crash between
+ * the two finds its version recorded: a duplicate.
+ *
+ * A handler that asks for a retry or fails rolls the whole batch back;
+ * apply_all() then handles the events before it again without it, reports
+ * it, and goes on after it. Later events of the same stream fetch it from the
+ * store as missing and so share its fate: a stream never skips an event.
+ */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "consumer.h"
+#include "envelope.h"
+#include "hmap.h"
+
+#define SQL_LOCK_LIVE                                                                     \
+	"SELECT pg_try_advisory_xact_lock_shared(1129468501, hashtext($1)), c.live, "      \
+	"coalesce(c.since_position, 0) FROM (SELECT 1) AS one "                            \
+	"LEFT JOIN cqrs.consumers c ON c.name = $1"
+#define SQL_SELECT_STREAMS                                                                \
+	"SELECT stream, version FROM cqrs.consumer_streams "                               \
+	"WHERE consumer = $1 AND stream = ANY($2::text[]) ORDER BY stream FOR UPDATE"
+#define SQL_INSERT_STREAMS                                                                \
+	"INSERT INTO cqrs.consumer_streams (consumer, stream, version) "                   \
+	"SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s ON CONFLICT DO NOTHING"
+#define SQL_UPDATE_STREAMS                                                                \
+	"UPDATE cqrs.consumer_streams AS cs SET version = v.version "                      \
+	"FROM unnest($2::text[], $3::int[]) AS v(stream, version) "                        \
+	"WHERE cs.consumer = $1 AND cs.stream = v.stream"
+#define SQL_CHECKPOINT                                                                    \
+	"UPDATE cqrs.consumers SET xid = $2::xid8, position = $3::bigint, "                \
+	"updated_at = clock_timestamp() WHERE name = $1"
+#define EVENT_COLS                                                                        \
+	"id, stream, version, position, type, data::text, metadata::text, "                \
+	"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "     \
+	"xid::text"
+#define SQL_MISSING_TYPES                                                                 \
+	"SELECT " EVENT_COLS " FROM cqrs.events WHERE stream = $1 AND type = ANY($5::text[]) " \
+	"AND version > $2 AND version < $3 AND position > $4 ORDER BY version"
+#define SQL_MISSING_ALL                                                                   \
+	"SELECT " EVENT_COLS " FROM cqrs.events WHERE stream = $1 "                        \
+	"AND version > $2 AND version < $3 AND position > $4 ORDER BY version"
+
+/* ---- PostgreSQL session ------------------------------------------------------------ */
+
+#define REPEAT_LOG_MS 30000
+
+int
+consumer_pg_open(struct consumer *c)
+{
+	/* Defaults first, then the user's conninfo (expanded from "dbname"),
+	 * then application_name, which names us in pg_stat_activity. */
+	const char *keys[] = { "connect_timeout", "keepalives_idle", "keepalives_interval",
+			       "keepalives_count", "dbname", "application_name", NULL };
+	const char *vals[] = { "10", "30", "10", "3", c->cfg->conninfo, c->app, NULL };
+	char msg[CQRS_ERR_MSG_MAX];
+	int64_t now = consumer_now_ms();
+
+	consumer_pg_close(c);
+	c->pg = PQconnectdbParams(keys, vals, 1);
+	if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
+		const char *m = c->pg != NULL ? PQerrorMessage(c->pg) : "out of memory";
+		size_t len = strcspn(m, "\n");
+
+		snprintf(msg, sizeof(msg), "%.*s", (int)len, m);
+		/* one line per outage, repeated now and then, not per attempt */
+		if (strcmp(msg, c->pg_last_err) != 0 || now - c->pg_last_log >= REPEAT_LOG_MS) {
+			cqrs_log_error(&c->log, "cannot connect to PostgreSQL: %s (retrying)", msg);
+			c->pg_last_log = now;
+		}
+		snprintf(c->pg_last_err, sizeof(c->pg_last_err), "%s", msg);
+		consumer_pg_close(c);
+		return CQRS_EUNAVAILABLE;
+	}
+	if (c->pg_last_err[0] != '\0')
+		cqrs_log_info(&c->log, "connected to PostgreSQL again");
+	c->pg_last_err[0] = '\0';
+	return 0;
+}
+
+void
+consumer_pg_close(struct consumer *c)
+{
+	if (c->pg != NULL)
+		PQfinish(c->pg);
+	c->pg = NULL;
+}
+
+int
+consumer_exec(struct consumer *c, const char *what, const char *sql, int n,
+	      const char *const *params, ExecStatusType want, PGresult **out, struct cqrs_err *err)
+{
+	PGresult *res;
+	int rc;
+
+	if (out != NULL)
+		*out = NULL;
+	if (c->pg == NULL)
+		return cqrs_err_set(err, CQRS_EUNAVAILABLE, "%s: not connected to PostgreSQL", what);
+	res = PQexecParams(c->pg, sql, n, NULL, params, NULL, NULL, 0);
+	if (res == NULL || PQresultStatus(res) != want) {
+		rc = store_result_error(res, c->pg, what, err);
+		PQclear(res);
+		if (rc == CQRS_EUNAVAILABLE)
+			consumer_pg_close(c);
+		return rc;
+	}
+	if (out != NULL)
+		*out = res;
+	else
+		PQclear(res);
+	return 0;
+}
+
+static void
+rollback(struct consumer *c)
+{
+	if (c->pg == NULL)
+		return;
+	if (PQstatus(c->pg) != CONNECTION_OK) {
+		consumer_pg_close(c);
+		return;
+	}
+	PQclear(PQexec(c->pg, "ROLLBACK"));
+}
+
+/* ---- text arrays ------------------------------------------------------------------- */
+
+struct buf {
+	char *s;
+	size_t len, cap;
+	bool nomem;
+};
+
+static void
+buf_add(struct buf *b, const char *s, size_t n)
+{
+	if (b->nomem)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = (b->len + n + 1) * 2;
+		char *p = realloc(b->s, cap);
+
+		if (p == NULL) {
+			b->nomem = true;
+			return;
+		}
+		b->s = p;
+		b->cap = cap;
+	}
+	memcpy(b->s + b->len, s, n);
+	b->len += n;
+	b->s[b->len] = '\0';
+}
+
+/* Appends s as a quoted element of a PostgreSQL array literal. */
+static void
+buf_elem(struct buf *b, const char *s)
+{
+	buf_add(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1);
+	for (const char *p = s; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\')
+			buf_add(b, "\\", 1);
+		buf_add(b, p, 1);
+	}
+	buf_add(b, "\"", 1);
+}
+
+/* ---- the batch's streams ----------------------------------------------------------- */
+
+struct streams {
+	struct hmap *index;		/* stream -> index + 1 */
+	const char **name;		/* borrowed from the events */
+	int64_t *version;
+	bool *dirty;
+	bool *known;			/* its row was read */
+	size_t n;
+};
+
+static void
+streams_free(struct streams *s)
+{
+	hmap_free(s->index);
+	free(s->name);
+	free(s->version);
+	free(s->dirty);
+	free(s->known);
+	memset(s, 0, sizeof(*s));
+}
+
+static long
+streams_find(const struct streams *s, const char *stream)
+{
+	void *v = hmap_get(s->index, stream);
+
+	return v != NULL ? (long)((intptr_t)v - 1) : -1;
+}
+
+static int
+streams_add(struct streams *s, const char *stream)
+{
+	if (streams_find(s, stream) >= 0)
+		return 0;
+	if (hmap_put(s->index, stream, (void *)(intptr_t)(s->n + 1)) < 0)
+		return -1;
+	s->name[s->n] = stream;
+	s->version[s->n] = 0;
+	s->n++;
+	return 0;
+}
+
+/* Reads (and locks) the rows of the streams in list; marks them known. */
+static int
+read_rows(struct consumer *c, struct streams *s, const char *list, struct cqrs_err *err)
+{
+	const char *params[2] = { c->cfg->name, list };
+	PGresult *res;
+	int rc;
+
+	rc = consumer_exec(c, "lock the consumer's streams", SQL_SELECT_STREAMS, 2, params,
+			   PGRES_TUPLES_OK, &res, err);
+	if (rc < 0)
+		return rc;
+	for (int i = 0; i < PQntuples(res); i++) {
+		long k = streams_find(s, PQgetvalue(res, i, 0));
+
+		if (k < 0)
+			continue;
+		s->version[k] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+		s->known[k] = true;
+	}
+	PQclear(res);
+	return 0;
+}
+
+/* Steps 2: one statement when every row exists (the usual case), three when
+ * some must be created. */
+static int
+lock_streams(struct consumer *c, struct streams *s, struct cqrs_err *err)
+{
+	struct buf all = { 0 }, missing = { 0 };
+	const char *params[2];
+	size_t n_missing = 0;
+	int rc;
+
+	buf_add(&all, "{", 1);
+	for (size_t i = 0; i < s->n; i++)
+		buf_elem(&all, s->name[i]);
+	buf_add(&all, "}", 1);
+	if (all.nomem) {
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rc = read_rows(c, s, all.s, err)) < 0)
+		goto out;
+	buf_add(&missing, "{", 1);
+	for (size_t i = 0; i < s->n; i++) {
+		if (!s->known[i]) {
+			buf_elem(&missing, s->name[i]);
+			n_missing++;
+		}
+	}
+	buf_add(&missing, "}", 1);
+	if (missing.nomem) {
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		goto out;
+	}
+	if (n_missing > 0) {
+		params[0] = c->cfg->name;
+		params[1] = missing.s;
+		rc = consumer_exec(c, "add the consumer's streams", SQL_INSERT_STREAMS, 2, params,
+				   PGRES_COMMAND_OK, NULL, err);
+		if (rc < 0)
+			goto out;
+		/* a competitor may have created some of them meanwhile, and moved
+		 * them on: read them again, now locked */
+		if ((rc = read_rows(c, s, missing.s, err)) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	free(all.s);
+	free(missing.s);
+	return rc;
+}
+
+static int
+save_versions(struct consumer *c, struct streams *s, struct cqrs_err *err)
+{
+	struct buf names = { 0 }, vers = { 0 };
+	const char *params[3];
+	char num[24];
+	size_t n = 0;
+	int rc;
+
+	buf_add(&names, "{", 1);
+	buf_add(&vers, "{", 1);
+	for (size_t i = 0; i < s->n; i++) {
+		if (!s->dirty[i])
+			continue;
+		buf_elem(&names, s->name[i]);
+		snprintf(num, sizeof(num), "%s%" PRId64, n > 0 ? "," : "", s->version[i]);
+		buf_add(&vers, num, strlen(num));
+		n++;
+	}
+	buf_add(&names, "}", 1);
+	buf_add(&vers, "}", 1);
+	if (names.nomem || vers.nomem) {
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	} else if (n == 0) {
+		rc = 0;
+	} else {
+		params[0] = c->cfg->name;
+		params[1] = names.s;
+		params[2] = vers.s;
+		rc = consumer_exec(c, "record the streams' versions", SQL_UPDATE_STREAMS, 3, params,
+				   PGRES_COMMAND_OK, NULL, err);
+	}
+	free(names.s);
+	free(vers.s);
+	return rc;
+}
+
+/* ---- handlers ---------------------------------------------------------------------- */
+
+static const char *
+meta_str(const struct cqrs_event *ev, const char *key)
+{
+	struct json_object *v;
+
+	if (ev->metadata != NULL && json_object_object_get_ex(ev->metadata, key, &v) &&
+	    json_object_is_type(v, json_type_string))
+		return json_object_get_string(v);
+	return NULL;
+}
+
+/* Runs every handler that wants ev. Returns APPLY_DONE, APPLY_RETRY or
+ * APPLY_FAIL (reason set), or CQRS_EUNAVAILABLE when the session died. */
+static int
+run_handlers(struct consumer *c, const struct cqrs_event *ev, char *reason, size_t rsize)
+{
+	char key[CONSUMER_KEY_MAX];
+	struct cqrs_log_ctx log = c->log;
+
+	consumer_routing_key(ev, key, sizeof(key));
+	log.stream = ev->stream;
+	log.event_id = ev->id;
+	log.correlation_id = meta_str(ev, "correlation_id");
+	log.causation_id = meta_str(ev, "causation_id");
+	for (size_t i = 0; i < c->n_handlers; i++) {
+		const struct reg_handler *h = c->handlers[i];
+		struct cqrs_event_ctx ctx;
+		int r;
+
+		if (!routing_match(h->pattern, key))
+			continue;
+		event_ctx_init(&ctx, h, &log, (struct pg_conn *)c->pg, ev, &c->ops);
+		r = h->fn(&ctx, ev);
+		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK)
+			return CQRS_EUNAVAILABLE;
+		if (r == CQRS_HANDLED_OK) {
+			/* a handler that ignored an error of its own statement: the
+			 * transaction cannot commit; transient, as far as we know */
+			if (PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
+				snprintf(reason, rsize,
+					 "handler \"%s\" of group \"%s\" (%s) returned ok in an "
+					 "aborted transaction: %.*s",
+					 h->pattern, h->group, h->plugin ? h->plugin : "?",
+					 (int)strcspn(PQerrorMessage(c->pg), "\n"),
+					 PQerrorMessage(c->pg));
+				return APPLY_RETRY;
+			}
+			continue;
+		}
+		if (r == CQRS_HANDLED_RETRY || r == CQRS_HANDLED_FAIL) {
+			if (ctx.reason[0] != '\0')
+				snprintf(reason, rsize, "%s", ctx.reason);
+			else
+				snprintf(reason, rsize, "handler \"%s\" of group \"%s\" (%s) %s",
+					 h->pattern, h->group, h->plugin ? h->plugin : "?",
+					 r == CQRS_HANDLED_RETRY ? "asked for a retry" : "failed");
+			return r == CQRS_HANDLED_RETRY ? APPLY_RETRY : APPLY_FAIL;
+		}
+		snprintf(reason, rsize,
+			 "handler \"%s\" of group \"%s\" (%s) returned %d, not a cqrs_handled",
+			 h->pattern, h->group, h->plugin ? h->plugin : "?", r);
+		return APPLY_FAIL;
+	}
+	return APPLY_DONE;
+}
+
+/*
+ * The event types this consumer handles in streams of ev's aggregate type,
+ * as an array literal; NULL in *out when a wildcard may match any of them
+ * (then every event in the range is read and filtered here).
+ */
+static int
+handled_types(const struct consumer *c, const struct cqrs_event *ev, char **out)
+{
+	char agg[CQRS_TYPE_MAX + 1];
+	size_t alen;
+	struct buf b = { 0 };
+
+	*out = NULL;
+	if (envelope_stream_type(ev->stream, agg, sizeof(agg)) < 0)
+		return 0;
+	alen = strlen(agg);
+	buf_add(&b, "{", 1);
+	for (size_t i = 0; i < c->n_handlers; i++) {
+		const char *p = c->handlers[i]->pattern;
+		bool wild = strchr(p, '*') != NULL || strchr(p, '#') != NULL;
+
+		if (!wild) {
+			if (strncmp(p, agg, alen) == 0 && p[alen] == '.')
+				buf_elem(&b, p + alen + 1);
+			continue;
+		}
+		/* a wildcard pattern whose first word may be this type: all */
+		if ((p[0] == '*' || p[0] == '#') && (p[1] == '.' || p[1] == '\0')) {
+			free(b.s);
+			return 0;
+		}
+		if (strncmp(p, agg, alen) == 0 && p[alen] == '.') {
+			free(b.s);
+			return 0;
+		}
+	}
+	buf_add(&b, "}", 1);
+	if (b.nomem) {
+		free(b.s);
+		return CQRS_ENOMEM;
+	}
+	*out = b.s;
+	return 0;
+}
+
+/*
+ * Reads the events of ev's stream after `after` and before ev that this
+ * consumer handles, and handles them. Returns as run_handlers(), or a
+ * negative code.
+ */
+static int
+handle_missing(struct consumer *c, const struct cqrs_event *ev, int64_t after, char *reason,
+	       size_t rsize, struct cqrs_err *err)
+{
+	char from[24], to[24], since[24];
+	char *types = NULL;
+	const char *params[5];
+	struct store_events evs = { 0 };
+	PGresult *res = NULL;
+	int rc;
+
+	if ((rc = handled_types(c, ev, &types)) < 0)
+		return cqrs_err_set(err, rc, "out of memory");
+	snprintf(from, sizeof(from), "%" PRId64, after);
+	snprintf(to, sizeof(to), "%" PRId64, ev->version);
+	snprintf(since, sizeof(since), "%" PRId64, c->since_position);
+	params[0] = ev->stream;
+	params[1] = from;
+	params[2] = to;
+	params[3] = since;
+	params[4] = types;
+	rc = consumer_exec(c, "read missing events", types != NULL ? SQL_MISSING_TYPES
+								   : SQL_MISSING_ALL,
+			   types != NULL ? 5 : 4, params, PGRES_TUPLES_OK, &res, err);
+	free(types);
+	if (rc < 0)
+		return rc;
+	rc = store_events_parse(res, &evs, err);
+	PQclear(res);
+	if (rc < 0)
+		return rc;
+	rc = APPLY_DONE;
+	for (size_t i = 0; i < evs.n; i++) {
+		char key[CONSUMER_KEY_MAX];
+		char why[400];
+
+		consumer_routing_key(evs.ev[i], key, sizeof(key));
+		if (!consumer_wants(c, key))
+			continue;
+		c->stats.fetched++;
+		cqrs_log_debug(&c->log, "stream %s: handling version %" PRId64
+				       " (missing before %" PRId64 ") from the store",
+			       ev->stream, evs.ev[i]->version, ev->version);
+		rc = run_handlers(c, evs.ev[i], why, sizeof(why));
+		if (rc != APPLY_DONE) {
+			if (rc == APPLY_RETRY || rc == APPLY_FAIL)
+				snprintf(reason, rsize, "earlier event %s version %" PRId64
+							" (%s, read from the store): %s",
+					 ev->stream, evs.ev[i]->version, evs.ev[i]->id, why);
+			break;
+		}
+	}
+	store_events_clear(&evs);
+	return rc;
+}
+
+/* ---- the batch --------------------------------------------------------------------- */
+
+/* Step 1: 0, APPLY_BUSY, APPLY_NOT_LIVE or an error. */
+static int
+lock_live(struct consumer *c, struct cqrs_err *err)
+{
+	const char *params[1] = { c->cfg->name };
+	PGresult *res;
+	int rc;
+
+	rc = consumer_exec(c, "take the consumer's lock", SQL_LOCK_LIVE, 1, params,
+			   PGRES_TUPLES_OK, &res, err);
+	if (rc < 0)
+		return rc;
+	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+		rc = APPLY_BUSY;
+	else if (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), "t") != 0)
+		rc = APPLY_NOT_LIVE;
+	else
+		c->since_position = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+	PQclear(res);
+	return rc;
+}
+
+int
+apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, size_t n,
+	    const struct store_checkpoint *cp, size_t *at, struct cqrs_err *err)
+{
+	struct streams s = { 0 };
+	bool *mine = NULL;		/* pending on entry: ours to decide */
+	char key[CONSUMER_KEY_MAX];
+	int rc;
+
+	*at = 0;
+	mine = calloc(n > 0 ? n : 1, sizeof(*mine));
+	s.index = hmap_new();
+	s.name = calloc(n > 0 ? n : 1, sizeof(*s.name));
+	s.version = calloc(n > 0 ? n : 1, sizeof(*s.version));
+	s.dirty = calloc(n > 0 ? n : 1, sizeof(*s.dirty));
+	s.known = calloc(n > 0 ? n : 1, sizeof(*s.known));
+	if (mine == NULL || s.index == NULL || s.name == NULL || s.version == NULL ||
+	    s.dirty == NULL || s.known == NULL) {
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].outcome != APPLY_PENDING)
+			continue;
+		consumer_routing_key(items[i].ev, key, sizeof(key));
+		if (!consumer_wants(c, key)) {
+			items[i].outcome = APPLY_IGNORED;
+			continue;
+		}
+		mine[i] = true;
+		if (streams_add(&s, items[i].ev->stream) < 0) {
+			rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	if (s.n == 0 && cp == NULL) {
+		rc = 0;
+		goto out;
+	}
+
+	if ((rc = consumer_exec(c, "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, err)) < 0)
+		goto out;
+	if (mode == APPLY_LIVE && (rc = lock_live(c, err)) != 0)
+		goto undo;
+	if (s.n > 0 && (rc = lock_streams(c, &s, err)) < 0)
+		goto undo;
+	for (size_t i = 0; i < n; i++) {
+		struct apply_item *it = &items[i];
+		long k;
+
+		if (!mine[i])
+			continue;
+		k = streams_find(&s, it->ev->stream);
+		if (it->ev->version <= s.version[k]) {
+			it->outcome = APPLY_DUPLICATE;
+			continue;
+		}
+		rc = APPLY_DONE;
+		/* catching up in commit-safe order, every earlier event of the
+		 * stream came before: nothing can be missing */
+		if (mode == APPLY_LIVE && it->ev->version > s.version[k] + 1)
+			rc = handle_missing(c, it->ev, s.version[k], it->reason, sizeof(it->reason),
+					    err);
+		if (rc == APPLY_DONE)
+			rc = run_handlers(c, it->ev, it->reason, sizeof(it->reason));
+		if (rc < 0) {
+			/* run_handlers() leaves the dead session for rollback() */
+			if (c->pg != NULL)
+				cqrs_err_set(err, rc, "lost the PostgreSQL session in a handler: %.*s",
+					     (int)strcspn(PQerrorMessage(c->pg), "\n"),
+					     PQerrorMessage(c->pg));
+			goto undo;
+		}
+		if (rc != APPLY_DONE) {
+			it->outcome = rc;
+			*at = i;
+			mine[i] = false;	/* keeps its outcome */
+			rc = APPLY_HANDLER;
+			goto undo;
+		}
+		it->outcome = APPLY_DONE;
+		s.version[k] = it->ev->version;
+		s.dirty[k] = true;
+	}
+	if ((rc = save_versions(c, &s, err)) < 0)
+		goto undo;
+	if (mode == APPLY_CATCHUP && cp != NULL) {
+		char xid[24], pos[24];
+		const char *params[3] = { c->cfg->name, xid, pos };
+
+		snprintf(xid, sizeof(xid), "%" PRIu64, cp->xid);
+		snprintf(pos, sizeof(pos), "%" PRId64, cp->position);
+		rc = consumer_exec(c, "move the checkpoint", SQL_CHECKPOINT, 3, params,
+				   PGRES_COMMAND_OK, NULL, err);
+		if (rc < 0)
+			goto undo;
+	}
+	rc = consumer_exec(c, "COMMIT", "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, err);
+	if (rc < 0) {
+		/* outcome unknown when the session died: the events stay unacked
+		 * and come again, as duplicates if the commit happened */
+		goto undone;
+	}
+	c->stats.batches++;
+	for (size_t i = 0; i < n; i++) {
+		if (!mine[i])
+			continue;
+		if (items[i].outcome == APPLY_DONE)
+			c->stats.handled++;
+		else if (items[i].outcome == APPLY_DUPLICATE)
+			c->stats.duplicates++;
+	}
+	rc = 0;
+	goto out;
+undo:
+	rollback(c);
+undone:
+	for (size_t i = 0; i < n; i++)
+		if (mine[i])
+			items[i].outcome = APPLY_PENDING;
+out:
+	free(mine);
+	streams_free(&s);
+	return rc;
+}
+
+int
+apply_all(struct consumer *c, enum apply_mode mode, struct apply_item *items, size_t n,
+	  const struct store_checkpoint *cp, struct cqrs_err *err)
+{
+	size_t lo = 0, at;
+	int rc;
+
+	while (lo < n) {
+		rc = apply_batch(c, mode, items + lo, n - lo, cp, &at, err);
+		if (rc != APPLY_HANDLER)
+			return rc;
+		/* items[lo + at] is decided; the ones before it were rolled back
+		 * with it: handle them without it, then go on after it */
+		if (at > 0 && (rc = apply_all(c, mode, items + lo, at, NULL, err)) != 0)
+			return rc;
+		lo += at + 1;
+	}
+	return 0;
+}
+
+/* ---- reset ------------------------------------------------------------------------- */
+
+#define SQL_CLEAR_STREAMS "DELETE FROM cqrs.consumer_streams WHERE consumer = $1"
+#define SQL_CLEAR_STATE                                                                   \
+	"INSERT INTO cqrs.consumers AS c (name, replays, replayed_at) "                    \
+	"VALUES ($1, 1, clock_timestamp()) ON CONFLICT (name) DO UPDATE SET xid = '0', "    \
+	"position = 0, live = false, since_position = 0, replays = c.replays + 1, "         \
+	"replayed_at = clock_timestamp(), updated_at = clock_timestamp()"
+
+int
+apply_reset(struct consumer *c, struct cqrs_err *err)
+{
+	const char *params[1] = { c->cfg->name };
+	int rc;
+
+	if ((rc = consumer_exec(c, "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, err)) < 0)
+		return rc;
+	for (size_t i = 0; i < c->n_handlers; i++) {
+		const struct reg_handler *h = c->handlers[i];
+		struct cqrs_event_ctx ctx;
+		bool seen = false;
+		int r;
+
+		if (h->reset == NULL)
+			continue;
+		/* one reset registered with several patterns runs once */
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = c->handlers[j]->reset == h->reset &&
+			       c->handlers[j]->plugin_state == h->plugin_state;
+		if (seen)
+			continue;
+		event_ctx_init(&ctx, h, &c->log, (struct pg_conn *)c->pg, NULL, &c->ops);
+		r = h->reset(&ctx);
+		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
+			consumer_pg_close(c);
+			return cqrs_err_set(err, CQRS_EUNAVAILABLE,
+					    "reset: lost the PostgreSQL session");
+		}
+		if (r != CQRS_HANDLED_OK || PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
+			rc = cqrs_err_set(err, r == CQRS_HANDLED_RETRY ? CQRS_EUNAVAILABLE
+								       : CQRS_EINTERNAL,
+					  "the reset of group \"%s\" (%s, pattern \"%s\") failed: %s",
+					  h->group, h->plugin ? h->plugin : "?", h->pattern,
+					  ctx.reason[0] != '\0' ? ctx.reason
+								: PQerrorMessage(c->pg));
+			rollback(c);
+			return rc;
+		}
+	}
+	if ((rc = consumer_exec(c, "clear the consumer's streams", SQL_CLEAR_STREAMS, 1, params,
+				PGRES_COMMAND_OK, NULL, err)) < 0 ||
+	    (rc = consumer_exec(c, "clear the consumer's checkpoint", SQL_CLEAR_STATE, 1, params,
+				PGRES_COMMAND_OK, NULL, err)) < 0) {
+		rollback(c);
+		return rc;
+	}
+	return consumer_exec(c, "COMMIT", "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, err);
+}

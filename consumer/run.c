@@ -1,0 +1,827 @@
+/*
+ * run.c - cqrs-consumer's loop: connections, catch-up, deliveries, acks,
+ * retries, dead letters, shutdown.
+ *
+ * In order of priority: keep a PostgreSQL session and an AMQP connection
+ * (each reconnected with backoff; while PostgreSQL is away the deliveries in
+ * hand stay unacked on a healthy AMQP connection, so they neither come back
+ * nor count as failed deliveries); declare the queue before anything is read
+ * from the store; catch up (or replay) if the consumer is not live; then take
+ * deliveries and handle them in batches (apply.c), acking each after its
+ * batch commits.
+ *
+ * Deliveries that come back after a crash (redelivered) are suspects: one of
+ * them may be what crashed the consumer. Each new AMQP session therefore
+ * starts by taking messages one at a time with basic.get, handling each
+ * alone and acking it before taking the next, until one comes that was never
+ * delivered before (or the queue is empty); only then does it consume with
+ * the full prefetch. So a poison event that aborts the process is the only
+ * delivery in flight when it does, and only its delivery count grows:
+ * RabbitMQ dead-letters it at the queue's delivery limit while the others go
+ * on.
+ *
+ * Outcomes: done, duplicate or ignored: ack. Fail: publish to the dead-letter
+ * exchange with the reason (committed), then ack. Retry: keep the delivery
+ * unacked in hand and handle it again after a backoff that doubles up to
+ * retry_backoff_max, while other deliveries flow; after retry_limit retries
+ * it is dead-lettered. Holding it here, rather than rejecting it for an
+ * immediate redelivery, is what gives the backoff; the price is that held
+ * deliveries count against the prefetch, and go back to the queue if the
+ * consumer stops.
+ *
+ * SIGTERM: cancel the consumer, handle what was delivered up to the
+ * cancel's answer, ack, close, return (deliveries held for a retry go back).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "amqp.h"
+#include "consumer.h"
+#include "envelope.h"
+#include "sdnotify.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define IDLE_WAIT_MS 1000	/* longest wait for a delivery: bounds the reaction to stop */
+#define BUSY_WAIT_MS 200	/* a replay holds the lock: try again after this */
+#define REPEAT_LOG_MS 30000
+#define MQ_TIMEOUT_MS 10000
+
+struct delivery {
+	struct mq_msg msg;
+	struct cqrs_event *ev;		/* NULL when the body is not an envelope */
+	char decode_err[256];
+	int attempts;			/* retries so far */
+	int64_t due;			/* not before (0: now) */
+	bool settled;			/* acked or dead-lettered: drop from hand */
+};
+
+struct live {
+	struct consumer *c;
+	const struct consumer_run_opts *opts;
+	struct mq *mq;
+	bool consuming;
+	struct mq_topology topo;
+	struct delivery **hand;		/* unacked, in delivery order */
+	size_t n_hand, cap_hand;
+	int64_t pg_retry_at, pg_backoff;
+	int64_t mq_retry_at, mq_backoff;
+	char mq_last_err[CQRS_ERR_MSG_MAX];
+	int64_t mq_last_log;
+	int64_t next_status;
+	bool ready_sent;
+	bool busy_logged;
+};
+
+static int64_t
+backoff_next(int64_t *b)
+{
+	int64_t d = *b;
+
+	*b = d * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : d * 2;
+	return d;
+}
+
+/* ---- hand -------------------------------------------------------------------------- */
+
+static void
+delivery_free(struct delivery *d)
+{
+	if (d == NULL)
+		return;
+	mq_msg_clear(&d->msg);
+	cqrs_event_free(d->ev);
+	free(d);
+}
+
+/* Takes msg over. */
+static int
+hand_add(struct live *L, struct mq_msg *msg)
+{
+	struct delivery *d = calloc(1, sizeof(*d));
+	struct cqrs_err err = { 0 };
+
+	if (d == NULL || (L->n_hand == L->cap_hand &&
+			  !(L->hand = realloc(L->hand, (L->cap_hand = L->cap_hand * 2 + 64) *
+							       sizeof(*L->hand))))) {
+		cqrs_log_error(&L->c->log, "out of memory: dropping a delivery (it comes again)");
+		free(d);
+		mq_msg_clear(msg);
+		return -1;
+	}
+	mq_msg_move(&d->msg, msg);
+	if (envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
+		d->ev = NULL;
+		snprintf(d->decode_err, sizeof(d->decode_err), "%.200s", err.msg);
+	}
+	L->hand[L->n_hand++] = d;
+	return 0;
+}
+
+/* Drops the settled deliveries from hand, keeping the order. */
+static void
+hand_compact(struct live *L)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < L->n_hand; i++) {
+		if (L->hand[i]->settled)
+			delivery_free(L->hand[i]);
+		else
+			L->hand[o++] = L->hand[i];
+	}
+	L->n_hand = o;
+}
+
+/* Forgets every delivery: the connection they came on is gone, so they go
+ * back to the queue. */
+static void
+hand_drop(struct live *L)
+{
+	for (size_t i = 0; i < L->n_hand; i++)
+		delivery_free(L->hand[i]);
+	L->n_hand = 0;
+}
+
+static size_t
+hand_ready(const struct live *L, int64_t now)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < L->n_hand; i++)
+		n += L->hand[i]->due <= now;
+	return n;
+}
+
+static size_t
+hand_held(const struct live *L, int64_t now)
+{
+	return L->n_hand - hand_ready(L, now);
+}
+
+static int64_t
+hand_next_due(const struct live *L)
+{
+	int64_t next = INT64_MAX;
+
+	for (size_t i = 0; i < L->n_hand; i++)
+		if (L->hand[i]->due < next)
+			next = L->hand[i]->due;
+	return next;
+}
+
+/* ---- connections ------------------------------------------------------------------- */
+
+static void
+mq_lost(struct live *L, const char *what, const char *msg)
+{
+	int64_t now = consumer_now_ms();
+	int64_t delay = backoff_next(&L->mq_backoff);
+
+	if (strcmp(msg, L->mq_last_err) != 0 || now - L->mq_last_log >= REPEAT_LOG_MS) {
+		cqrs_log_error(&L->c->log, "%s: %s (retrying in %" PRId64 " ms)", what, msg, delay);
+		L->mq_last_log = now;
+	}
+	snprintf(L->mq_last_err, sizeof(L->mq_last_err), "%s", msg);
+	mq_free(L->mq);
+	L->mq = NULL;
+	L->consuming = false;
+	hand_drop(L);
+	L->mq_retry_at = now + delay;
+}
+
+static void
+pg_lost(struct live *L)
+{
+	consumer_pg_close(L->c);
+	L->pg_retry_at = consumer_now_ms() + backoff_next(&L->pg_backoff);
+}
+
+/* Connects and declares the topology (no consumer yet). */
+static int
+mq_open(struct live *L)
+{
+	const struct consumer_config *cfg = L->c->cfg;
+	struct mq_options o = {
+		.url = cfg->broker_url,
+		.heartbeat_s = cfg->heartbeat_s,
+		.timeout_ms = MQ_TIMEOUT_MS,
+		.connection_name = L->c->app,
+		.cacert = cfg->cacert,
+		.cert = cfg->cert,
+		.key = cfg->key,
+		.verify = cfg->verify,
+	};
+	struct cqrs_err err = { 0 };
+
+	if (mq_connect(&o, &L->mq, &err) < 0 || mq_declare(L->mq, &L->topo, &err) < 0) {
+		mq_lost(L, "RabbitMQ", err.msg);
+		return -1;
+	}
+	if (L->mq_last_err[0] != '\0')
+		cqrs_log_info(&L->c->log, "connected to RabbitMQ %s again", mq_name(L->mq));
+	else
+		cqrs_log_info(&L->c->log, "connected to RabbitMQ %s: queue \"%s\"",
+			      mq_name(L->mq), cfg->queue);
+	L->mq_last_err[0] = '\0';
+	L->mq_backoff = BACKOFF_MIN_MS;
+	return 0;
+}
+
+/* Takes deliveries: waits up to timeout_ms for the first, then whatever is
+ * already buffered, up to `want` in hand. */
+static void
+receive(struct live *L, int timeout_ms, size_t want)
+{
+	struct cqrs_err err = { 0 };
+	struct mq_msg msg;
+	int r;
+
+	if (L->mq == NULL || !L->consuming) {
+		if (L->mq != NULL && mq_poll(L->mq, &err) < 0)
+			mq_lost(L, "RabbitMQ", err.msg);
+		if (timeout_ms > 0)
+			usleep((useconds_t)(timeout_ms > 250 ? 250 : timeout_ms) * 1000);
+		return;
+	}
+	r = mq_next(L->mq, timeout_ms, &msg, &err);
+	while (r == 1) {
+		hand_add(L, &msg);
+		if (L->n_hand >= want)
+			return;
+		r = mq_next(L->mq, 0, &msg, &err);
+	}
+	if (r < 0)
+		mq_lost(L, "RabbitMQ", err.msg);
+}
+
+/* ---- settling ---------------------------------------------------------------------- */
+
+static void
+log_ctx_of(struct live *L, const struct delivery *d, struct cqrs_log_ctx *log)
+{
+	*log = L->c->log;
+	log->event_id = d->ev != NULL ? d->ev->id : d->msg.message_id;
+	log->stream = d->ev != NULL ? d->ev->stream : d->msg.stream;
+}
+
+/* Publishes d to the dead-letter exchange with reason; the caller acks. */
+static int
+dead_letter(struct live *L, struct delivery *d, const char *reason)
+{
+	struct cqrs_err err = { 0 };
+	struct cqrs_log_ctx log;
+	struct mq_out o = {
+		.exchange = CONSUMER_DEAD_EXCHANGE,
+		.routing_key = L->c->cfg->queue,
+		.body = d->msg.body,
+		.body_len = d->msg.body_len,
+		.message_id = d->ev != NULL ? d->ev->id : d->msg.message_id,
+		.type = d->ev != NULL ? d->ev->type : d->msg.type,
+		.stream = d->ev != NULL ? d->ev->stream : d->msg.stream,
+		.version = d->ev != NULL ? d->ev->version : d->msg.version,
+		.position = d->ev != NULL ? d->ev->position : d->msg.position,
+		.reason = reason,
+		.consumer = L->c->cfg->name,
+	};
+
+	if (mq_publish(L->mq, &o, &err) < 0) {
+		mq_lost(L, "RabbitMQ: dead-letter", err.msg);
+		return -1;
+	}
+	log_ctx_of(L, d, &log);
+	L->c->stats.dead++;
+	if (d->ev != NULL)
+		cqrs_log_error(&log, "dead-lettered %s version %" PRId64 " (%s) to \"%s\": %s",
+			       d->ev->stream, d->ev->version, d->ev->type, L->c->cfg->dead_queue,
+			       reason);
+	else
+		cqrs_log_error(&log, "dead-lettered message %s to \"%s\": %s", d->msg.message_id,
+			       L->c->cfg->dead_queue, reason);
+	return 0;
+}
+
+/*
+ * Acks the deliveries marked `ack` (settling them): one multiple ack when
+ * no other delivery in hand has a smaller tag than the largest of them,
+ * else one by one. Returns -1 when the connection is lost.
+ */
+static int
+ack_marked(struct live *L, const bool *ack)
+{
+	struct cqrs_err err = { 0 };
+	uint64_t top = 0;
+	bool multiple = true;
+	size_t n = 0;
+
+	for (size_t i = 0; i < L->n_hand; i++) {
+		if (ack[i] && L->hand[i]->msg.tag > top)
+			top = L->hand[i]->msg.tag;
+		n += ack[i];
+	}
+	if (n == 0)
+		return 0;
+	for (size_t i = 0; i < L->n_hand && multiple; i++)
+		if (!ack[i] && !L->hand[i]->settled && L->hand[i]->msg.tag < top)
+			multiple = false;
+	if (multiple && n > 1) {
+		if (mq_ack(L->mq, top, true, &err) < 0)
+			goto lost;
+	} else {
+		for (size_t i = 0; i < L->n_hand; i++)
+			if (ack[i] && mq_ack(L->mq, L->hand[i]->msg.tag, false, &err) < 0)
+				goto lost;
+	}
+	for (size_t i = 0; i < L->n_hand; i++)
+		if (ack[i])
+			L->hand[i]->settled = true;
+	return 0;
+lost:
+	mq_lost(L, "RabbitMQ: ack", err.msg);
+	return -1;
+}
+
+static int64_t
+retry_delay(const struct consumer_config *cfg, int attempts)
+{
+	int64_t d = cfg->retry_backoff_ms;
+
+	for (int i = 1; i < attempts && d < cfg->retry_backoff_max_ms; i++)
+		d *= 2;
+	return d > cfg->retry_backoff_max_ms ? cfg->retry_backoff_max_ms : d;
+}
+
+/*
+ * Handles the ready deliveries at indexes idx[0..n) of hand in one go and
+ * settles them. Returns 0, or -1 when a connection was lost (the loop
+ * reconnects; what was not settled stays in hand, or is dropped with the
+ * AMQP connection).
+ */
+static int
+handle(struct live *L, const size_t *idx, size_t n)
+{
+	struct consumer *c = L->c;
+	struct apply_item *items = NULL;
+	size_t *map = NULL;		/* items[j] is hand[map[j]] */
+	bool *ack = NULL;
+	struct cqrs_err err = { 0 };
+	size_t m = 0;
+	int rc = 0;
+
+	items = calloc(n, sizeof(*items));
+	map = calloc(n, sizeof(*map));
+	ack = calloc(L->n_hand, sizeof(*ack));
+	if (items == NULL || map == NULL || ack == NULL) {
+		cqrs_log_error(&c->log, "out of memory handling a batch; trying again");
+		rc = 0;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct delivery *d = L->hand[idx[i]];
+
+		if (d->ev == NULL) {
+			/* nothing to hand to a handler: a poison message */
+			char why[400];
+
+			snprintf(why, sizeof(why), "not an event envelope: %s", d->decode_err);
+			if (dead_letter(L, d, why) < 0) {
+				rc = -1;
+				goto out;
+			}
+			ack[idx[i]] = true;
+			continue;
+		}
+		items[m].ev = d->ev;
+		map[m++] = idx[i];
+	}
+	rc = m > 0 ? apply_all(c, APPLY_LIVE, items, m, NULL, &err) : 0;
+	if (rc == APPLY_BUSY || rc == APPLY_NOT_LIVE) {
+		/* nothing happened; the caller waits or catches up */
+		goto settle;
+	}
+	if (rc == CQRS_ECONFLICT) {
+		cqrs_log_debug(&c->log, "batch: %s; running it again", err.msg);
+	} else if (rc < 0) {
+		if (c->pg == NULL) {
+			cqrs_log_error(&c->log, "lost the PostgreSQL session: %s (reconnecting)",
+				       err.msg);
+			pg_lost(L);
+		} else {
+			/* e.g. the schema is missing: wait, as for an outage */
+			int64_t delay = backoff_next(&L->pg_backoff);
+
+			cqrs_log_error(&c->log, "%s (retrying in %" PRId64 " ms)", err.msg, delay);
+			for (size_t j = 0; j < m; j++)
+				if (items[j].outcome == APPLY_PENDING)
+					L->hand[map[j]]->due = consumer_now_ms() + delay;
+		}
+	}
+settle:
+	for (size_t j = 0; j < m && L->mq != NULL; j++) {
+		struct delivery *d = L->hand[map[j]];
+		struct cqrs_log_ctx log;
+
+		switch (items[j].outcome) {
+		case APPLY_DONE:
+		case APPLY_DUPLICATE:
+		case APPLY_IGNORED:
+			d->attempts = 0;
+			ack[map[j]] = true;
+			break;
+		case APPLY_RETRY:
+			c->stats.retried++;
+			if (++d->attempts > c->cfg->retry_limit) {
+				char why[700];
+
+				snprintf(why, sizeof(why), "gave up after %d retries: %s",
+					 d->attempts - 1, items[j].reason);
+				if (dead_letter(L, d, why) < 0) {
+					rc = -1;
+					goto out;
+				}
+				ack[map[j]] = true;
+				break;
+			}
+			d->due = consumer_now_ms() + retry_delay(c->cfg, d->attempts);
+			log_ctx_of(L, d, &log);
+			cqrs_log_warn(&log, "retry %d of %s version %" PRId64 " in %" PRId64 " ms: %s",
+				      d->attempts, d->ev->stream, d->ev->version,
+				      retry_delay(c->cfg, d->attempts), items[j].reason);
+			break;
+		case APPLY_FAIL:
+			if (dead_letter(L, d, items[j].reason) < 0) {
+				rc = -1;
+				goto out;
+			}
+			ack[map[j]] = true;
+			break;
+		default:
+			break;	/* pending: stays in hand */
+		}
+	}
+	if (L->mq != NULL && ack_marked(L, ack) < 0)
+		rc = -1;
+	if (rc == APPLY_BUSY || rc == APPLY_NOT_LIVE)
+		goto out;
+	rc = c->pg == NULL || L->mq == NULL ? -1 : 0;
+out:
+	if (L->mq != NULL)
+		hand_compact(L);
+	free(items);
+	free(map);
+	free(ack);
+	return rc;
+}
+
+/* The ready deliveries, oldest first, up to batch_size, in one go. Returns
+ * as handle(), or APPLY_BUSY / APPLY_NOT_LIVE. */
+static int
+handle_ready(struct live *L)
+{
+	size_t *idx, n = 0, max = (size_t)L->c->cfg->batch_size;
+	int64_t now = consumer_now_ms();
+	int rc;
+
+	idx = calloc(L->n_hand > 0 ? L->n_hand : 1, sizeof(*idx));
+	if (idx == NULL)
+		return 0;
+	for (size_t i = 0; i < L->n_hand && n < max; i++)
+		if (L->hand[i]->due <= now)
+			idx[n++] = i;
+	rc = n > 0 ? handle(L, idx, n) : 0;
+	free(idx);
+	return rc;
+}
+
+/* ---- catch-up hooks ---------------------------------------------------------------- */
+
+static int
+hook_tick(void *arg, struct cqrs_err *err)
+{
+	struct live *L = arg;
+
+	(void)err;
+	/* deliveries that come meanwhile wait in hand (up to the prefetch) */
+	if (L->mq != NULL)
+		receive(L, 0, SIZE_MAX);
+	return 0;
+}
+
+static int
+hook_dead(void *arg, const struct cqrs_event *ev, const char *reason, struct cqrs_err *err)
+{
+	struct live *L = arg;
+	char *body;
+	struct mq_out o = {
+		.exchange = CONSUMER_DEAD_EXCHANGE,
+		.routing_key = L->c->cfg->queue,
+		.message_id = ev->id,
+		.type = ev->type,
+		.stream = ev->stream,
+		.version = ev->version,
+		.position = ev->position,
+		.reason = reason,
+		.consumer = L->c->cfg->name,
+	};
+	int rc;
+
+	if (L->mq == NULL && mq_open(L) < 0)
+		return cqrs_err_set(err, CQRS_EUNAVAILABLE, "RabbitMQ: %s", L->mq_last_err);
+	body = envelope_encode(ev);
+	if (body == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	o.body = body;
+	o.body_len = strlen(body);
+	rc = mq_publish(L->mq, &o, err);
+	free(body);
+	if (rc < 0) {
+		mq_lost(L, "RabbitMQ: dead-letter", err->msg);
+		return rc;
+	}
+	return 0;
+}
+
+/* ---- the loop ---------------------------------------------------------------------- */
+
+static void
+status(struct live *L, bool force)
+{
+	struct consumer *c = L->c;
+	int64_t now = consumer_now_ms();
+
+	if (!force && now < L->next_status)
+		return;
+	L->next_status = now + c->cfg->status_ms;
+	sdnotify_status("live: %" PRIu64 " events handled, %" PRIu64 " duplicates, %zu in hand, "
+			"%zu held for retry, %" PRIu64 " dead-lettered%s",
+			c->stats.handled, c->stats.duplicates, L->n_hand, hand_held(L, now),
+			c->stats.dead, c->pg == NULL ? "; PostgreSQL unreachable" : "");
+}
+
+/* Waits up to ms (in slices), taking deliveries meanwhile. */
+static void
+idle(struct live *L, int64_t ms)
+{
+	int64_t end = consumer_now_ms() + ms;
+
+	while (!consumer_stopping(L->c)) {
+		int64_t left = end - consumer_now_ms();
+
+		if (left <= 0)
+			break;
+		consumer_watchdog(L->c);
+		receive(L, (int)(left > 250 ? 250 : left), (size_t)L->c->cfg->prefetch * 2);
+	}
+}
+
+/*
+ * The start of an AMQP session: suspects (redelivered) one at a time, then
+ * the consumer with the full prefetch.
+ */
+static int
+start_consuming(struct live *L)
+{
+	struct consumer *c = L->c;
+	struct cqrs_err err = { 0 };
+	struct mq_msg msg;
+	size_t suspects = 0;
+	int r;
+
+	for (;;) {
+		if (consumer_stopping(c) || c->pg == NULL)
+			return -1;
+		r = mq_get(L->mq, c->cfg->queue, &msg, &err);
+		if (r < 0) {
+			mq_lost(L, "RabbitMQ", err.msg);
+			return -1;
+		}
+		if (r == 0)
+			break;
+		hand_add(L, &msg);
+		if (L->n_hand == 0 || !L->hand[L->n_hand - 1]->msg.redelivered)
+			break;
+		suspects++;
+		/* alone, and acked before the next one is taken */
+		for (;;) {
+			size_t i = L->n_hand - 1;
+
+			r = handle(L, &i, 1);
+			if (r == APPLY_BUSY || r == APPLY_NOT_LIVE) {
+				idle(L, BUSY_WAIT_MS);
+				if (consumer_stopping(c) || L->mq == NULL)
+					return -1;
+				continue;
+			}
+			if (r < 0)
+				return -1;
+			break;
+		}
+	}
+	if (suspects > 0)
+		cqrs_log_info(&c->log, "handled %zu redelivered event%s one by one", suspects,
+			      suspects == 1 ? "" : "s");
+	if (mq_consume(L->mq, c->cfg->queue, c->cfg->prefetch, &err) < 0) {
+		mq_lost(L, "RabbitMQ", err.msg);
+		return -1;
+	}
+	L->consuming = true;
+	return 0;
+}
+
+/* Stop: no more deliveries; handle those already here; ack; close. */
+static void
+drain(struct live *L)
+{
+	struct consumer *c = L->c;
+	struct cqrs_err err = { 0 };
+	size_t before;
+
+	if (L->mq != NULL && L->consuming) {
+		if (mq_cancel(L->mq, &err) < 0) {
+			mq_lost(L, "RabbitMQ: cancel", err.msg);
+			return;
+		}
+		/* what was delivered before cancel-ok waits in the library */
+		receive(L, 0, SIZE_MAX);
+	}
+	before = L->n_hand;
+	while (L->mq != NULL && c->pg != NULL && hand_ready(L, consumer_now_ms()) > 0) {
+		int rc = handle_ready(L);
+
+		if (rc != 0)
+			break;
+	}
+	if (before > 0)
+		cqrs_log_info(&c->log, "stopping: handled %zu of %zu events in hand", before - L->n_hand,
+			      before);
+}
+
+int
+consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
+{
+	static const struct consumer_run_opts none = { 0 };
+	struct live L = { 0 };
+	struct catchup_hooks hooks = { hook_tick, hook_dead, &L };
+	struct cqrs_err err = { 0 };
+	bool replay, checked = false, was_ready = false;
+	int result = 0;
+
+	if (opts == NULL)
+		opts = &none;
+	replay = opts->replay;
+	L.c = c;
+	L.opts = opts;
+	L.pg_backoff = L.mq_backoff = BACKOFF_MIN_MS;
+	L.topo.queue = c->cfg->queue;
+	L.topo.dead_queue = c->cfg->dead_queue;
+	L.topo.quorum = c->cfg->quorum;
+	L.topo.delivery_limit = c->cfg->delivery_limit;
+	L.topo.bindings = (const char *const *)c->bindings;
+	L.topo.n_bindings = c->n_bindings;
+	cqrs_log_info(&c->log, "starting: groups %s%s, queue \"%s\", %zu handlers, %zu bindings%s",
+		      c->cfg->groups[0], c->cfg->n_groups > 1 ? " ..." : "", c->cfg->queue,
+		      c->n_handlers, c->n_bindings, opts->replay ? ", replay first" : "");
+
+	while (!consumer_stopping(c)) {
+		int64_t now = consumer_now_ms();
+		int rc;
+
+		consumer_watchdog(c);
+		if (L.ready_sent)
+			status(&L, false);
+		if (c->pg == NULL) {
+			if (now < L.pg_retry_at) {
+				idle(&L, L.pg_retry_at - now);
+				continue;
+			}
+			if (consumer_pg_open(c) < 0) {
+				if (opts->once) {
+					result = 1;
+					break;
+				}
+				L.pg_retry_at = consumer_now_ms() + backoff_next(&L.pg_backoff);
+				continue;
+			}
+			L.pg_backoff = BACKOFF_MIN_MS;
+			checked = false;
+		}
+		if (L.mq == NULL) {
+			if (now < L.mq_retry_at) {
+				idle(&L, L.mq_retry_at - now);
+				continue;
+			}
+			if (mq_open(&L) < 0) {
+				if (opts->once) {
+					result = 1;
+					break;
+				}
+				continue;
+			}
+		}
+		if (!checked) {
+			bool live;
+
+			if ((rc = catchup_load_state(c, &live, &err)) < 0) {
+				cqrs_log_error(&c->log, "%s", err.msg);
+				if (opts->once) {
+					result = 1;
+					break;
+				}
+				pg_lost(&L);
+				continue;
+			}
+			if (!L.ready_sent && !opts->once) {
+				sdnotify_ready(live && !replay ? "live" : "catching up from the store");
+				L.ready_sent = true;
+			}
+			if (replay || !live) {
+				rc = catchup_run(c, replay, &hooks, &err);
+				if (rc == 1) {
+					result = opts->once ? 1 : 0;	/* stopped */
+					break;
+				}
+				if (rc < 0) {
+					cqrs_log_error(&c->log, "%s: %s", replay ? "replay" : "catch-up",
+						       err.msg);
+					if (opts->once && rc != CQRS_EUNAVAILABLE) {
+						result = 1;
+						break;
+					}
+					if (c->pg == NULL || rc == CQRS_EUNAVAILABLE)
+						pg_lost(&L);
+					else
+						L.pg_retry_at = consumer_now_ms() +
+								backoff_next(&L.pg_backoff);
+					if (c->pg != NULL && rc != CQRS_EUNAVAILABLE) {
+						idle(&L, L.pg_retry_at - consumer_now_ms());
+					}
+					continue;
+				}
+				replay = false;
+			}
+			checked = true;
+			if (opts->once)
+				break;
+		}
+		if (!L.consuming) {
+			if (start_consuming(&L) < 0)
+				continue;
+			if (!was_ready)
+				cqrs_log_info(&c->log, "live: consuming \"%s\" (prefetch %d, batch %d)",
+					      c->cfg->queue, c->cfg->prefetch, c->cfg->batch_size);
+			was_ready = true;
+			status(&L, true);
+		}
+
+		/* live: take deliveries, handle the ready ones */
+		now = consumer_now_ms();
+		{
+			size_t ready = hand_ready(&L, now);
+			int64_t wait = IDLE_WAIT_MS;
+			int64_t due = hand_next_due(&L);
+
+			if (ready > 0)
+				wait = 0;
+			else if (due != INT64_MAX && due - now < wait)
+				wait = due - now > 0 ? due - now : 0;
+			receive(&L, (int)wait, (size_t)c->cfg->batch_size + hand_held(&L, now));
+		}
+		if (L.mq == NULL || !L.consuming)
+			continue;
+		rc = handle_ready(&L);
+		if (rc == APPLY_BUSY) {
+			if (!L.busy_logged)
+				cqrs_log_info(&c->log, "waiting: a replay or catch-up of \"%s\" holds "
+						       "the lock",
+					      c->cfg->name);
+			L.busy_logged = true;
+			idle(&L, BUSY_WAIT_MS);
+			continue;
+		}
+		if (L.busy_logged && rc == 0)
+			cqrs_log_info(&c->log, "the replay or catch-up is over: going on");
+		L.busy_logged = false;
+		if (rc == APPLY_NOT_LIVE) {
+			cqrs_log_info(&c->log, "not live any more (a replay stopped half-way?): "
+					       "catching up from the store");
+			checked = false;
+		}
+	}
+
+	sdnotify_stopping();
+	if (!opts->once)
+		drain(&L);
+	hand_drop(&L);
+	free(L.hand);
+	mq_free(L.mq);
+	consumer_pg_close(c);
+	cqrs_log_info(&c->log, "stopped: %" PRIu64 " events handled (%" PRIu64 " of them read from "
+			       "the store as missing), %" PRIu64 " duplicates, %" PRIu64
+			       " fed from the store by a catch-up, %" PRIu64 " dead-lettered",
+		      c->stats.handled + c->stats.fetched, c->stats.fetched, c->stats.duplicates,
+		      c->stats.caught_up, c->stats.dead);
+	return result;
+}

@@ -1,0 +1,601 @@
+/* consumer_fixture.c - cqrs-consumer processes and queues for tests (see the .h). */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<rabbitmq-c/amqp.h>)
+#define CF_NEW_HEADERS 1
+#endif
+#endif
+#ifdef CF_NEW_HEADERS
+#include <rabbitmq-c/amqp.h>
+#include <rabbitmq-c/tcp_socket.h>
+#else
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
+
+#include "broker.h"
+#include "consumer_fixture.h"
+#include "fixture.h"
+#include "rabbit.h"
+#include "store.h"
+
+#define MAX_ARGS 8
+
+struct cons {
+	char name[128];
+	char *dir;
+	char config_path[256], log_path[256];
+	char *args[MAX_ARGS];
+	int nargs;
+	pid_t pid;
+	int exit_status;
+	size_t log_mark;		/* log size at the last start */
+};
+
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Consumers alive in this process, killed at exit(). */
+static struct cons *alive[16];
+static pid_t alive_owner;
+
+static void
+kill_alive(void)
+{
+	if (getpid() != alive_owner)
+		return;
+	for (size_t i = 0; i < sizeof(alive) / sizeof(alive[0]); i++) {
+		if (alive[i] != NULL && alive[i]->pid > 0) {
+			kill(alive[i]->pid, SIGKILL);
+			waitpid(alive[i]->pid, NULL, 0);
+			alive[i]->pid = 0;
+		}
+	}
+}
+
+static void
+track(struct cons *c, bool on)
+{
+	if (alive_owner != getpid()) {
+		memset(alive, 0, sizeof(alive));
+		alive_owner = getpid();
+		atexit(kill_alive);
+	}
+	for (size_t i = 0; i < sizeof(alive) / sizeof(alive[0]); i++) {
+		if (on && alive[i] == NULL) {
+			alive[i] = c;
+			return;
+		}
+		if (!on && alive[i] == c) {
+			alive[i] = NULL;
+			return;
+		}
+	}
+}
+
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, got;
+
+	if (f == NULL)
+		return strdup("");
+	do {
+		if (cap - len < 4096) {
+			cap = cap ? cap * 2 : 8192;
+			buf = realloc(buf, cap);
+			ck_assert_ptr_nonnull(buf);
+		}
+		got = fread(buf + len, 1, cap - len - 1, f);
+		len += got;
+	} while (got > 0);
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+void
+cons_set_config(struct cons *c, const char *config_text)
+{
+	FILE *f = fopen(c->config_path, "w");
+
+	ck_assert_msg(f != NULL, "cannot write %s: %s", c->config_path, strerror(errno));
+	fputs(config_text, f);
+	fclose(f);
+}
+
+struct cons *
+cons_new(const char *name, const char *config_text)
+{
+	struct cons *c = calloc(1, sizeof(*c));
+
+	ck_assert_ptr_nonnull(c);
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	c->dir = fixture_tmpdir();
+	snprintf(c->config_path, sizeof(c->config_path), "%s/cqrs.conf", c->dir);
+	snprintf(c->log_path, sizeof(c->log_path), "%s/consumer.log", c->dir);
+	cons_set_config(c, config_text);
+	return c;
+}
+
+void
+cons_free(struct cons *c)
+{
+	char cmd[512];
+
+	if (c == NULL)
+		return;
+	if (c->pid > 0)
+		cons_kill(c);
+	cons_clear_args(c);
+	if (getenv("CQRS_TEST_KEEP") == NULL) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
+		(void)fixture_run(cmd, NULL);
+	}
+	free(c->dir);
+	free(c);
+}
+
+void
+cons_add_arg(struct cons *c, const char *arg)
+{
+	ck_assert_int_lt(c->nargs, MAX_ARGS);
+	c->args[c->nargs] = strdup(arg);
+	ck_assert_ptr_nonnull(c->args[c->nargs]);
+	c->nargs++;
+}
+
+void
+cons_clear_args(struct cons *c)
+{
+	for (int i = 0; i < c->nargs; i++)
+		free(c->args[i]);
+	c->nargs = 0;
+}
+
+static size_t
+file_size(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long n;
+
+	if (f == NULL)
+		return 0;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fclose(f);
+	return n > 0 ? (size_t)n : 0;
+}
+
+void
+cons_spawn(struct cons *c)
+{
+	const char *prog = fixture_bin("cqrs-consumer");
+	char *argv[6 + MAX_ARGS];
+	int n = 0, fd;
+	pid_t pid;
+
+	ck_assert_msg(c->pid <= 0, "consumer %s is already running", c->name);
+	c->log_mark = file_size(c->log_path);
+	argv[n++] = (char *)prog;
+	argv[n++] = "-n";
+	argv[n++] = c->name;
+	argv[n++] = "-c";
+	argv[n++] = c->config_path;
+	for (int i = 0; i < c->nargs; i++)
+		argv[n++] = c->args[i];
+	argv[n] = NULL;
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		unsetenv("NOTIFY_SOCKET");
+		execv(prog, argv);
+		_exit(127);
+	}
+	c->pid = pid;
+	track(c, true);
+}
+
+static bool
+log_since_start(struct cons *c, const char *needle)
+{
+	char *log = slurp(c->log_path);
+	bool found = strlen(log) >= c->log_mark && strstr(log + c->log_mark, needle) != NULL;
+
+	free(log);
+	return found;
+}
+
+void
+cons_start(struct cons *c)
+{
+	long long deadline;
+
+	cons_spawn(c);
+	deadline = now_ms() + CONS_START_TIMEOUT_MS;
+	while (now_ms() < deadline) {
+		if (log_since_start(c, "live: consuming"))
+			return;
+		if (!cons_running(c)) {
+			char *tail = cons_log_tail(c, 30);
+			ck_abort_msg("cqrs-consumer -n %s exited (status %d) before going live:\n%s",
+				     c->name, c->exit_status, tail);
+		}
+		usleep(20 * 1000);
+	}
+	{
+		char *tail = cons_log_tail(c, 30);
+		ck_abort_msg("cqrs-consumer -n %s not live after %d ms:\n%s", c->name,
+			     CONS_START_TIMEOUT_MS, tail);
+	}
+}
+
+static int
+status_of(int st)
+{
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int
+cons_wait_exit(struct cons *c, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+	int st;
+
+	if (c->pid <= 0)
+		return c->exit_status;
+	for (;;) {
+		pid_t r = waitpid(c->pid, &st, WNOHANG);
+
+		if (r == c->pid) {
+			c->exit_status = status_of(st);
+			c->pid = 0;
+			track(c, false);
+			return c->exit_status;
+		}
+		if (now_ms() >= deadline)
+			return -1;
+		usleep(10 * 1000);
+	}
+}
+
+bool
+cons_running(struct cons *c)
+{
+	if (c->pid <= 0)
+		return false;
+	return cons_wait_exit(c, 0) < 0;
+}
+
+int
+cons_stop(struct cons *c)
+{
+	int st;
+
+	ck_assert_msg(c->pid > 0 || c->exit_status >= 0, "consumer %s is not running", c->name);
+	if (c->pid <= 0)
+		return c->exit_status;
+	kill(c->pid, SIGTERM);
+	st = cons_wait_exit(c, CONS_STOP_TIMEOUT_MS);
+	if (st < 0) {
+		char *tail = cons_log_tail(c, 30);
+
+		cons_kill(c);
+		ck_abort_msg("cqrs-consumer -n %s did not stop within %d ms of SIGTERM:\n%s",
+			     c->name, CONS_STOP_TIMEOUT_MS, tail);
+	}
+	return st;
+}
+
+void
+cons_kill(struct cons *c)
+{
+	int st;
+
+	if (c->pid <= 0)
+		return;
+	kill(c->pid, SIGKILL);
+	waitpid(c->pid, &st, 0);
+	c->exit_status = status_of(st);
+	c->pid = 0;
+	track(c, false);
+}
+
+void
+cons_signal(struct cons *c, int sig)
+{
+	if (c->pid > 0)
+		kill(c->pid, sig);
+}
+
+pid_t
+cons_pid(const struct cons *c)
+{
+	return c->pid;
+}
+
+const char *
+cons_dir(const struct cons *c)
+{
+	return c->dir;
+}
+
+const char *
+cons_config_path(const struct cons *c)
+{
+	return c->config_path;
+}
+
+char *
+cons_log(const struct cons *c)
+{
+	return slurp(c->log_path);
+}
+
+char *
+cons_log_tail(const struct cons *c, int lines)
+{
+	char *log = slurp(c->log_path);
+	size_t len = strlen(log);
+	int seen = 0;
+	char *p = log + len;
+	char *tail;
+
+	while (p > log && seen <= lines) {
+		p--;
+		if (*p == '\n')
+			seen++;
+	}
+	tail = strdup(p);
+	free(log);
+	return tail;
+}
+
+int
+cons_log_count(const struct cons *c, const char *needle)
+{
+	char *log = slurp(c->log_path);
+	int n = 0;
+
+	for (const char *p = log; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+		n++;
+	free(log);
+	return n;
+}
+
+bool
+cons_wait_log(struct cons *c, const char *needle, int times, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+
+	for (;;) {
+		if (cons_log_count(c, needle) >= times)
+			return true;
+		if (now_ms() >= deadline)
+			return false;
+		usleep(20 * 1000);
+	}
+}
+
+int
+cons_ctl(const struct cons *c, const char *args, char **out)
+{
+	char *cmd;
+	int rc;
+
+	ck_assert_int_ge(asprintf(&cmd, "%s -c %s %s 2>&1", fixture_bin("cqrsctl"), c->config_path,
+				  args),
+			 0);
+	rc = fixture_run(cmd, out);
+	free(cmd);
+	return rc;
+}
+
+/* ---- queues ------------------------------------------------------------------------ */
+
+const char *
+cons_unique_queue(const char *what)
+{
+	static char buf[200];
+	static int counter;
+
+	snprintf(buf, sizeof(buf), "cqrs.t.%d.%d.%s", (int)getpid(), ++counter, what);
+	return buf;
+}
+
+void
+cons_publish(const char *queue, const char *body, const char *message_id, const char *type,
+	     const char *stream, int64_t version, int64_t position)
+{
+	/* one connection for the test's publishes (each test is its own
+	 * process under CK_FORK) */
+	static struct broker *b;
+	static pid_t b_owner;
+	struct cqrs_err err = { 0 };
+	struct broker_message m = {
+		.exchange = "",
+		.routing_key = queue,
+		.body = body,
+		.body_len = strlen(body),
+		.message_id = message_id,
+		.type = type,
+		.stream = stream,
+		.version = version,
+		.position = position,
+	};
+
+	if (b_owner != getpid())
+		b = NULL;	/* the parent's, inherited by fork */
+	if (b != NULL && !broker_ok(b)) {
+		broker_free(b);
+		b = NULL;
+	}
+	if (b == NULL) {
+		if (broker_connect(fixture_broker_url(), NULL, &b, &err) < 0)
+			ck_abort_msg("publish: %s", err.msg);
+		b_owner = getpid();
+	}
+	if (broker_publish(b, &m, NULL, &err) < 0 || broker_wait_confirms(b, 0, 10000, &err) < 0)
+		ck_abort_msg("publish to %s: %s", queue, err.msg);
+}
+
+/* A connection and channel 1 to the test node, or an abort. */
+static amqp_connection_state_t
+open_amqp(void)
+{
+	struct broker_url u;
+	struct cqrs_err err = { 0 };
+	amqp_connection_state_t conn;
+	amqp_socket_t *sock;
+	amqp_rpc_reply_t r;
+
+	if (broker_url_parse(fixture_broker_url(), &u, &err) < 0)
+		ck_abort_msg("%s", err.msg);
+	conn = amqp_new_connection();
+	sock = amqp_tcp_socket_new(conn);
+	ck_assert_ptr_nonnull(sock);
+	ck_assert_int_eq(amqp_socket_open(sock, u.host, u.port), AMQP_STATUS_OK);
+	r = amqp_login(conn, u.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, u.user, u.password);
+	ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+	broker_url_clear(&u);
+	amqp_channel_open(conn, 1);
+	ck_assert_int_eq(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL);
+	return conn;
+}
+
+static void
+close_amqp(amqp_connection_state_t conn, bool channel_ok)
+{
+	if (channel_ok)
+		(void)amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
+	(void)amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+	amqp_destroy_connection(conn);
+}
+
+long
+cons_queue_depth(const char *queue)
+{
+	amqp_connection_state_t conn = open_amqp();
+	amqp_queue_declare_ok_t *ok;
+	long n;
+
+	ok = amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+	n = ok != NULL ? (long)ok->message_count : -1;
+	close_amqp(conn, ok != NULL);
+	return n;
+}
+
+void
+cons_delete_queues(const char *queue)
+{
+	char dead[256];
+	const char *names[2] = { queue, dead };
+
+	snprintf(dead, sizeof(dead), "%s.dead", queue);
+	for (int i = 0; i < 2; i++) {
+		amqp_connection_state_t conn = open_amqp();
+		bool ok;
+
+		amqp_queue_delete(conn, 1, amqp_cstring_bytes(names[i]), 0, 0);
+		ok = amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL;
+		close_amqp(conn, ok);
+	}
+}
+
+/* ---- configuration and the store ----------------------------------------------------- */
+
+char *
+cons_config(const char *conninfo, const char *cmd_socket, const char *more)
+{
+	char *text;
+
+	ck_assert_int_ge(asprintf(&text,
+				  "[store]\nconninfo = %s\n"
+				  "[broker]\nurl = %s\n"
+				  "[cmd]\nsocket = %s\n"
+				  "[log]\nlevel = info\n"
+				  "%s",
+				  conninfo, fixture_broker_url(),
+				  cmd_socket != NULL ? cmd_socket : "/nonexistent/cmd.sock",
+				  more != NULL ? more : ""),
+			 0);
+	return text;
+}
+
+long
+cons_append(const char *conninfo, const char *stream, const char *type, const char *data)
+{
+	struct store *st = NULL;
+	struct store_event_in in = { .type = type, .data = data };
+	struct store_append_result r = { 0 };
+	struct cqrs_err err = { 0 };
+	long v;
+
+	if (store_connect(conninfo, &st, &err) < 0)
+		ck_abort_msg("store: %s", err.msg);
+	if (store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0) {
+		store_free(st);
+		ck_abort_msg("append to %s: %s", stream, err.msg);
+	}
+	v = (long)r.version;
+	store_append_result_clear(&r);
+	store_free(st);
+	return v;
+}
+
+long long
+cons_query_int(const char *conninfo, const char *sql)
+{
+	PGconn *pg = PQconnectdb(conninfo);
+	PGresult *res;
+	long long n = -1;
+
+	if (PQstatus(pg) == CONNECTION_OK) {
+		res = PQexec(pg, sql);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0 &&
+		    !PQgetisnull(res, 0, 0))
+			n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		PQclear(res);
+	}
+	PQfinish(pg);
+	return n;
+}
+
+long long
+cons_wait_query(const char *conninfo, const char *sql, long long want, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+	long long n;
+
+	for (;;) {
+		n = cons_query_int(conninfo, sql);
+		if (n >= want || now_ms() >= deadline)
+			return n;
+		usleep(50 * 1000);
+	}
+}

@@ -1,0 +1,102 @@
+/*
+ * consumer_fixture.h - cqrs-consumer processes and queue helpers for the
+ * consumer's integration tests.
+ *
+ *   struct cons *c = cons_new("projections", config_text);
+ *   cons_start(c);                        // waits for "live: consuming"
+ *   cons_wait_log(c, "dead-lettered", 1, 10000);
+ *   ck_assert_int_eq(cons_stop(c), 0);    // SIGTERM, exit status
+ *   cons_free(c);
+ *
+ * Each cons has a fresh temporary directory with the config file given
+ * (DIR/cqrs.conf) and the process's stdout and stderr (DIR/consumer.log,
+ * appended across restarts). It runs `cqrs-consumer -n NAME -c DIR/cqrs.conf
+ * [args]` in the test's process group; processes still running at exit()
+ * are killed. Every function fails the test rather than returning an error,
+ * unless it says otherwise. (tests/lib/proc.c runs `PROGRAM -c FILE` only.)
+ */
+#ifndef CQRS_TEST_CONSUMER_FIXTURE_H
+#define CQRS_TEST_CONSUMER_FIXTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONS_START_TIMEOUT_MS 30000
+#define CONS_STOP_TIMEOUT_MS 30000
+
+struct cons;
+
+struct cons *cons_new(const char *name, const char *config_text);
+void cons_free(struct cons *c);
+
+/* Rewrites the config file (used from the next start). */
+void cons_set_config(struct cons *c, const char *config_text);
+/* An extra argument after -c FILE for the next starts ("--replay"). */
+void cons_add_arg(struct cons *c, const char *arg);
+void cons_clear_args(struct cons *c);
+
+/* Starts it and waits until its log says it is live (consuming its queue),
+ * since this start; fails the test with the log's tail otherwise. */
+void cons_start(struct cons *c);
+/* Starts it without waiting. */
+void cons_spawn(struct cons *c);
+/* SIGTERM and wait: the exit status (128 + signal). */
+int cons_stop(struct cons *c);
+void cons_kill(struct cons *c);
+void cons_signal(struct cons *c, int sig);
+/* Its status when it exited within timeout_ms, else -1. */
+int cons_wait_exit(struct cons *c, int timeout_ms);
+bool cons_running(struct cons *c);
+pid_t cons_pid(const struct cons *c);
+
+const char *cons_dir(const struct cons *c);
+const char *cons_config_path(const struct cons *c);
+char *cons_log(const struct cons *c);			/* malloc'd */
+char *cons_log_tail(const struct cons *c, int lines);	/* malloc'd */
+int cons_log_count(const struct cons *c, const char *needle);
+/* Waits until needle occurs `times` times in the whole log. */
+bool cons_wait_log(struct cons *c, const char *needle, int times, int timeout_ms);
+
+/* "build/bin/cqrsctl -c FILE ARGS" of this cons's config: exit status, and
+ * the output (stdout and stderr, malloc'd) in *out when not NULL. */
+int cons_ctl(const struct cons *c, const char *args, char **out);
+
+/* ---- queues ------------------------------------------------------------------------ */
+
+/* A name unique to this test run: "cqrs.t.PID.N.what". Static buffer. */
+const char *cons_unique_queue(const char *what);
+
+/* Publishes body to queue through the default exchange, as the tracker would
+ * publish it (persistent, message_id, type, headers stream/version/position),
+ * and waits for the broker's confirm. */
+void cons_publish(const char *queue, const char *body, const char *message_id,
+		  const char *type, const char *stream, int64_t version, int64_t position);
+
+/* Messages ready in queue (passive declare); -1 when it does not exist. */
+long cons_queue_depth(const char *queue);
+
+/* Deletes queue (and QUEUE.dead); missing ones are fine. */
+void cons_delete_queues(const char *queue);
+
+/* ---- configuration and the store ----------------------------------------------------- */
+
+/*
+ * A config file's text (malloc'd): [store] conninfo, [broker] url of the test
+ * node, [cmd] socket (when not NULL), [log] level = info, then `more` (the
+ * [consumer.*] sections) verbatim.
+ */
+char *cons_config(const char *conninfo, const char *cmd_socket, const char *more);
+
+/* Appends one event (type, data JSON) to stream; its version, or fails. */
+long cons_append(const char *conninfo, const char *stream, const char *type, const char *data);
+
+/* The first column of the first row as an integer; -1 when the query fails
+ * (a table not created yet) or returns no row. */
+long long cons_query_int(const char *conninfo, const char *sql);
+
+/* Waits until sql gives at least want; the last value. */
+long long cons_wait_query(const char *conninfo, const char *sql, long long want, int timeout_ms);
+
+#endif
