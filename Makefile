@@ -159,6 +159,10 @@ bench-cmd: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	@sh bench/bench-cmd.sh
 
+bench-tracker: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@sh bench/bench-tracker.sh
+
 # ---- top-level targets ----------------------------------------------------
 all: $(LIB_SO) $(LIB_A) $(PROGS) $(PLUGINS)
 tests: all $(TEST_BINS)
@@ -224,7 +228,7 @@ install: all
 clean:
 	rm -rf $(B)
 
-.PHONY: all tests deps check test unit demo up down install clean bench-cmd
+.PHONY: all tests deps check test unit demo up down install clean bench-cmd bench-tracker
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .SECONDARY:

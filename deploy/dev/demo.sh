@@ -12,7 +12,8 @@ set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-demo}
 B="$top/build"
-RUN="$top/.run"
+# CQRS_RUN_DIR moves the whole run folder (the end-to-end test uses one).
+RUN="${CQRS_RUN_DIR:-$top/.run}"
 LOGS="$RUN/logs"
 CONF="$RUN/cqrs.conf"
 CTL="$B/bin/cqrsctl -c $CONF"
@@ -197,9 +198,29 @@ story() {
 		sed 's/^/   /'
 }
 
+# A demo starts from nothing: the folder of an earlier demo goes (with the
+# server folders it links to in /tmp), unless `make up` is still running.
+fresh() {
+	for n in cmdd tracker consumer-projections consumer-notifications consumer-transfers; do
+		if pid_alive "$RUN/$n.pid"; then
+			echo "demo: the suite started by 'make up' is running; 'make down' first" >&2
+			exit 1
+		fi
+	done
+	for s in pg rabbit; do
+		if [ -e "$RUN/$s/env" ]; then
+			sh "$top/deploy/dev/$([ $s = pg ] && echo pg || echo rabbitmq).sh" stop "$RUN/$s" \
+				>/dev/null 2>&1 || true
+		fi
+		[ -L "$RUN/$s" ] && rm -rf "$(readlink "$RUN/$s")"
+	done
+	rm -rf "$RUN"
+}
+
 case "$mode" in
 demo)
 	started=$(date +%s)
+	fresh
 	trap 'down' EXIT
 	up
 	story
@@ -217,7 +238,7 @@ up)
    $CTL status
    $CTL send transfer.start t2 '{"from":"carol","to":"alice","amount":500}'
    $CTL dead projections
-   logs: .run/logs/     stop: make down
+   logs: $LOGS/     stop: make down
 TRY
 	;;
 down)
