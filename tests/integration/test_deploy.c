@@ -967,6 +967,15 @@ start_with_http(struct daemon *d)
 	}
 	ck_assert_msg(port != 0, "no \"metrics and health on http://...\" in the log:\n%s",
 		      (char *)daemon_gc(daemon_log_tail(d, 20)));
+	/* /health says 503 until a store connection is up: wait for that */
+	while (now_ms() < deadline) {
+		char *body = NULL;
+		int status = scrape_http(port, "GET", "/health", NULL, &body, 1000);
+		free(body);
+		if (status == 200)
+			break;
+		sleep_ms(20);
+	}
 	return port;
 }
 

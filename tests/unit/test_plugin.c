@@ -149,7 +149,7 @@ START_TEST(bank_and_other_side_by_side)
 	ck_assert_uint_eq(registry_plugin_count(reg), 2);
 	ck_assert_uint_eq(registry_aggregate_count(reg), 3);
 	ck_assert_uint_eq(registry_command_count(reg), 8);
-	ck_assert_uint_eq(registry_handler_count(reg), 1);
+	ck_assert_uint_eq(registry_handler_count(reg), 4 + 1);
 
 	open = registry_command(reg, "account.open");
 	ck_assert_ptr_nonnull(open);
@@ -168,13 +168,15 @@ START_TEST(bank_and_other_side_by_side)
 	ck_assert_ptr_null(registry_applier(reg, add->aggregate, "MoneyDeposited"));
 	ck_assert_ptr_nonnull(registry_applier(reg, open->aggregate, "MoneyDeposited"));
 
-	h = registry_handler(reg, 0);
+	/* handlers in registration order: bank's four, then other's one */
+	h = registry_handler(reg, 4);
 	ck_assert_ptr_nonnull(h);
 	ck_assert_str_eq(h->group, "other");
 	ck_assert_str_eq(h->pattern, "counter.#");
 	ck_assert_ptr_nonnull(h->reset);
 	ck_assert_ptr_eq(h->plugin_state, add->plugin_state);
-	ck_assert_ptr_null(registry_handler(reg, 1));
+	ck_assert_ptr_null(registry_handler(reg, 5));
+	ck_assert_str_eq(registry_handler(reg, 0)->group, "projections");
 
 	ck_assert_ptr_null(registry_command(reg, "account.nope"));
 	ck_assert_ptr_null(registry_command(reg, NULL));
