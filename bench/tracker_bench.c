@@ -1,8 +1,9 @@
 /*
  * tracker_bench - cqrs-tracker throughput and latency, with a baseline.
  *
- *   tracker_bench [-n EVENTS] [-b BATCH] [-r RUNS] [--rate PER_S] [--seconds S]
- *                 [--tracker PATH]
+ *   tracker_bench [-n EVENTS] [-b BATCH] [-w INFLIGHT] [-r RUNS] [--rate PER_S]
+ *                 [--seconds S] [--tracker PATH] [--no-latency] [--no-throughput]
+ *                 [--notify-async]
  *
  * Needs CQRS_STORE_CONNINFO (a migrated, otherwise empty database) and
  * CQRS_BROKER_URL. bench/bench-tracker.sh starts private servers for it.
@@ -10,10 +11,12 @@
  * Throughput: EVENTS events are written first (not timed). Then, RUNS times:
  *   baseline: a raw librabbitmq publisher sends the same messages the tracker
  *             sends (the encoded envelopes, routing keys, properties and
- *             headers), BATCH at a time in confirm mode, waiting for every
- *             confirm of a batch before the next;
- *   tracker:  a cqrs-tracker under a new name (so from the beginning), timed
- *             from its READY=1 until its checkpoint names the last event.
+ *             headers) with the same confirm batching: batches of BATCH in
+ *             confirm mode, at most INFLIGHT batches unconfirmed (when that
+ *             many are out, it waits for the oldest one's confirms);
+ *   tracker:  a cqrs-tracker (batch_size BATCH, inflight INFLIGHT) under a new
+ *             name, so from the beginning, timed from its READY=1 until its
+ *             checkpoint names the last event.
  * A durable queue bound to "#" takes the messages, so the broker persists
  * them as it would for a real consumer (it is purged between runs).
  *
@@ -21,7 +24,9 @@
  * event per transaction at PER_S for S seconds and sends NOTIFY cqrs_events
  * after each commit (as cqrs-cmdd does); a consumer on its own connection
  * takes the messages. Latency = arrival in the consumer - return of the
- * commit. RUNS runs; p50 and p99 of each, and their medians.
+ * commit. RUNS runs; p50 and p99 of each, and their medians. --notify-async
+ * sends the NOTIFY from a session with synchronous_commit off (a NOTIFY's
+ * transaction otherwise waits for its own WAL flush before it is delivered).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -59,11 +64,12 @@
 #include "store.h"
 
 static long nevents = 100000;
-static int batch = 500, runs = 3, rate = 200, seconds = 10;
+static int batch = 500, inflight = 4, runs = 3, rate = 200, seconds = 10;
 static const char *tracker_bin = "build/bin/cqrs-tracker";
 static const char *conninfo, *broker_url;
 static char workdir[128];
 static pid_t running_tracker;	/* killed by die() */
+static bool notify_async;	/* --notify-async: NOTIFY commits without waiting for its flush */
 
 static double
 now_ms(void)
@@ -299,7 +305,11 @@ publish(amqp_connection_state_t c, const struct msg *m)
 		die("baseline: publish failed");
 }
 
-/* Reads frames until every tag <= upto is acked (acks may be multiple). */
+/* Reads frames until every tag <= upto is acked. Acks may be multiple or
+ * single, in any order: done[tag] records them, *acked is the highest tag
+ * with everything up to it acked. */
+static uint8_t *done;
+
 static void
 wait_acks(amqp_connection_state_t c, uint64_t upto, uint64_t *acked)
 {
@@ -311,10 +321,13 @@ wait_acks(amqp_connection_state_t c, uint64_t upto, uint64_t *acked)
 			continue;
 		if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
 			amqp_basic_ack_t *a = f.payload.method.decoded;
-			/* the broker acks in order here (classic queues): one
-			 * ack, or all up to a multiple one */
-			if (a->multiple || a->delivery_tag == *acked + 1)
-				*acked = a->delivery_tag > *acked ? a->delivery_tag : *acked;
+			if (a->multiple)
+				for (uint64_t t = *acked + 1; t <= a->delivery_tag; t++)
+					done[t] = 1;
+			else
+				done[a->delivery_tag] = 1;
+			while (*acked < (uint64_t)nmsgs && done[*acked + 1])
+				(*acked)++;
 		} else {
 			die("baseline: unexpected %s", amqp_method_name(f.payload.method.id));
 		}
@@ -331,6 +344,10 @@ run_baseline(void)
 
 	amqp_confirm_select(c, 1);
 	mq_check(c, "confirm.select");
+	free(done);
+	done = calloc((size_t)nmsgs + 2, 1);
+	if (done == NULL)
+		die("out of memory");
 	t0 = now_ms();
 	for (long i = 0; i < nmsgs; i += batch) {
 		long end = i + batch < nmsgs ? i + batch : nmsgs;
@@ -338,8 +355,11 @@ run_baseline(void)
 			publish(c, &msgs[j]);
 			sent++;
 		}
-		wait_acks(c, sent, &acked);
+		/* a full window: the oldest batch's confirms before the next */
+		if (sent > (uint64_t)(inflight - 1) * (uint64_t)batch)
+			wait_acks(c, sent - (uint64_t)(inflight - 1) * (uint64_t)batch, &acked);
 	}
+	wait_acks(c, sent, &acked);
 	t0 = now_ms() - t0;
 	mq_close(c);
 	return nmsgs / (t0 / 1000);
@@ -365,7 +385,8 @@ start_tracker(struct child *ch, const char *name, bool wait_ready)
 	if (f == NULL)
 		die("%s: %s", ch->conf, strerror(errno));
 	fprintf(f, "[store]\nconninfo = %s\n[broker]\nurl = %s\n[tracker]\nname = %s\n"
-		   "batch_size = %d\n[log]\nlevel = warn\n", conninfo, broker_url, name, batch);
+		   "batch_size = %d\ninflight = %d\n[log]\nlevel = warn\n", conninfo, broker_url,
+		name, batch, inflight);
 	fclose(f);
 	snprintf(path, sizeof(path), "%s/%s.notify", workdir, name);
 	unlink(path);
@@ -470,8 +491,8 @@ throughput(void)
 			amqp_cstring_bytes("#"), amqp_empty_table);
 	mq_check(c, "queue.bind");
 
-	printf("== throughput: %ld events, batches of %d, confirms, into a durable queue\n",
-	       nmsgs, batch);
+	printf("== throughput: %ld events, batches of %d, %d batches in flight, confirms, into a "
+	       "durable queue\n", nmsgs, batch, inflight);
 	for (int r = 0; r < runs; r++) {
 		purge(c, queue);
 		base[r] = run_baseline();
@@ -549,14 +570,18 @@ latency(void)
 
 	if (store_connect(conninfo, &st, &err) < 0)
 		die("store: %s", err.msg);
+	if (notify_async)
+		pg_exec(notify, "SET synchronous_commit TO off");
 	printf("== latency: commit -> arrival in a queue, %d events/s for %d s, one event per "
-	       "transaction, NOTIFY after each commit\n", rate, seconds);
+	       "transaction, NOTIFY after each commit%s\n", rate, seconds,
+	       notify_async ? " (NOTIFY session with synchronous_commit off)" : "");
 	for (int r = 0; r < runs; r++) {
 		struct consumer k = { .c = mq_open() };
 		struct child ch;
 		struct hmap *committed = hmap_new();
 		double *commit_at = calloc((size_t)per_run, sizeof(double));
 		double *lat = calloc((size_t)per_run, sizeof(double));
+		double *nlat_ = calloc((size_t)per_run, sizeof(double));
 		char name[64], sql[512], queue[64];
 		pthread_t th;
 		double next;
@@ -610,6 +635,7 @@ latency(void)
 				die("out of memory");
 			store_append_result_clear(&res);
 			PQclear(PQexec(notify, "NOTIFY cqrs_events"));
+			nlat_[i] = now_ms() - commit_at[i];
 			drain(&ch);
 		}
 		/* the last ones */
@@ -628,13 +654,17 @@ latency(void)
 		qsort(lat, (size_t)nlat, sizeof(double), cmp_double);
 		p50[r] = lat[nlat / 2];
 		p99[r] = lat[(nlat * 99) / 100];
-		printf("run %d: %ld events, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r + 1, nlat,
-		       p50[r], p99[r], lat[nlat - 1]);
+		qsort(nlat_, (size_t)per_run, sizeof(double), cmp_double);
+		printf("run %d: %ld events, p50 %.2f ms, p99 %.2f ms, max %.2f ms (of which the NOTIFY "
+		       "round trip: p50 %.2f, p99 %.2f, max %.2f ms)\n", r + 1, nlat, p50[r], p99[r],
+		       lat[nlat - 1], nlat_[per_run / 2], nlat_[(per_run * 99) / 100],
+		       nlat_[per_run - 1]);
 		fflush(stdout);
 		mq_close(k.c);
 		free(k.got);
 		free(commit_at);
 		free(lat);
+		free(nlat_);
 		hmap_free(committed);
 	}
 	printf("== median of %d runs: p50 %.2f ms, p99 %.2f ms (target p99 < 10 ms)\n", runs,
@@ -652,31 +682,35 @@ main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "events", required_argument, NULL, 'n' },
 		{ "batch", required_argument, NULL, 'b' },
+		{ "inflight", required_argument, NULL, 'w' },
 		{ "runs", required_argument, NULL, 'r' },
 		{ "rate", required_argument, NULL, 'R' },
 		{ "seconds", required_argument, NULL, 'S' },
 		{ "tracker", required_argument, NULL, 't' },
 		{ "no-latency", no_argument, NULL, 'L' },
 		{ "no-throughput", no_argument, NULL, 'T' },
+		{ "notify-async", no_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 },
 	};
 	bool do_latency = true, do_throughput = true;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "n:b:r:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:b:w:r:", opts, NULL)) != -1) {
 		switch (c) {
 		case 'n': nevents = atol(optarg); break;
 		case 'b': batch = atoi(optarg); break;
+		case 'w': inflight = atoi(optarg); break;
 		case 'r': runs = atoi(optarg); break;
 		case 'R': rate = atoi(optarg); break;
 		case 'S': seconds = atoi(optarg); break;
 		case 't': tracker_bin = optarg; break;
 		case 'L': do_latency = false; break;
 		case 'T': do_throughput = false; break;
+		case 'A': notify_async = true; break;
 		default:
-			fprintf(stderr, "usage: tracker_bench [-n EVENTS] [-b BATCH] [-r RUNS] "
+			fprintf(stderr, "usage: tracker_bench [-n EVENTS] [-b BATCH] [-w INFLIGHT] [-r RUNS] "
 					"[--rate PER_S] [--seconds S] [--tracker PATH] "
-					"[--no-latency] [--no-throughput]\n");
+					"[--no-latency] [--no-throughput] [--notify-async]\n");
 			return 2;
 		}
 	}
@@ -684,7 +718,7 @@ main(int argc, char **argv)
 	broker_url = getenv("CQRS_BROKER_URL");
 	if (conninfo == NULL || broker_url == NULL)
 		die("set CQRS_STORE_CONNINFO and CQRS_BROKER_URL");
-	if (nevents < 1 || batch < 1 || runs < 1 || rate < 1 || seconds < 1)
+	if (nevents < 1 || batch < 1 || inflight < 1 || runs < 1 || rate < 1 || seconds < 1)
 		die("bad arguments");
 	snprintf(workdir, sizeof(workdir), "/tmp/tracker-bench.XXXXXX");
 	if (mkdtemp(workdir) == NULL)
@@ -705,5 +739,6 @@ main(int argc, char **argv)
 	for (long i = 0; i < nmsgs; i++)
 		free(msgs[i].body);
 	free(msgs);
+	free(done);
 	return 0;
 }

@@ -30,6 +30,7 @@
  * it, and goes on after it. Later events of the same stream fetch it from the
  * store as missing and so share its fate: a stream never skips an event.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +50,13 @@
 #define SQL_SELECT_STREAMS                                                                \
 	"SELECT stream, version FROM cqrs.consumer_streams "                               \
 	"WHERE consumer = $1 AND stream = ANY($2::text[]) ORDER BY stream FOR UPDATE"
+/* Which of the delivered events the store holds: a delivery that is not
+ * there comes from another store publishing to the same exchange (one
+ * RabbitMQ vhost per store), or from someone else: it must not touch the
+ * read models. */
+#define SQL_KNOWN                                                                         \
+	"SELECT e.id::text FROM unnest($1::uuid[], $2::text[], $3::int[]) AS d(id, stream, version) " \
+	"JOIN cqrs.events e ON e.id = d.id AND e.stream = d.stream AND e.version = d.version"
 #define SQL_INSERT_STREAMS                                                                \
 	"INSERT INTO cqrs.consumer_streams (consumer, stream, version) "                   \
 	"SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s ON CONFLICT DO NOTHING"
@@ -73,6 +81,16 @@
 /* ---- PostgreSQL session ------------------------------------------------------------ */
 
 #define REPEAT_LOG_MS 30000
+
+/* Server notices ("relation ... already exists, skipping" from a handler's
+ * CREATE TABLE IF NOT EXISTS) go to the debug log, not to stderr raw. */
+static void
+notice_to_log(void *arg, const char *message)
+{
+	struct consumer *c = arg;
+
+	cqrs_log_debug(&c->log, "PostgreSQL: %.*s", (int)strcspn(message, "\n"), message);
+}
 
 int
 consumer_pg_open(struct consumer *c)
@@ -101,9 +119,12 @@ consumer_pg_open(struct consumer *c)
 		consumer_pg_close(c);
 		return CQRS_EUNAVAILABLE;
 	}
-	if (c->pg_last_err[0] != '\0')
+	PQsetNoticeProcessor(c->pg, notice_to_log, c);
+	atomic_store(&c->stats.pg_up, true);
+	if (c->pg_last_err[0] != '\0' || c->pg_lost)
 		cqrs_log_info(&c->log, "connected to PostgreSQL again");
 	c->pg_last_err[0] = '\0';
+	c->pg_lost = false;
 	return 0;
 }
 
@@ -113,6 +134,7 @@ consumer_pg_close(struct consumer *c)
 	if (c->pg != NULL)
 		PQfinish(c->pg);
 	c->pg = NULL;
+	atomic_store(&c->stats.pg_up, false);
 }
 
 int
@@ -130,8 +152,10 @@ consumer_exec(struct consumer *c, const char *what, const char *sql, int n,
 	if (res == NULL || PQresultStatus(res) != want) {
 		rc = store_result_error(res, c->pg, what, err);
 		PQclear(res);
-		if (rc == CQRS_EUNAVAILABLE)
+		if (rc == CQRS_EUNAVAILABLE) {
 			consumer_pg_close(c);
+			c->pg_lost = true;
+		}
 		return rc;
 	}
 	if (out != NULL)
@@ -148,9 +172,83 @@ rollback(struct consumer *c)
 		return;
 	if (PQstatus(c->pg) != CONNECTION_OK) {
 		consumer_pg_close(c);
+		c->pg_lost = true;
 		return;
 	}
 	PQclear(PQexec(c->pg, "ROLLBACK"));
+}
+
+/*
+ * Statements sent together, in one round trip (libpq's pipeline mode): the
+ * bookkeeping around the handlers costs two round trips a batch, not six.
+ * At a low rate a batch is one event, and these are most of its latency.
+ */
+struct step {
+	const char *what;
+	const char *sql;
+	int n;
+	const char *const *params;
+	ExecStatusType want;
+	bool keep;			/* keep the result in res (the caller clears it) */
+	PGresult *res;
+};
+
+/* 0, or the first step's error (the later steps are skipped by the server;
+ * a transaction begun is then aborted: rollback()). */
+static int
+pipeline(struct consumer *c, struct step *steps, size_t n, struct cqrs_err *err)
+{
+	PGconn *pg = c->pg;
+	PGresult *res;
+	int rc = 0;
+
+	if (pg == NULL)
+		return cqrs_err_set(err, CQRS_EUNAVAILABLE, "%s: not connected to PostgreSQL",
+				    steps[0].what);
+	if (PQenterPipelineMode(pg) != 1)
+		goto lost;
+	for (size_t i = 0; i < n; i++)
+		if (PQsendQueryParams(pg, steps[i].sql, steps[i].n, NULL, steps[i].params, NULL,
+				      NULL, 0) != 1)
+			goto lost;
+	if (PQpipelineSync(pg) != 1)
+		goto lost;
+	for (size_t i = 0; i < n; i++) {
+		res = PQgetResult(pg);
+		if (res == NULL)
+			goto lost;
+		if (rc == 0 && PQresultStatus(res) != steps[i].want) {
+			rc = store_result_error(res, pg, steps[i].what, err);
+			PQclear(res);
+		} else if (rc == 0 && steps[i].keep) {
+			steps[i].res = res;
+		} else {
+			PQclear(res);
+		}
+		/* each statement's results end with a NULL */
+		while ((res = PQgetResult(pg)) != NULL)
+			PQclear(res);
+	}
+	res = PQgetResult(pg);
+	if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+		PQclear(res);
+		goto lost;
+	}
+	PQclear(res);
+	if (PQexitPipelineMode(pg) != 1)
+		goto lost;
+	if (rc == CQRS_EUNAVAILABLE)
+		goto lost;
+	return rc;
+lost:
+	for (size_t i = 0; i < n; i++) {
+		PQclear(steps[i].res);
+		steps[i].res = NULL;
+	}
+	rc = store_result_error(NULL, pg, steps[0].what, err);
+	consumer_pg_close(c);
+	c->pg_lost = true;
+	return rc == CQRS_EUNAVAILABLE ? rc : CQRS_EUNAVAILABLE;
 }
 
 /* ---- text arrays ------------------------------------------------------------------- */
@@ -238,18 +336,32 @@ streams_add(struct streams *s, const char *stream)
 	return 0;
 }
 
-/* Reads (and locks) the rows of the streams in list; marks them known. */
-static int
-read_rows(struct consumer *c, struct streams *s, const char *list, struct cqrs_err *err)
+/* The streams as an array literal (malloc'd): all, or those without a row. */
+static char *
+stream_list(const struct streams *s, bool unknown_only, size_t *count)
 {
-	const char *params[2] = { c->cfg->name, list };
-	PGresult *res;
-	int rc;
+	struct buf b = { 0 };
 
-	rc = consumer_exec(c, "lock the consumer's streams", SQL_SELECT_STREAMS, 2, params,
-			   PGRES_TUPLES_OK, &res, err);
-	if (rc < 0)
-		return rc;
+	*count = 0;
+	buf_add(&b, "{", 1);
+	for (size_t i = 0; i < s->n; i++) {
+		if (unknown_only && s->known[i])
+			continue;
+		buf_elem(&b, s->name[i]);
+		(*count)++;
+	}
+	buf_add(&b, "}", 1);
+	if (b.nomem) {
+		free(b.s);
+		return NULL;
+	}
+	return b.s;
+}
+
+/* Marks the rows of a SQL_SELECT_STREAMS result known, with their versions. */
+static void
+read_rows(struct streams *s, PGresult *res)
+{
 	for (int i = 0; i < PQntuples(res); i++) {
 		long k = streams_find(s, PQgetvalue(res, i, 0));
 
@@ -258,93 +370,196 @@ read_rows(struct consumer *c, struct streams *s, const char *list, struct cqrs_e
 		s->version[k] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
 		s->known[k] = true;
 	}
-	PQclear(res);
+}
+
+/* Step 1's answer: 0, APPLY_BUSY or APPLY_NOT_LIVE. */
+static int
+live_state(struct consumer *c, PGresult *res)
+{
+	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+		return APPLY_BUSY;
+	if (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), "t") != 0)
+		return APPLY_NOT_LIVE;
+	c->since_position = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	return 0;
 }
 
-/* Steps 2: one statement when every row exists (the usual case), three when
- * some must be created. */
+/* The array literals of SQL_KNOWN for the items marked mine (malloc'd). */
 static int
-lock_streams(struct consumer *c, struct streams *s, struct cqrs_err *err)
+known_params(const struct apply_item *items, const bool *mine, size_t n, char **ids,
+	     char **streams, char **versions)
 {
-	struct buf all = { 0 }, missing = { 0 };
-	const char *params[2];
-	size_t n_missing = 0;
+	struct buf a = { 0 }, b = { 0 }, v = { 0 };
+	char num[24];
+	size_t k = 0;
+
+	buf_add(&a, "{", 1);
+	buf_add(&b, "{", 1);
+	buf_add(&v, "{", 1);
+	for (size_t i = 0; i < n; i++) {
+		if (!mine[i])
+			continue;
+		buf_elem(&a, items[i].ev->id);
+		buf_elem(&b, items[i].ev->stream);
+		snprintf(num, sizeof(num), "%s%" PRId64, k++ > 0 ? "," : "", items[i].ev->version);
+		buf_add(&v, num, strlen(num));
+	}
+	buf_add(&a, "}", 1);
+	buf_add(&b, "}", 1);
+	buf_add(&v, "}", 1);
+	*ids = a.s;
+	*streams = b.s;
+	*versions = v.s;
+	if (a.nomem || b.nomem || v.nomem)
+		return CQRS_ENOMEM;
+	return 0;
+}
+
+/*
+ * Steps 1 and 2: BEGIN, the lock (live), which deliveries the store holds
+ * (live), and the rows of the batch's streams, in one round trip when every
+ * row exists (the usual case); the missing ones are then inserted and read
+ * (locked) again. *known (live) gets the ids found.
+ */
+static int
+begin(struct consumer *c, enum apply_mode mode, struct streams *s,
+      const struct apply_item *items, const bool *mine, size_t nitems, struct hmap *known,
+      struct cqrs_err *err)
+{
+	const char *name[1] = { c->cfg->name };
+	const char *sel[2] = { c->cfg->name, NULL };
+	const char *kp[3] = { NULL, NULL, NULL };
+	struct step steps[4];
+	size_t n = 0, count, i_lock = 0, i_sel = 0, i_known = 0;
+	char *all = NULL, *missing = NULL, *ids = NULL, *streams = NULL, *versions = NULL;
 	int rc;
 
-	buf_add(&all, "{", 1);
-	for (size_t i = 0; i < s->n; i++)
-		buf_elem(&all, s->name[i]);
-	buf_add(&all, "}", 1);
-	if (all.nomem) {
-		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
-		goto out;
-	}
-	if ((rc = read_rows(c, s, all.s, err)) < 0)
-		goto out;
-	buf_add(&missing, "{", 1);
-	for (size_t i = 0; i < s->n; i++) {
-		if (!s->known[i]) {
-			buf_elem(&missing, s->name[i]);
-			n_missing++;
+	memset(steps, 0, sizeof(steps));
+	steps[n++] = (struct step){ "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, false, NULL };
+	if (mode == APPLY_LIVE) {
+		i_lock = n;
+		steps[n++] = (struct step){ "take the consumer's lock", SQL_LOCK_LIVE, 1, name,
+					    PGRES_TUPLES_OK, true, NULL };
+		if (s->n > 0) {
+			if (known_params(items, mine, nitems, &ids, &streams, &versions) < 0) {
+				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+				goto out;
+			}
+			kp[0] = ids;
+			kp[1] = streams;
+			kp[2] = versions;
+			i_known = n;
+			steps[n++] = (struct step){ "look the deliveries up in the store", SQL_KNOWN,
+						    3, kp, PGRES_TUPLES_OK, true, NULL };
 		}
 	}
-	buf_add(&missing, "}", 1);
-	if (missing.nomem) {
+	if (s->n > 0) {
+		if ((all = stream_list(s, false, &count)) == NULL)
+			return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		sel[1] = all;
+		i_sel = n;
+		steps[n++] = (struct step){ "lock the consumer's streams", SQL_SELECT_STREAMS, 2,
+					    sel, PGRES_TUPLES_OK, true, NULL };
+	}
+	rc = pipeline(c, steps, n, err);
+	if (rc < 0)
+		goto out;
+	if (mode == APPLY_LIVE && (rc = live_state(c, steps[i_lock].res)) != 0)
+		goto out;
+	if (s->n == 0)
+		goto out;
+	if (mode == APPLY_LIVE) {
+		PGresult *res = steps[i_known].res;
+
+		for (int i = 0; i < PQntuples(res); i++)
+			if (hmap_put(known, PQgetvalue(res, i, 0), known) < 0) {
+				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+				goto out;
+			}
+	}
+	read_rows(s, steps[i_sel].res);
+	if ((missing = stream_list(s, true, &count)) == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto out;
 	}
-	if (n_missing > 0) {
-		params[0] = c->cfg->name;
-		params[1] = missing.s;
-		rc = consumer_exec(c, "add the consumer's streams", SQL_INSERT_STREAMS, 2, params,
+	if (count > 0) {
+		PGresult *res;
+
+		sel[1] = missing;
+		rc = consumer_exec(c, "add the consumer's streams", SQL_INSERT_STREAMS, 2, sel,
 				   PGRES_COMMAND_OK, NULL, err);
 		if (rc < 0)
 			goto out;
 		/* a competitor may have created some of them meanwhile, and moved
 		 * them on: read them again, now locked */
-		if ((rc = read_rows(c, s, missing.s, err)) < 0)
+		rc = consumer_exec(c, "lock the consumer's streams", SQL_SELECT_STREAMS, 2, sel,
+				   PGRES_TUPLES_OK, &res, err);
+		if (rc < 0)
 			goto out;
+		read_rows(s, res);
+		PQclear(res);
 	}
 	rc = 0;
 out:
-	free(all.s);
-	free(missing.s);
+	for (size_t i = 0; i < n; i++)
+		PQclear(steps[i].res);
+	free(all);
+	free(missing);
+	free(ids);
+	free(streams);
+	free(versions);
 	return rc;
 }
 
+/* Step 4: the new versions, the checkpoint (catching up), COMMIT: one round
+ * trip. */
 static int
-save_versions(struct consumer *c, struct streams *s, struct cqrs_err *err)
+finish(struct consumer *c, struct streams *s, const struct store_checkpoint *cp,
+       struct cqrs_err *err)
 {
 	struct buf names = { 0 }, vers = { 0 };
-	const char *params[3];
-	char num[24];
-	size_t n = 0;
+	const char *upd[3], *chk[3];
+	char num[24], xid[24], pos[24];
+	struct step steps[3];
+	size_t n = 0, dirty = 0;
 	int rc;
 
+	memset(steps, 0, sizeof(steps));
 	buf_add(&names, "{", 1);
 	buf_add(&vers, "{", 1);
 	for (size_t i = 0; i < s->n; i++) {
 		if (!s->dirty[i])
 			continue;
 		buf_elem(&names, s->name[i]);
-		snprintf(num, sizeof(num), "%s%" PRId64, n > 0 ? "," : "", s->version[i]);
+		snprintf(num, sizeof(num), "%s%" PRId64, dirty > 0 ? "," : "", s->version[i]);
 		buf_add(&vers, num, strlen(num));
-		n++;
+		dirty++;
 	}
 	buf_add(&names, "}", 1);
 	buf_add(&vers, "}", 1);
 	if (names.nomem || vers.nomem) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
-	} else if (n == 0) {
-		rc = 0;
-	} else {
-		params[0] = c->cfg->name;
-		params[1] = names.s;
-		params[2] = vers.s;
-		rc = consumer_exec(c, "record the streams' versions", SQL_UPDATE_STREAMS, 3, params,
-				   PGRES_COMMAND_OK, NULL, err);
+		goto out;
 	}
+	if (dirty > 0) {
+		upd[0] = c->cfg->name;
+		upd[1] = names.s;
+		upd[2] = vers.s;
+		steps[n++] = (struct step){ "record the streams' versions", SQL_UPDATE_STREAMS, 3,
+					    upd, PGRES_COMMAND_OK, false, NULL };
+	}
+	if (cp != NULL) {
+		snprintf(xid, sizeof(xid), "%" PRIu64, cp->xid);
+		snprintf(pos, sizeof(pos), "%" PRId64, cp->position);
+		chk[0] = c->cfg->name;
+		chk[1] = xid;
+		chk[2] = pos;
+		steps[n++] = (struct step){ "move the checkpoint", SQL_CHECKPOINT, 3, chk,
+					    PGRES_COMMAND_OK, false, NULL };
+	}
+	steps[n++] = (struct step){ "COMMIT", "COMMIT", 0, NULL, PGRES_COMMAND_OK, false, NULL };
+	rc = pipeline(c, steps, n, err);
+out:
 	free(names.s);
 	free(vers.s);
 	return rc;
@@ -526,26 +741,17 @@ handle_missing(struct consumer *c, const struct cqrs_event *ev, int64_t after, c
 
 /* ---- the batch --------------------------------------------------------------------- */
 
-/* Step 1: 0, APPLY_BUSY, APPLY_NOT_LIVE or an error. */
-static int
-lock_live(struct consumer *c, struct cqrs_err *err)
+/* The store prints ids in lower case; a delivery may not. */
+static bool
+is_known(const struct hmap *known, const char *id)
 {
-	const char *params[1] = { c->cfg->name };
-	PGresult *res;
-	int rc;
+	char low[64];
+	size_t i;
 
-	rc = consumer_exec(c, "take the consumer's lock", SQL_LOCK_LIVE, 1, params,
-			   PGRES_TUPLES_OK, &res, err);
-	if (rc < 0)
-		return rc;
-	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
-		rc = APPLY_BUSY;
-	else if (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), "t") != 0)
-		rc = APPLY_NOT_LIVE;
-	else
-		c->since_position = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-	PQclear(res);
-	return rc;
+	for (i = 0; id[i] != '\0' && i < sizeof(low) - 1; i++)
+		low[i] = (char)tolower((unsigned char)id[i]);
+	low[i] = '\0';
+	return hmap_get(known, low) != NULL;
 }
 
 int
@@ -553,19 +759,21 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 	    const struct store_checkpoint *cp, size_t *at, struct cqrs_err *err)
 {
 	struct streams s = { 0 };
+	struct hmap *known = NULL;	/* ids of the deliveries found in the store */
 	bool *mine = NULL;		/* pending on entry: ours to decide */
 	char key[CONSUMER_KEY_MAX];
 	int rc;
 
 	*at = 0;
 	mine = calloc(n > 0 ? n : 1, sizeof(*mine));
+	known = hmap_new();
 	s.index = hmap_new();
 	s.name = calloc(n > 0 ? n : 1, sizeof(*s.name));
 	s.version = calloc(n > 0 ? n : 1, sizeof(*s.version));
 	s.dirty = calloc(n > 0 ? n : 1, sizeof(*s.dirty));
 	s.known = calloc(n > 0 ? n : 1, sizeof(*s.known));
-	if (mine == NULL || s.index == NULL || s.name == NULL || s.version == NULL ||
-	    s.dirty == NULL || s.known == NULL) {
+	if (mine == NULL || known == NULL || s.index == NULL || s.name == NULL ||
+	    s.version == NULL || s.dirty == NULL || s.known == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -588,11 +796,7 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 		goto out;
 	}
 
-	if ((rc = consumer_exec(c, "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, err)) < 0)
-		goto out;
-	if (mode == APPLY_LIVE && (rc = lock_live(c, err)) != 0)
-		goto undo;
-	if (s.n > 0 && (rc = lock_streams(c, &s, err)) < 0)
+	if ((rc = begin(c, mode, &s, items, mine, n, known, err)) != 0)
 		goto undo;
 	for (size_t i = 0; i < n; i++) {
 		struct apply_item *it = &items[i];
@@ -601,6 +805,18 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 		if (!mine[i])
 			continue;
 		k = streams_find(&s, it->ev->stream);
+		if (mode == APPLY_LIVE && !is_known(known, it->ev->id)) {
+			snprintf(it->reason, sizeof(it->reason),
+				 "event %s (%s version %" PRId64 ") is not in this store: is a "
+				 "tracker of another store publishing to the same exchange? (one "
+				 "RabbitMQ vhost per store)",
+				 it->ev->id, it->ev->stream, it->ev->version);
+			it->outcome = APPLY_FAIL;
+			*at = i;
+			mine[i] = false;
+			rc = APPLY_HANDLER;
+			goto undo;
+		}
 		if (it->ev->version <= s.version[k]) {
 			it->outcome = APPLY_DUPLICATE;
 			continue;
@@ -632,24 +848,13 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 		s.version[k] = it->ev->version;
 		s.dirty[k] = true;
 	}
-	if ((rc = save_versions(c, &s, err)) < 0)
-		goto undo;
-	if (mode == APPLY_CATCHUP && cp != NULL) {
-		char xid[24], pos[24];
-		const char *params[3] = { c->cfg->name, xid, pos };
-
-		snprintf(xid, sizeof(xid), "%" PRIu64, cp->xid);
-		snprintf(pos, sizeof(pos), "%" PRId64, cp->position);
-		rc = consumer_exec(c, "move the checkpoint", SQL_CHECKPOINT, 3, params,
-				   PGRES_COMMAND_OK, NULL, err);
-		if (rc < 0)
-			goto undo;
-	}
-	rc = consumer_exec(c, "COMMIT", "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, err);
+	rc = finish(c, &s, mode == APPLY_CATCHUP ? cp : NULL, err);
 	if (rc < 0) {
-		/* outcome unknown when the session died: the events stay unacked
-		 * and come again, as duplicates if the commit happened */
-		goto undone;
+		/* An error before COMMIT left the transaction aborted. A session
+		 * that died (maybe after committing) leaves the outcome unknown:
+		 * the events stay unacked and come again, as duplicates if the
+		 * commit happened. */
+		goto undo;
 	}
 	c->stats.batches++;
 	for (size_t i = 0; i < n; i++) {
@@ -664,12 +869,12 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 	goto out;
 undo:
 	rollback(c);
-undone:
 	for (size_t i = 0; i < n; i++)
 		if (mine[i])
 			items[i].outcome = APPLY_PENDING;
 out:
 	free(mine);
+	hmap_free(known);
 	streams_free(&s);
 	return rc;
 }
@@ -729,6 +934,7 @@ apply_reset(struct consumer *c, struct cqrs_err *err)
 		r = h->reset(&ctx);
 		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
 			consumer_pg_close(c);
+			c->pg_lost = true;
 			return cqrs_err_set(err, CQRS_EUNAVAILABLE,
 					    "reset: lost the PostgreSQL session");
 		}

@@ -38,11 +38,12 @@
 #include "hmap.h"
 #include "sdnotify.h"
 
-#define LOCK_RETRY_MS 200
 #define PROGRESS_LOG_MS 10000
 
 #define SQL_TRY_LOCK "SELECT pg_try_advisory_lock(1129468501, hashtext($1))"
 #define SQL_UNLOCK "SELECT pg_advisory_unlock(1129468501, hashtext($1))"
+#define SQL_LOCK "SELECT pg_advisory_lock(1129468501, hashtext($1))"
+#define SQL_LOCK_TIMEOUT "SET LOCAL lock_timeout = '500ms'"
 /* from = now: live at once, and missing events before the store's current
  * end are not fetched */
 #define SQL_CREATE_STATE                                                                  \
@@ -108,7 +109,14 @@ nap(struct consumer *c, const struct catchup_hooks *hooks, int64_t ms, struct cq
 	return 0;
 }
 
-/* Waits for the exclusive lock: 0 held, 1 stopped, or an error. */
+/*
+ * Waits for the exclusive lock: 0 held, 1 stopped, or an error. The wait is
+ * a real one in PostgreSQL's lock queue (half a second at a time, so stop
+ * requests and heartbeats are served): while an exclusive request waits
+ * there, the live batches' non-waiting shared requests are refused, so
+ * competing consumers that keep one batch or another in flight all the time
+ * cannot starve a replay. A plain try-lock in a loop could wait forever.
+ */
 static int
 lock_exclusive(struct consumer *c, const struct catchup_hooks *hooks, struct cqrs_err *err)
 {
@@ -117,22 +125,58 @@ lock_exclusive(struct consumer *c, const struct catchup_hooks *hooks, struct cqr
 	PGresult *res;
 	int rc;
 
+	rc = consumer_exec(c, "take the consumer's exclusive lock", SQL_TRY_LOCK, 1, params,
+			   PGRES_TUPLES_OK, &res, err);
+	if (rc < 0)
+		return rc;
+	rc = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	if (rc)
+		return 0;
 	for (;;) {
-		rc = consumer_exec(c, "take the consumer's exclusive lock", SQL_TRY_LOCK, 1, params,
-				   PGRES_TUPLES_OK, &res, err);
-		if (rc < 0)
-			return rc;
-		rc = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-		PQclear(res);
-		if (rc)
-			return 0;
 		if (!said) {
-			cqrs_log_info(&c->log, "waiting: another catch-up or replay of consumer "
-					       "\"%s\" is running",
+			cqrs_log_info(&c->log, "waiting for the lock of consumer \"%s\" (its live "
+					       "batches, or another catch-up or replay)",
 				      c->cfg->name);
 			said = true;
 		}
-		if ((rc = nap(c, hooks, LOCK_RETRY_MS, err)) != 0)
+		if (consumer_stopping(c))
+			return 1;
+		consumer_watchdog(c);
+		if ((rc = tick(hooks, err)) < 0)
+			return rc;
+		if ((rc = consumer_exec(c, "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL,
+					err)) < 0 ||
+		    (rc = consumer_exec(c, "lock_timeout", SQL_LOCK_TIMEOUT, 0, NULL, PGRES_COMMAND_OK,
+					NULL, err)) < 0)
+			return rc;
+		res = PQexecParams(c->pg, SQL_LOCK, 1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+			PQclear(res);
+			/* a session lock: it outlives the transaction */
+			return consumer_exec(c, "COMMIT", "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL,
+					     err);
+		}
+		{
+			const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+			bool timeout = state != NULL && strcmp(state, "55P03") == 0;
+
+			if (!timeout) {
+				rc = store_result_error(res, c->pg, "take the consumer's exclusive lock",
+							err);
+				PQclear(res);
+				if (rc == CQRS_EUNAVAILABLE) {
+					consumer_pg_close(c);
+					c->pg_lost = true;
+				} else {
+					PQclear(PQexec(c->pg, "ROLLBACK"));
+				}
+				return rc;
+			}
+		}
+		PQclear(res);
+		if ((rc = consumer_exec(c, "ROLLBACK", "ROLLBACK", 0, NULL, PGRES_COMMAND_OK, NULL,
+					err)) < 0)
 			return rc;
 	}
 }

@@ -52,6 +52,12 @@
  *                             when catching up or replaying, 1..10000.
  *   cmd_timeout = 10s         process managers: how long a command may take.
  *   status_interval = 5s      how often STATUS is sent to systemd.
+ *   http =                    /health and /metrics (Prometheus) over HTTP at
+ *                             ADDRESS:PORT, PORT alone (127.0.0.1) or
+ *                             [IPV6]:PORT; empty: off. Loopback only unless
+ *   http_allow_remote = false is true (the endpoint has no authentication).
+ *                             /health is 503 while PostgreSQL or RabbitMQ is
+ *                             unreachable. See metrics.c for the series.
  *   [log]
  *   level = info              error, warn, info or debug.
  *
@@ -75,7 +81,7 @@
 static const char *const consumer_keys[] = {
 	"plugins", "groups", "queue", "queue_type", "delivery_limit", "prefetch", "batch_size",
 	"from", "retry_limit", "retry_backoff", "retry_backoff_max", "catchup_batch",
-	"cmd_timeout", "status_interval", NULL,
+	"cmd_timeout", "status_interval", HTTPD_CONFIG_KEYS, NULL,
 };
 
 int64_t
@@ -281,6 +287,8 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 		goto bad;
 	if (out->retry_backoff_max_ms < out->retry_backoff_ms)
 		out->retry_backoff_max_ms = out->retry_backoff_ms;
+	if ((rc = httpd_config_load(cfg, section, &out->http, err)) < 0)
+		goto bad;
 	return 0;
 nomem:
 	rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");

@@ -17,10 +17,11 @@
  * told in apply.c, the loop in run.c, catch-up and replay in catchup.c.
  *
  * Units and their prefixes: consumer.c (consumer_: config, plugins,
- * handlers), apply.c (apply_: one PostgreSQL transaction for a batch),
- * catchup.c (catchup_: feeding the store to the handlers), run.c (the live
- * loop), amqp.c / amqp.h (mq_: the queue), send.c (send_: commands from
- * process managers).
+ * handlers), apply.c (apply_: one PostgreSQL transaction for a batch, and
+ * the session: consumer_pg_*, consumer_exec), catchup.c (catchup_: feeding
+ * the store to the handlers), run.c (the live loop), amqp.c / amqp.h (mq_:
+ * the queue), send.c (send_: commands from process managers), metrics.c
+ * (/health and /metrics).
  */
 #ifndef CQRS_CONSUMER_H
 #define CQRS_CONSUMER_H
@@ -36,6 +37,7 @@
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 #include "cqrs/log.h"
+#include "httpd.h"
 #include "plugin_host.h"
 #include "store.h"
 
@@ -79,6 +81,7 @@ struct consumer_config {
 	int64_t retry_backoff_max_ms;
 	int64_t cmd_timeout_ms;
 	int64_t status_ms;
+	struct httpd_addr http;		/* consumer.NAME.http (len 0: none) */
 };
 
 /* Reads and checks the keys of section [consumer.NAME] and the shared ones.
@@ -93,14 +96,19 @@ void consumer_config_clear(struct consumer_config *c);
 struct sender;
 struct mq;
 
+/* Atomics: the metrics endpoint reads them from its own thread. */
 struct consumer_stats {
-	uint64_t handled;		/* events whose handlers ran and committed */
-	uint64_t duplicates;		/* skipped: version not newer */
-	uint64_t fetched;		/* missing events read from the store */
-	uint64_t retried;		/* handler asked for a retry */
-	uint64_t dead;			/* dead-lettered */
-	uint64_t batches;		/* committed transactions */
-	uint64_t caught_up;		/* events fed from the store (catch-up, replay) */
+	_Atomic uint64_t handled;	/* events whose handlers ran and committed */
+	_Atomic uint64_t duplicates;	/* skipped: version not newer */
+	_Atomic uint64_t fetched;	/* missing events read from the store */
+	_Atomic uint64_t retried;	/* handler asked for a retry */
+	_Atomic uint64_t dead;		/* dead-lettered */
+	_Atomic uint64_t batches;	/* committed transactions */
+	_Atomic uint64_t caught_up;	/* events fed from the store (catch-up, replay) */
+	_Atomic uint64_t in_hand;	/* deliveries not acked yet */
+	_Atomic uint64_t held;		/* of them, waiting for a retry */
+	atomic_bool pg_up, mq_up, live;
+	struct httpd_hist batch_time;	/* live batches, from BEGIN to COMMIT */
 };
 
 struct consumer {
@@ -118,12 +126,14 @@ struct consumer {
 
 	PGconn *pg;			/* NULL while disconnected */
 	struct sender *sender;
+	struct httpd *httpd;		/* /health and /metrics, or NULL */
 	struct event_ctx_ops ops;
 	struct consumer_stats stats;
 	int64_t since_position;		/* cqrs.consumers.since_position */
 	int64_t watchdog_ms, next_watchdog;
 	char pg_last_err[CQRS_ERR_MSG_MAX];
 	int64_t pg_last_log;
+	bool pg_lost;			/* the session died: say so when it is back */
 };
 
 /* cfg is borrowed and must outlive the consumer. Loads the plugins and picks
@@ -162,6 +172,13 @@ int64_t consumer_now_ms(void);
 
 /* Sends WATCHDOG=1 when due. */
 void consumer_watchdog(struct consumer *c);
+
+/* ---- /health and /metrics (metrics.c) ---------------------------------------------- */
+
+/* Serves consumer.NAME.http on a thread of its own (nothing when not set). */
+int consumer_metrics_start(struct consumer *c, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+void consumer_metrics_stop(struct consumer *c);
 
 /* ---- PostgreSQL session (apply.c) ------------------------------------------------ */
 
@@ -256,11 +273,12 @@ struct catchup_hooks {
 };
 
 /*
- * Takes the exclusive lock (waiting while another holds it, returning
- * CQRS_EUNAVAILABLE... on a lost session, 1 when stopped), resets first
- * when replay is set, feeds every event after the checkpoint to the
- * handlers in commit-safe order, marks the consumer live and unlocks.
- * Returns 0 caught up, 1 stopped by consumer_stop(), or a negative code.
+ * Takes the consumer's exclusive lock (waiting while live batches or another
+ * catch-up hold it), resets first when replay is set, feeds every event
+ * after the checkpoint to the handlers in commit-safe order, marks the
+ * consumer live and unlocks. Returns 0 caught up, 1 stopped by
+ * consumer_stop(), or a negative code (CQRS_EUNAVAILABLE: the session or
+ * the broker went away; the checkpoint keeps what was done).
  */
 int catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 		struct cqrs_err *err);

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "amqp.h"
@@ -104,10 +105,18 @@ hand_add(struct live *L, struct mq_msg *msg)
 	struct delivery *d = calloc(1, sizeof(*d));
 	struct cqrs_err err = { 0 };
 
-	if (d == NULL || (L->n_hand == L->cap_hand &&
-			  !(L->hand = realloc(L->hand, (L->cap_hand = L->cap_hand * 2 + 64) *
-							       sizeof(*L->hand))))) {
-		cqrs_log_error(&L->c->log, "out of memory: dropping a delivery (it comes again)");
+	if (d != NULL && L->n_hand == L->cap_hand) {
+		size_t cap = L->cap_hand * 2 + 64;
+		struct delivery **v = realloc(L->hand, cap * sizeof(*v));
+
+		if (v != NULL) {
+			L->hand = v;
+			L->cap_hand = cap;
+		}
+	}
+	if (d == NULL || L->n_hand == L->cap_hand) {
+		/* unacked, it comes again with the next session */
+		cqrs_log_error(&L->c->log, "out of memory: dropping delivery %" PRIu64, msg->tag);
 		free(d);
 		mq_msg_clear(msg);
 		return -1;
@@ -116,6 +125,22 @@ hand_add(struct live *L, struct mq_msg *msg)
 	if (envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
 		d->ev = NULL;
 		snprintf(d->decode_err, sizeof(d->decode_err), "%.200s", err.msg);
+	} else if (cqrs_log_enabled(CQRS_LOG_DEBUG)) {
+		struct tm tm = { 0 };
+		struct timespec now;
+		const char *frac = strchr(d->ev->recorded_at, '.');
+		double age;
+
+		/* how long the event took from its append to here (same host's clock) */
+		clock_gettime(CLOCK_REALTIME, &now);
+		if (strptime(d->ev->recorded_at, "%Y-%m-%dT%H:%M:%S", &tm) != NULL) {
+			age = (double)(now.tv_sec - timegm(&tm)) + (double)now.tv_nsec / 1e9 -
+			      (frac != NULL ? strtod(frac, NULL) : 0.0);
+			cqrs_log_debug(&L->c->log, "received %s version %" PRId64 " %.2f ms after its "
+						   "append%s",
+				       d->ev->stream, d->ev->version, age * 1000.0,
+				       d->msg.redelivered ? " (redelivered)" : "");
+		}
 	}
 	L->hand[L->n_hand++] = d;
 	return 0;
@@ -189,6 +214,7 @@ mq_lost(struct live *L, const char *what, const char *msg)
 	mq_free(L->mq);
 	L->mq = NULL;
 	L->consuming = false;
+	atomic_store(&L->c->stats.mq_up, false);
 	hand_drop(L);
 	L->mq_retry_at = now + delay;
 }
@@ -197,6 +223,7 @@ static void
 pg_lost(struct live *L)
 {
 	consumer_pg_close(L->c);
+	L->c->pg_lost = true;
 	L->pg_retry_at = consumer_now_ms() + backoff_next(&L->pg_backoff);
 }
 
@@ -228,6 +255,7 @@ mq_open(struct live *L)
 			      mq_name(L->mq), cfg->queue);
 	L->mq_last_err[0] = '\0';
 	L->mq_backoff = BACKOFF_MIN_MS;
+	atomic_store(&L->c->stats.mq_up, true);
 	return 0;
 }
 
@@ -397,7 +425,18 @@ handle(struct live *L, const size_t *idx, size_t n)
 		items[m].ev = d->ev;
 		map[m++] = idx[i];
 	}
-	rc = m > 0 ? apply_all(c, APPLY_LIVE, items, m, NULL, &err) : 0;
+	if (m > 0) {
+		struct timespec t0, t1;
+		uint64_t us;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		rc = apply_all(c, APPLY_LIVE, items, m, NULL, &err);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		us = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
+		if (rc == 0)
+			httpd_hist_observe_us(&c->stats.batch_time, us);
+		cqrs_log_debug(&c->log, "batch of %zu events: %d in %" PRIu64 " us", m, rc, us);
+	}
 	if (rc == APPLY_BUSY || rc == APPLY_NOT_LIVE) {
 		/* nothing happened; the caller waits or catches up */
 		goto settle;
@@ -552,9 +591,13 @@ status(struct live *L, bool force)
 	struct consumer *c = L->c;
 	int64_t now = consumer_now_ms();
 
+	atomic_store(&c->stats.in_hand, L->n_hand);
+	atomic_store(&c->stats.held, hand_held(L, now));
 	if (!force && now < L->next_status)
 		return;
 	L->next_status = now + c->cfg->status_ms;
+	if (!L->ready_sent)
+		return;
 	sdnotify_status("live: %" PRIu64 " events handled, %" PRIu64 " duplicates, %zu in hand, "
 			"%zu held for retry, %" PRIu64 " dead-lettered%s",
 			c->stats.handled, c->stats.duplicates, L->n_hand, hand_held(L, now),
@@ -593,6 +636,7 @@ start_consuming(struct live *L)
 	for (;;) {
 		if (consumer_stopping(c) || c->pg == NULL)
 			return -1;
+		consumer_watchdog(c);
 		r = mq_get(L->mq, c->cfg->queue, &msg, &err);
 		if (r < 0) {
 			mq_lost(L, "RabbitMQ", err.msg);
@@ -649,7 +693,10 @@ drain(struct live *L)
 	}
 	before = L->n_hand;
 	while (L->mq != NULL && c->pg != NULL && hand_ready(L, consumer_now_ms()) > 0) {
-		int rc = handle_ready(L);
+		int rc;
+
+		consumer_watchdog(c);
+		rc = handle_ready(L);
 
 		if (rc != 0)
 			break;
@@ -675,6 +722,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	L.c = c;
 	L.opts = opts;
 	L.pg_backoff = L.mq_backoff = BACKOFF_MIN_MS;
+	L.next_status = consumer_now_ms() + c->cfg->status_ms;
 	L.topo.queue = c->cfg->queue;
 	L.topo.dead_queue = c->cfg->dead_queue;
 	L.topo.quorum = c->cfg->quorum;
@@ -684,14 +732,21 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	cqrs_log_info(&c->log, "starting: groups %s%s, queue \"%s\", %zu handlers, %zu bindings%s",
 		      c->cfg->groups[0], c->cfg->n_groups > 1 ? " ..." : "", c->cfg->queue,
 		      c->n_handlers, c->n_bindings, opts->replay ? ", replay first" : "");
+	if (!c->cfg->quorum && c->cfg->delivery_limit > 0)
+		cqrs_log_warn(&c->log, "queue_type = classic: RabbitMQ has no delivery limit for "
+				       "classic queues, so an event that crashes the consumer is "
+				       "delivered again and again (quorum queues dead-letter it)");
+	if (!opts->once && consumer_metrics_start(c, &err) < 0) {
+		cqrs_log_error(&c->log, "%s", err.msg);
+		return 1;
+	}
 
 	while (!consumer_stopping(c)) {
 		int64_t now = consumer_now_ms();
 		int rc;
 
 		consumer_watchdog(c);
-		if (L.ready_sent)
-			status(&L, false);
+		status(&L, false);
 		if (c->pg == NULL) {
 			if (now < L.pg_retry_at) {
 				idle(&L, L.pg_retry_at - now);
@@ -763,6 +818,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 				replay = false;
 			}
 			checked = true;
+			atomic_store(&c->stats.live, true);
 			if (opts->once)
 				break;
 		}
@@ -808,6 +864,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 			cqrs_log_info(&c->log, "not live any more (a replay stopped half-way?): "
 					       "catching up from the store");
 			checked = false;
+			atomic_store(&c->stats.live, false);
 		}
 	}
 
@@ -818,6 +875,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	free(L.hand);
 	mq_free(L.mq);
 	consumer_pg_close(c);
+	consumer_metrics_stop(c);
 	cqrs_log_info(&c->log, "stopped: %" PRIu64 " events handled (%" PRIu64 " of them read from "
 			       "the store as missing), %" PRIu64 " duplicates, %" PRIu64
 			       " fed from the store by a catch-up, %" PRIu64 " dead-lettered",

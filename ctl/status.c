@@ -43,10 +43,11 @@ jint(const char *s)
 	return s != NULL ? json_object_new_int64(strtoll(s, NULL, 10)) : NULL;
 }
 
+/* A number as PostgreSQL wrote it (round(x, 3)), not re-printed by json-c. */
 static struct json_object *
 jdouble(const char *s)
 {
-	return s != NULL ? json_object_new_double(strtod(s, NULL)) : NULL;
+	return s != NULL ? json_object_new_double_s(strtod(s, NULL), s) : NULL;
 }
 
 /*
@@ -87,8 +88,7 @@ print_json(struct ctl *ctl, const char *name, PGresult *res)
 	json_object_object_add(o, "checkpoint_at", jstr(val(res, C_AT)));
 	json_object_object_add(o, "lag_events", jint(val(res, C_LAG_EVENTS)));
 	json_object_object_add(o, "lag_seconds",
-			       val(res, C_LAG_SECONDS) ? jdouble(val(res, C_LAG_SECONDS))
-						       : json_object_new_double(0));
+			       jdouble(val(res, C_LAG_SECONDS) ? val(res, C_LAG_SECONDS) : "0"));
 	json_object_object_add(o, "held_events", jint(val(res, C_HELD)));
 	if (val(res, C_B_XID) != NULL) {
 		struct json_object *b = json_object_new_object();
@@ -197,7 +197,9 @@ ctl_status(struct ctl *ctl, int argc, char **argv)
 	res = PQexecParams(pg, sql_status, 1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
 	    PQnfields(res) != C_COUNT) {
-		const char *m = PQresultErrorMessage(res);
+		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		if (m == NULL)
+			m = PQerrorMessage(pg);
 		rc = ctl_fail(ctl, "status: %.*s (is the schema migrated? cqrsctl migrate)",
 			      (int)strcspn(m, "\n"), m);
 		goto out;

@@ -20,8 +20,10 @@
  *   name = tracker            checkpoint name and lock name; trackers with the
  *                             same name are one active and the rest standby.
  *   batch_size = 500          events read and published together (1..10000).
- *   inflight = 4              batches published ahead of their confirms
- *                             (1..64); the checkpoint follows the confirms.
+ *   inflight = 4              messages published ahead of their confirms,
+ *                             in batches' worth (at most inflight x
+ *                             batch_size unconfirmed; 1..64); the checkpoint
+ *                             follows the confirms.
  *   poll_ms = 1000            ceiling of the adaptive poll (10ms..1h): how
  *                             long, at most, an event from a writer that sends
  *                             no NOTIFY (or one released by the end of an old
@@ -32,7 +34,9 @@
  *   confirm_timeout = 30s     give up on a broker that does not confirm a
  *                             batch within this; reconnect and publish again.
  *   status_interval = 5s      how often lag is measured for STATUS and logs.
- *   http =                    reserved (metrics endpoint), ignored for now.
+ *   http =                    reserved (metrics endpoint), ignored for now;
+ *   http_allow_remote =       likewise (accepted, so that a file written for
+ *                             the metrics to come still loads).
  *   [log]
  *   level = info              error, warn, info or debug.
  *
@@ -76,7 +80,7 @@
 
 static const char *const tracker_keys[] = {
 	"name", "batch_size", "inflight", "poll_ms", "lag_warn", "confirm_timeout",
-	"status_interval", "http", NULL,
+	"status_interval", "http", "http_allow_remote", NULL,
 };
 
 static const char sql_try_lock[] = "SELECT cqrs.tracker_try_lock($1)";
@@ -512,8 +516,8 @@ drain_notifies(struct tracker *t)
 }
 
 PGresult *
-tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n, const char *const *params,
-	 ExecStatusType want)
+tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n,
+		 const char *const *params, ExecStatusType want)
 {
 	PGresult *res = PQexecParams(t->pg, sql, n, NULL, params, NULL, NULL, 0);
 
@@ -533,8 +537,8 @@ static void
 note_holder(struct tracker *t)
 {
 	const char *params[1] = { t->cfg->name };
-	PGresult *res = tracker_pg_query(t, "PostgreSQL: who holds the lock", sql_holder, 1, params,
-				 PGRES_TUPLES_OK);
+	PGresult *res = tracker_pg_query(t, "PostgreSQL: who holds the lock", sql_holder, 1,
+					 params, PGRES_TUPLES_OK);
 	char holder[128];
 
 	if (res == NULL)
@@ -563,7 +567,7 @@ try_activate(struct tracker *t)
 	bool won, yes = true;
 
 	res = tracker_pg_query(t, "PostgreSQL: taking the tracker lock (is the schema migrated? "
-			  "cqrsctl migrate)", sql_try_lock, 1, params, PGRES_TUPLES_OK);
+			       "cqrsctl migrate)", sql_try_lock, 1, params, PGRES_TUPLES_OK);
 	if (res == NULL)
 		return;
 	won = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -573,8 +577,8 @@ try_activate(struct tracker *t)
 		note_holder(t);
 		return;
 	}
-	res = tracker_pg_query(t, "PostgreSQL: reading the checkpoint", sql_load_checkpoint, 1, params,
-		       PGRES_TUPLES_OK);
+	res = tracker_pg_query(t, "PostgreSQL: reading the checkpoint", sql_load_checkpoint, 1,
+			       params, PGRES_TUPLES_OK);
 	if (res == NULL)
 		return;
 	if (PQntuples(res) == 1) {
@@ -582,8 +586,8 @@ try_activate(struct tracker *t)
 		cp.position = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
 	}
 	PQclear(res);
-	res = tracker_pg_query(t, "PostgreSQL: LISTEN cqrs_events", "LISTEN cqrs_events", 0, NULL,
-		       PGRES_COMMAND_OK);
+	res = tracker_pg_query(t, "PostgreSQL: LISTEN cqrs_events", "LISTEN cqrs_events", 0,
+			       NULL, PGRES_COMMAND_OK);
 	if (res == NULL)
 		return;
 	PQclear(res);
@@ -628,7 +632,7 @@ check_lag(struct tracker *t)
 {
 	const char *params[1] = { t->cfg->name };
 	PGresult *res = tracker_pg_query(t, "PostgreSQL: measuring lag", sql_status, 1, params,
-				 PGRES_TUPLES_OK);
+					 PGRES_TUPLES_OK);
 	int64_t now = tracker_now_ms();
 
 	if (res == NULL || PQntuples(res) != 1) {
@@ -736,9 +740,12 @@ wait_until(struct tracker *t, int64_t until)
 			fds[nfds].events = POLLIN;
 			mq_i = nfds++;
 		}
-		if (poll(fds, (nfds_t)nfds, (int)timeout) < 0 && errno != EINTR) {
-			cqrs_log_error(&t->log, "poll: %s", strerror(errno));
-			usleep(100000);
+		if (poll(fds, (nfds_t)nfds, (int)timeout) < 0) {
+			/* EINTR: a signal (SIGTERM); revents are not set then */
+			if (errno != EINTR) {
+				cqrs_log_error(&t->log, "poll: %s", strerror(errno));
+				usleep(100000);
+			}
 			continue;
 		}
 		if (pg_i >= 0 && (fds[pg_i].revents & (POLLIN | POLLERR | POLLHUP))) {
@@ -801,16 +808,20 @@ tracker_run(struct tracker *t)
 				continue;
 			}
 		}
-		/* acks already read: move the checkpoint */
-		mq_service(t);
-		if (t->mq == NULL || pipeline_settle(t) < 0)
+		mq_service(t);		/* acks, blocked/unblocked */
+		if (t->mq == NULL)
 			continue;
 		if (broker_blocked(t->mq, NULL)) {
 			/* publishing would only stall in the socket */
-			wait_until(t, now + SLICE_MS);
+			if (pipeline_settle(t) == 0)
+				wait_until(t, now + SLICE_MS);
 			continue;
 		}
+		/* new events first (their latency), then the checkpoint over
+		 * what the broker has confirmed meanwhile */
 		if (pipeline_has_room(t) && pipeline_fill(t, &n) < 0)
+			continue;
+		if (pipeline_settle(t) < 0)
 			continue;
 		now = tracker_now_ms();
 		if (t->pg != NULL && is_active(t) && now >= t->next_status) {

@@ -31,7 +31,8 @@ struct tracker_config {
 	char *broker_url;		/* broker.url */
 	char *name;			/* tracker.name: checkpoint and lock name */
 	int batch_size;			/* tracker.batch_size */
-	int inflight;			/* tracker.inflight: batches out before their confirms */
+	int inflight;			/* tracker.inflight: at most inflight x batch_size
+					 * messages out before their confirms */
 	int64_t poll_ms;		/* tracker.poll_ms: ceiling of the adaptive poll */
 	int64_t lag_warn_ms;		/* tracker.lag_warn */
 	int64_t confirm_timeout_ms;	/* tracker.confirm_timeout */

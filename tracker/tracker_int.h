@@ -42,7 +42,10 @@ struct tracker {
 	/* pipeline.c: batches published ahead of their confirms, oldest first */
 	struct inflight *q;
 	size_t qlen, qcap;
+	size_t unconfirmed;		/* events in q */
 	struct store_checkpoint read_at;	/* just after the last event published */
+	char *body;			/* the message being built, reused */
+	size_t body_cap;
 
 	int64_t poll_interval;
 	int64_t next_lock_try;
@@ -98,7 +101,8 @@ extern const char pipeline_read_sql[];
 /* Forgets what is in flight: reading starts again after the checkpoint. */
 void pipeline_reset(struct tracker *t);
 
-/* Whether another batch may be published (fewer than tracker.inflight out). */
+/* Whether another batch may be published (fewer than inflight x batch_size
+ * messages unconfirmed). */
 bool pipeline_has_room(const struct tracker *t);
 
 /* Batches published and not yet confirmed. */

@@ -45,6 +45,25 @@
  * this is cleared (see bank_sql_failed's caller below). */
 static bool table_ready;
 
+/*
+ * The statements are prepared once per session: parsing and planning an
+ * UPDATE costs about as much as running it. The consumer may reconnect, so
+ * the session they were prepared on is remembered by connection and backend
+ * pid; a statement found missing anyway (SQLSTATE 26000) is prepared again
+ * on the retry.
+ */
+static const struct {
+	const char *name, *sql;
+	int nparams;
+} statements[] = {
+	{ "bank_opened", SQL_OPENED, 3 },
+	{ "bank_money", SQL_MONEY, 3 },
+	{ "bank_closed", SQL_CLOSED, 2 },
+	{ "bank_version", SQL_VERSION, 2 },
+};
+static const PGconn *prepared_on;
+static int prepared_pid;
+
 const char *
 bank_stream_id(const char *stream)
 {
@@ -69,16 +88,44 @@ bank_sql_failed(struct cqrs_event_ctx *ctx, PGconn *pg, PGresult *res, const cha
 			    strcmp(state, "42P01") == 0;
 	if (state != NULL && strcmp(state, "42P01") == 0)
 		table_ready = false;
+	if (state != NULL && strcmp(state, "26000") == 0) {
+		prepared_on = NULL;
+		transient = true;
+	}
 	return cqrs_event_fail(ctx, transient ? CQRS_HANDLED_RETRY : CQRS_HANDLED_FAIL,
 			       "bank_balances: %s: %.*s", what, (int)strcspn(msg, "\n"), msg);
 }
 
-/* Runs one statement; 1 row changed: CQRS_HANDLED_OK. */
 static int
-run(struct cqrs_event_ctx *ctx, PGconn *pg, const char *what, const char *sql, int n,
+prepare(struct cqrs_event_ctx *ctx, PGconn *pg)
+{
+	if (prepared_on == pg && prepared_pid == PQbackendPID(pg))
+		return CQRS_HANDLED_OK;
+	for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
+		PGresult *res = PQprepare(pg, statements[i].name, statements[i].sql,
+					  statements[i].nparams, NULL);
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		int rc = CQRS_HANDLED_OK;
+
+		/* 42P05: this session has them already */
+		if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+		    (state == NULL || strcmp(state, "42P05") != 0))
+			rc = bank_sql_failed(ctx, pg, res, "prepare");
+		PQclear(res);
+		if (rc != CQRS_HANDLED_OK)
+			return rc;
+	}
+	prepared_on = pg;
+	prepared_pid = PQbackendPID(pg);
+	return CQRS_HANDLED_OK;
+}
+
+/* Runs one prepared statement; 1 row changed: CQRS_HANDLED_OK. */
+static int
+run(struct cqrs_event_ctx *ctx, PGconn *pg, const char *what, const char *stmt, int n,
     const char *const *params, bool must_change)
 {
-	PGresult *res = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
+	PGresult *res = PQexecPrepared(pg, stmt, n, params, NULL, NULL, 0);
 	int rc = CQRS_HANDLED_OK;
 
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -100,11 +147,16 @@ ensure_table(struct cqrs_event_ctx *ctx, PGconn *pg)
 
 	if (table_ready)
 		return rc;
-	res = PQexec(pg, SQL_CREATE);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		rc = bank_sql_failed(ctx, pg, res, "create table");
-	else
+	/* Two consumers creating the table at once would collide in the
+	 * catalog (a unique violation on pg_type): the lock makes the second
+	 * wait for the first's commit and find the table there. */
+	res = PQexec(pg, "SELECT pg_advisory_xact_lock(hashtext('bank_balances')); " SQL_CREATE);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		bank_sql_failed(ctx, pg, res, "create table");
+		rc = CQRS_HANDLED_RETRY;	/* whatever it was, the next try may pass */
+	} else {
 		table_ready = true;
+	}
 	PQclear(res);
 	return rc;
 }
@@ -121,7 +173,8 @@ on_account_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 	if (id == NULL)
 		return cqrs_event_fail(ctx, CQRS_HANDLED_FAIL, "stream \"%s\" has no account id",
 				       ev->stream);
-	if ((rc = ensure_table(ctx, pg)) != CQRS_HANDLED_OK)
+	if ((rc = ensure_table(ctx, pg)) != CQRS_HANDLED_OK ||
+	    (rc = prepare(ctx, pg)) != CQRS_HANDLED_OK)
 		return rc;
 	snprintf(version, sizeof(version), "%" PRId64, ev->version);
 	if (strcmp(ev->type, "AccountOpened") == 0) {
@@ -129,7 +182,7 @@ on_account_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 
 		if (field_str(ev->data, "owner", owner, sizeof(owner)) < 0)
 			return cqrs_event_fail(ctx, CQRS_HANDLED_FAIL, "AccountOpened without owner");
-		return run(ctx, pg, "AccountOpened", SQL_OPENED, 3, params, false);
+		return run(ctx, pg, "AccountOpened", "bank_opened", 3, params, false);
 	}
 	if (strcmp(ev->type, "MoneyDeposited") == 0 || strcmp(ev->type, "MoneyWithdrawn") == 0) {
 		const char *params[3] = { id, amount, version };
@@ -139,18 +192,18 @@ on_account_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 			return cqrs_event_fail(ctx, CQRS_HANDLED_FAIL, "%s without a valid amount",
 					       ev->type);
 		snprintf(amount, sizeof(amount), "%" PRId64, out ? -n : n);
-		return run(ctx, pg, ev->type, SQL_MONEY, 3, params, true);
+		return run(ctx, pg, ev->type, "bank_money", 3, params, true);
 	}
 	if (strcmp(ev->type, "AccountClosed") == 0) {
 		const char *params[2] = { id, version };
 
-		return run(ctx, pg, "AccountClosed", SQL_CLOSED, 2, params, true);
+		return run(ctx, pg, "AccountClosed", "bank_closed", 2, params, true);
 	}
 	/* an account event this version does not know: the version moves on */
 	{
 		const char *params[2] = { id, version };
 
-		return run(ctx, pg, ev->type, SQL_VERSION, 2, params, false);
+		return run(ctx, pg, ev->type, "bank_version", 2, params, false);
 	}
 }
 
@@ -162,7 +215,8 @@ reset(struct cqrs_event_ctx *ctx)
 	PGresult *res;
 	int rc = CQRS_HANDLED_OK;
 
-	res = PQexec(pg, SQL_CREATE "; TRUNCATE bank_balances");
+	res = PQexec(pg, "SELECT pg_advisory_xact_lock(hashtext('bank_balances')); " SQL_CREATE
+			 "; TRUNCATE bank_balances");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		rc = bank_sql_failed(ctx, pg, res, "reset");
 	else

@@ -105,65 +105,19 @@ touch(const char *path)
 static long long
 applied(const struct env *e)
 {
-	long long n = cons_query_int(e->conninfo, "SELECT count(*) FROM poison_applied");
-
-	return n < 0 ? 0 : n;
+	return cons_poison_count(e->conninfo);
 }
 
 static void
 wait_applied(const struct env *e, long long want)
 {
-	long long n = cons_wait_query(e->conninfo, "SELECT count(*) FROM poison_applied", want,
-				      WAIT_MS);
-	if (n != want) {
-		char *tail = cons_log_tail(e->c, 30);
-		ck_abort_msg("%lld events applied, want %lld; consumer log:\n%s", n, want, tail);
-	}
+	cons_poison_wait(e->c, e->conninfo, want);
 }
 
-/*
- * Every event of the store in streams poison-* whose version is within
- * [1, upto[k]] for stream poison-k was applied exactly once, in version
- * order, and nothing else was. upto NULL: every version.
- */
 static void
 check_applied(const struct env *e, const int *upto, int nstreams)
 {
-	PGconn *pg = fixture_connect(e->conninfo);
-	PGresult *res;
-	long long want = 0;
-	int last[64] = { 0 };
-
-	ck_assert_int_le(nstreams, 64);
-	res = PQexec(pg, "SELECT stream, version FROM poison_applied ORDER BY seq");
-	ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++) {
-		int k = atoi(PQgetvalue(res, i, 0) + strlen("poison-"));
-		int v = atoi(PQgetvalue(res, i, 1));
-
-		ck_assert_msg(k >= 1 && k <= nstreams, "unexpected stream %s", PQgetvalue(res, i, 0));
-		ck_assert_msg(v == last[k - 1] + 1,
-			      "poison-%d: version %d applied after version %d (row %d)", k, v,
-			      last[k - 1], i);
-		last[k - 1] = v;
-	}
-	PQclear(res);
-	for (int k = 1; k <= nstreams; k++) {
-		char sql[200];
-		long long max;
-
-		snprintf(sql, sizeof(sql),
-			 "SELECT coalesce(max(version), 0) FROM cqrs.events WHERE stream = 'poison-%d'",
-			 k);
-		max = fixture_query_int(pg, sql);
-		if (upto != NULL && upto[k - 1] < max)
-			max = upto[k - 1];
-		ck_assert_msg(last[k - 1] == max, "poison-%d: applied up to %d, want %lld", k,
-			      last[k - 1], max);
-		want += max;
-	}
-	ck_assert_int_eq(applied(e), want);
-	PQfinish(pg);
+	cons_poison_check(e->conninfo, upto, nstreams);
 }
 
 /* The dead letters of the consumer, as `cqrsctl dead --json` lines. */
@@ -536,11 +490,18 @@ START_TEST(sigterm_finishes_in_hand_and_exits_zero)
 }
 END_TEST
 
-/* A body that is not an envelope is dead-lettered at once. */
+/* A body that is not an envelope, or an envelope of an event that is not in
+ * this store (another store's tracker on the same exchange), is
+ * dead-lettered at once; real events go on. */
 START_TEST(garbage_message_dead_lettered)
 {
 	struct env e;
-	struct json_object *dead;
+	struct json_object *dead, *data = json_object_new_object();
+	struct cqrs_event *alien;
+	struct store *st = NULL;
+	struct store_events evs = { 0 };
+	struct cqrs_err err = { 0 };
+	char *body;
 
 	env_init(&e, NULL);
 	cons_start(e.c);
@@ -548,12 +509,61 @@ START_TEST(garbage_message_dead_lettered)
 		     "poison-9", 1, 1);
 	cons_publish(e.queue, "{}", "00000000-0000-4000-8000-000000000002", "Garbage", "poison-9",
 		     1, 1);
-	dead = wait_dead(&e, 2);
+	alien = cqrs_event_new("00000000-0000-4000-8000-000000000003", "poison-1", 1, 1, "Happened",
+			       data, NULL, "2026-11-26T05:20:49.123456Z");
+	body = envelope_encode(alien);
+	cons_publish(e.queue, body, alien->id, alien->type, alien->stream, 1, 1);
+	free(body);
+	/* and the store's own poison-1 version 1, which is applied */
+	cons_append(e.conninfo, "poison-1", "Happened", "{}");
+	ck_assert_int_eq(store_connect(e.conninfo, &st, &err), 0);
+	ck_assert_int_eq(store_read_all(st, &STORE_CHECKPOINT_START, 10, &evs, &err), 0);
+	body = envelope_encode(evs.ev[0]);
+	cons_publish(e.queue, body, evs.ev[0]->id, evs.ev[0]->type, evs.ev[0]->stream, 1,
+		     evs.ev[0]->position);
+	free(body);
+	dead = wait_dead(&e, 3);
 	ck_assert_msg(strstr(jstr(json_object_array_get_idx(dead, 0), "reason"),
 			     "not an event envelope") != NULL,
 		      "%s", jstr(json_object_array_get_idx(dead, 0), "reason"));
 	ck_assert_int_eq(jint(json_object_array_get_idx(dead, 0), "version"), 1);
+	ck_assert_msg(strstr(jstr(json_object_array_get_idx(dead, 2), "reason"),
+			     "is not in this store") != NULL,
+		      "%s", jstr(json_object_array_get_idx(dead, 2), "reason"));
 	json_object_put(dead);
+	cons_poison_wait(e.c, e.conninfo, 1);
+	check_applied(&e, NULL, 1);
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	cqrs_event_free(alien);
+	json_object_put(data);
+	store_events_clear(&evs);
+	store_free(st);
+	env_fini(&e);
+}
+END_TEST
+
+/* from = now: history is neither caught up nor fetched as missing. */
+START_TEST(from_now_skips_history)
+{
+	struct env e;
+	env_init(&e, "from = now\n");
+	for (int k = 1; k <= 2; k++)
+		for (int v = 1; v <= 3; v++)
+			cons_append(e.conninfo, k == 1 ? "poison-1" : "poison-2", "Happened", "{}");
+	/* history already published, to no queue of ours */
+	env_tracker(&e);
+	ck_assert_int_eq(cons_wait_query(e.conninfo, "SELECT max(position) FROM cqrs.checkpoints",
+					 6, WAIT_MS),
+			 6);
+	cons_start(e.c);
+	ck_assert_int_eq(cons_log_count(e.c, "catching up"), 0);
+	/* new events of an old stream: versions 4 and 5 only */
+	cons_append(e.conninfo, "poison-1", "Happened", "{}");
+	cons_append(e.conninfo, "poison-1", "Happened", "{}");
+	cons_poison_wait(e.c, e.conninfo, 2);
+	usleep(300 * 1000);
+	ck_assert_int_eq(applied(&e), 2);
+	ck_assert_int_eq(cons_query_int(e.conninfo, "SELECT min(version) FROM poison_applied"), 4);
 	ck_assert_int_eq(cons_stop(e.c), 0);
 	env_fini(&e);
 }
@@ -572,6 +582,7 @@ suite(void)
 	tcase_add_test(tc, retry_after_backoff_others_flow);
 	tcase_add_test(tc, sigterm_finishes_in_hand_and_exits_zero);
 	tcase_add_test(tc, garbage_message_dead_lettered);
+	tcase_add_test(tc, from_now_skips_history);
 	suite_add_tcase(s, tc);
 	return s;
 }

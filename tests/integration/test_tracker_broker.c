@@ -160,7 +160,8 @@ START_TEST(publish_properties_exactly)
 	struct cqrs_err err = { 0 };
 	const char *type = unique_type();
 	char stream[128], id[UUID_STR_LEN], *body;
-	struct json_object *data = json_tokener_parse("{\"amount\":9007199254740993,\"note\":\"\\u00e9\"}");
+	struct json_object *data =
+		json_tokener_parse("{\"amount\":9007199254740993,\"note\":\"\\u00e9\"}");
 	struct json_object *meta = json_tokener_parse("{\"correlation_id\":\"c-1\"}");
 	struct cqrs_event *ev;
 	const struct rabbit_msg *m;

@@ -23,6 +23,7 @@
 #include "rabbit.h"
 #include "store.h"
 #include "../../tracker/tracker.h"
+#include "../../tracker/tracker_int.h"
 #include "uuid.h"
 
 #define WAIT_MS 30000
@@ -167,13 +168,107 @@ START_TEST(every_committed_event_once_in_order)
 					       "c.xid = l.xid AND c.position = l.position"),
 			 1);
 	/* STATUS came, with the checkpoint */
-	ck_assert(proc_notified(p, "READY=1"));
+	ck_assert(proc_wait_notified(p, "READY=1", 5000));
 	ck_assert_int_eq(proc_stop(p), 0);
 	ck_assert(proc_log_contains(p, "stopping:"));
-	ck_assert(proc_notified(p, "STOPPING=1"));
+	ck_assert(proc_wait_notified(p, "STOPPING=1", 5000));
 	PQfinish(pg);
 	store_free(st);
 	proc_free(p);
+	env_fini(&e);
+}
+END_TEST
+
+/* Bodies are envelope_encode()'s bytes whatever the data holds. */
+START_TEST(bodies_are_the_envelope)
+{
+	static const char *const datas[] = {
+		"{\"s\":\"quote\\\" backslash\\\\ slash/ nl\\n tab\\t ctrl\\u0001 del\x7f "
+		"\xc3\xa9 \xe6\x97\xa5\\u00e9\",\"n\":-12,\"f\":1.50,\"e\":1e3,\"z\":-0.0,"
+		"\"big\":9007199254740993,\"nested\":{\"a\":[1, 2,{\"b\":null}],\"t\":true,"
+		"\"f\":false},\"empty\":{},\"arr\":[],\"sp ace\":\" a , b : c \"}",
+		"{}",
+		"{\"k\":[[],[{}],\"\\\"\"]}",
+	};
+	struct env e;
+	struct store *st;
+	struct proc *p;
+	struct rabbit_check chk = { 0 };
+
+	env_init(&e);
+	st = open_store(e.conninfo);
+	for (size_t i = 0; i < sizeof(datas) / sizeof(datas[0]); i++) {
+		struct store_event_in in = { .type = "Odd.Type-1:x", .data = datas[i],
+					     .metadata = "{\"correlation_id\":\"c\",\"we\\\"ird\":[1.25]}" };
+		struct store_append_result r;
+		struct cqrs_err err = { 0 };
+		char stream[128];
+
+		snprintf(stream, sizeof(stream), "%s-\xc3\xbc/\"q\\%zu", e.prefix, i);
+		if (store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0)
+			ck_abort_msg("append %zu: %s", i, err.msg);
+		store_append_result_clear(&r);
+	}
+	p = tracker_proc(&e);
+	proc_start(p);
+	check(&e, &chk);
+	ck_assert_int_eq(chk.events, 3);
+	ck_assert_int_eq(proc_stop(p), 0);
+	proc_free(p);
+	store_free(st);
+	env_fini(&e);
+}
+END_TEST
+
+/*
+ * Commit-safe order is numeric on xid: 995 before 1001, 99999 before
+ * 100000 (sorted as text they would not be). Rows with such xids are written
+ * directly (the column is a plain one; real ones come from
+ * pg_current_xact_id()).
+ */
+START_TEST(read_order_is_numeric)
+{
+	long long xids[12], now;
+	int n = 0;
+	struct env e;
+	PGconn *pg;
+	PGresult *res;
+	struct proc *p;
+	struct rabbit_check chk = { 0 };
+	const char *params[3] = { "0", "0", "100" };
+	char sql[512];
+
+	env_init(&e);
+	pg = fixture_connect(e.conninfo);
+	/* past xid 1100 at least (a fresh cluster starts below 1000) */
+	while ((now = fixture_query_int(pg, "SELECT pg_current_xact_id()::text::bigint")) < 1100)
+		;
+	/* around every power of ten below the current xid */
+	for (long long p10 = 1000; p10 + 10 < now && n + 2 <= 12; p10 *= 10) {
+		xids[n++] = p10 - 5;
+		xids[n++] = p10 + 1;
+	}
+	for (int i = n - 1; i >= 0; i--) {	/* positions in the opposite order */
+		snprintf(sql, sizeof(sql), "INSERT INTO cqrs.events (stream, version, id, type, data, xid) "
+			 "VALUES ('%s-1', %d, gen_random_uuid(), 'T', '{}', '%lld')", e.prefix, i + 1,
+			 xids[i]);
+		fixture_exec(pg, sql);
+	}
+	res = PQexecParams(pg, pipeline_read_sql, 3, NULL, params, NULL, NULL, 0);
+	ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+	ck_assert_int_eq(PQntuples(res), n);
+	for (int i = 0; i < n; i++)
+		ck_assert_int_eq(strtoll(PQgetvalue(res, i, 8), NULL, 10), xids[i]);
+	PQclear(res);
+	/* and the tracker publishes them in that order, two at a time */
+	p = tracker_proc(&e);
+	proc_set(p, "tracker", "batch_size", "2");
+	proc_start(p);
+	check(&e, &chk);
+	ck_assert_int_eq(chk.events, n);
+	ck_assert_int_eq(proc_stop(p), 0);
+	proc_free(p);
+	PQfinish(pg);
 	env_fini(&e);
 }
 END_TEST
@@ -255,7 +350,7 @@ START_TEST(concurrent_writers_and_open_transactions)
 	ck_assert_msg(strstr(out, "held back") != NULL && strstr(out, "open for") != NULL, "%s", out);
 	free(out);
 	ck_assert(proc_wait_log(p, "held back by a transaction open for", 1, 5000));
-	ck_assert(proc_notified(p, "held back by a transaction"));
+	ck_assert(proc_wait_notified(p, "held back by a transaction", 5000));
 	/* and nothing committed after the oldest open transaction was published:
 	 * every event received so far is older than it */
 	{
@@ -426,6 +521,23 @@ START_TEST(sigterm_finishes_the_batch)
 	ck_assert_int_eq(chk.duplicates, 0);
 	ck_assert_int_eq(proc_stop(p), 0);
 	PQfinish(pg);
+	proc_free(p);
+	env_fini(&e);
+}
+END_TEST
+
+/* WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC), also while standing by */
+START_TEST(watchdog_pings)
+{
+	struct env e;
+	struct proc *p;
+
+	env_init(&e);
+	p = tracker_proc(&e);
+	proc_setenv(p, "WATCHDOG_USEC", "300000");
+	proc_start(p);
+	ck_assert(proc_wait_notified(p, "WATCHDOG=1", 5000));
+	ck_assert_int_eq(proc_stop(p), 0);
 	proc_free(p);
 	env_fini(&e);
 }
@@ -639,10 +751,13 @@ publish_suite(void)
 
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, every_committed_event_once_in_order);
+	tcase_add_test(tc, bodies_are_the_envelope);
+	tcase_add_test(tc, read_order_is_numeric);
 	tcase_add_test(tc, concurrent_writers_and_open_transactions);
 	tcase_add_test(tc, notify_wakes_the_tracker);
 	tcase_add_test(tc, polls_without_notify);
 	tcase_add_test(tc, sigterm_finishes_the_batch);
+	tcase_add_test(tc, watchdog_pings);
 	tcase_add_test(tc, options_and_config_check);
 	tcase_add_test(tc, ctl_status_reports);
 	tcase_add_test(tc, in_process_run_and_stop);

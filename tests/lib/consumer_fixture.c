@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -190,13 +193,27 @@ void
 cons_spawn(struct cons *c)
 {
 	const char *prog = fixture_bin("cqrs-consumer");
-	char *argv[6 + MAX_ARGS];
+	const char *vg = getenv("CQRS_TEST_VALGRIND");
+	char *argv[12 + MAX_ARGS], vglog[300];
 	int n = 0, fd;
 	pid_t pid;
 
 	ck_assert_msg(c->pid <= 0, "consumer %s is already running", c->name);
 	c->log_mark = file_size(c->log_path);
-	argv[n++] = (char *)prog;
+	/* CQRS_TEST_VALGRIND=1: each run under valgrind, its report in
+	 * DIR/valgrind.PID.log (keep the directory with CQRS_TEST_KEEP) */
+	if (vg != NULL && vg[0] != '\0') {
+		snprintf(vglog, sizeof(vglog), "--log-file=%s/valgrind.%%p.log", c->dir);
+		argv[n++] = "/usr/bin/valgrind";
+		argv[n++] = "--leak-check=full";
+		argv[n++] = "--show-leak-kinds=definite,indirect";
+		argv[n++] = "--errors-for-leak-kinds=definite,indirect";
+		argv[n++] = vglog;
+		prog = argv[0];
+		argv[n++] = (char *)fixture_bin("cqrs-consumer");
+	} else {
+		argv[n++] = (char *)prog;
+	}
 	argv[n++] = "-n";
 	argv[n++] = c->name;
 	argv[n++] = "-c";
@@ -402,6 +419,40 @@ cons_wait_log(struct cons *c, const char *needle, int times, int timeout_ms)
 	}
 }
 
+char *
+cons_http_get(const struct cons *c, const char *path)
+{
+	char *log = cons_log(c), *p, req[300], buf[4096], *out = NULL;
+	size_t len = 0;
+	struct sockaddr_in sa;
+	int port = 0, fd;
+	ssize_t n;
+
+	p = strstr(log, "/metrics on http://127.0.0.1:");
+	ck_assert_msg(p != NULL, "no HTTP endpoint in the consumer's log");
+	port = atoi(p + strlen("/metrics on http://127.0.0.1:"));
+	free(log);
+	ck_assert_int_gt(port, 0);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(fd, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path);
+	ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		out = realloc(out, len + (size_t)n + 1);
+		ck_assert_ptr_nonnull(out);
+		memcpy(out + len, buf, (size_t)n);
+		len += (size_t)n;
+		out[len] = '\0';
+	}
+	close(fd);
+	return out != NULL ? out : strdup("");
+}
+
 int
 cons_ctl(const struct cons *c, const char *args, char **out)
 {
@@ -418,6 +469,69 @@ cons_ctl(const struct cons *c, const char *args, char **out)
 
 /* ---- queues ------------------------------------------------------------------------ */
 
+/*
+ * Queues made by a test are deleted when the test's process is gone, however
+ * it ends: a failed check leaves with _exit(), past any cleanup, and its
+ * queues' bindings would go on collecting the next tests' events. A reaper
+ * process, out of the test's process group (Check kills that group after
+ * each test), gets the names through a pipe and, at end of file (the test
+ * process and everything it started are gone), deletes them.
+ */
+static int reaper_fd = -1;
+static pid_t reaper_owner;
+
+static void
+reaper(int fd)
+{
+	char buf[8192], *names[64];
+	size_t len = 0, n = 0;
+	ssize_t got;
+
+	setsid();
+	while ((got = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+		len += (size_t)got;
+	buf[len] = '\0';
+	/* let Check's kill of the test's group reach the consumers first: one
+	 * still connected would declare its queue again */
+	sleep(1);
+	for (char *p = strtok(buf, "\n"); p != NULL && n < 64; p = strtok(NULL, "\n"))
+		names[n++] = p;
+	for (size_t i = 0; i < n; i++)
+		cons_delete_queues(names[i]);
+	_exit(0);
+}
+
+static void
+reap_later(const char *queue)
+{
+	if (reaper_owner != getpid()) {
+		int p[2];
+		pid_t pid;
+
+		reaper_fd = -1;
+		if (pipe2(p, O_CLOEXEC) < 0)
+			return;
+		pid = fork();
+		if (pid < 0) {
+			close(p[0]);
+			close(p[1]);
+			return;
+		}
+		if (pid == 0) {
+			/* hold nothing of the test's: sockets, pipes of other helpers */
+			for (int fd = 3; fd < 1024; fd++)
+				if (fd != p[0])
+					close(fd);
+			reaper(p[0]);
+		}
+		close(p[0]);
+		reaper_fd = p[1];
+		reaper_owner = getpid();
+	}
+	if (reaper_fd >= 0)
+		(void)!write(reaper_fd, queue, strlen(queue)), (void)!write(reaper_fd, "\n", 1);
+}
+
 const char *
 cons_unique_queue(const char *what)
 {
@@ -425,6 +539,7 @@ cons_unique_queue(const char *what)
 	static int counter;
 
 	snprintf(buf, sizeof(buf), "cqrs.t.%d.%d.%s", (int)getpid(), ++counter, what);
+	reap_later(buf);
 	return buf;
 }
 
@@ -464,7 +579,9 @@ cons_publish(const char *queue, const char *body, const char *message_id, const 
 		ck_abort_msg("publish to %s: %s", queue, err.msg);
 }
 
-/* A connection and channel 1 to the test node, or an abort. */
+/* A connection and channel 1 to the test node; NULL when it cannot be had
+ * (the callers run in cleanups too, where failing the test again would not
+ * help). */
 static amqp_connection_state_t
 open_amqp(void)
 {
@@ -475,17 +592,24 @@ open_amqp(void)
 	amqp_rpc_reply_t r;
 
 	if (broker_url_parse(fixture_broker_url(), &u, &err) < 0)
-		ck_abort_msg("%s", err.msg);
+		return NULL;
 	conn = amqp_new_connection();
-	sock = amqp_tcp_socket_new(conn);
-	ck_assert_ptr_nonnull(sock);
-	ck_assert_int_eq(amqp_socket_open(sock, u.host, u.port), AMQP_STATUS_OK);
+	sock = conn != NULL ? amqp_tcp_socket_new(conn) : NULL;
+	if (sock == NULL || amqp_socket_open(sock, u.host, u.port) != AMQP_STATUS_OK)
+		goto bad;
 	r = amqp_login(conn, u.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, u.user, u.password);
-	ck_assert_int_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
-	broker_url_clear(&u);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL)
+		goto bad;
 	amqp_channel_open(conn, 1);
-	ck_assert_int_eq(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL);
+	if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
+		goto bad;
+	broker_url_clear(&u);
 	return conn;
+bad:
+	if (conn != NULL)
+		amqp_destroy_connection(conn);
+	broker_url_clear(&u);
+	return NULL;
 }
 
 static void
@@ -504,6 +628,7 @@ cons_queue_depth(const char *queue)
 	amqp_queue_declare_ok_t *ok;
 	long n;
 
+	ck_assert_msg(conn != NULL, "cannot connect to RabbitMQ at %s", fixture_broker_url());
 	ok = amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
 	n = ok != NULL ? (long)ok->message_count : -1;
 	close_amqp(conn, ok != NULL);
@@ -521,6 +646,8 @@ cons_delete_queues(const char *queue)
 		amqp_connection_state_t conn = open_amqp();
 		bool ok;
 
+		if (conn == NULL)
+			return;
 		amqp_queue_delete(conn, 1, amqp_cstring_bytes(names[i]), 0, 0);
 		ok = amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL;
 		close_amqp(conn, ok);
@@ -598,4 +725,65 @@ cons_wait_query(const char *conninfo, const char *sql, long long want, int timeo
 			return n;
 		usleep(50 * 1000);
 	}
+}
+
+/* ---- tests/plugins/poison ------------------------------------------------------------ */
+
+long long
+cons_poison_count(const char *conninfo)
+{
+	long long n = cons_query_int(conninfo, "SELECT count(*) FROM poison_applied");
+
+	return n < 0 ? 0 : n;
+}
+
+void
+cons_poison_wait(struct cons *c, const char *conninfo, long long want)
+{
+	long long n = cons_wait_query(conninfo, "SELECT count(*) FROM poison_applied", want, 30000);
+
+	if (n != want) {
+		char *tail = c != NULL ? cons_log_tail(c, 30) : strdup("");
+		ck_abort_msg("%lld events applied, want %lld; consumer log:\n%s", n, want, tail);
+	}
+}
+
+void
+cons_poison_check(const char *conninfo, const int *upto, int nstreams)
+{
+	PGconn *pg = fixture_connect(conninfo);
+	PGresult *res;
+	long long want = 0;
+	int last[64] = { 0 };
+
+	ck_assert_int_le(nstreams, 64);
+	res = PQexec(pg, "SELECT stream, version FROM poison_applied ORDER BY seq");
+	ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++) {
+		int k = atoi(PQgetvalue(res, i, 0) + strlen("poison-"));
+		int v = atoi(PQgetvalue(res, i, 1));
+
+		ck_assert_msg(k >= 1 && k <= nstreams, "unexpected stream %s", PQgetvalue(res, i, 0));
+		ck_assert_msg(v == last[k - 1] + 1,
+			      "poison-%d: version %d applied after version %d (row %d)", k, v,
+			      last[k - 1], i);
+		last[k - 1] = v;
+	}
+	PQclear(res);
+	for (int k = 1; k <= nstreams; k++) {
+		char sql[200];
+		long long max;
+
+		snprintf(sql, sizeof(sql),
+			 "SELECT coalesce(max(version), 0) FROM cqrs.events WHERE stream = 'poison-%d'",
+			 k);
+		max = fixture_query_int(pg, sql);
+		if (upto != NULL && upto[k - 1] < max)
+			max = upto[k - 1];
+		ck_assert_msg(last[k - 1] == max, "poison-%d: applied up to %d, want %lld", k,
+			      last[k - 1], max);
+		want += max;
+	}
+	ck_assert_int_eq(cons_poison_count(conninfo), want);
+	PQfinish(pg);
 }

@@ -59,6 +59,11 @@ int cons_log_count(const struct cons *c, const char *needle);
 /* Waits until needle occurs `times` times in the whole log. */
 bool cons_wait_log(struct cons *c, const char *needle, int times, int timeout_ms);
 
+/* GET path from the consumer's HTTP endpoint (the address its log names:
+ * "serving /health and /metrics on http://HOST:PORT/"); the whole answer,
+ * status line and headers included (malloc'd). */
+char *cons_http_get(const struct cons *c, const char *path);
+
 /* "build/bin/cqrsctl -c FILE ARGS" of this cons's config: exit status, and
  * the output (stdout and stderr, malloc'd) in *out when not NULL. */
 int cons_ctl(const struct cons *c, const char *args, char **out);
@@ -98,5 +103,18 @@ long long cons_query_int(const char *conninfo, const char *sql);
 
 /* Waits until sql gives at least want; the last value. */
 long long cons_wait_query(const char *conninfo, const char *sql, long long want, int timeout_ms);
+
+/* ---- tests/plugins/poison ------------------------------------------------------------ */
+
+/* Rows of poison_applied (0 before the table exists). */
+long long cons_poison_count(const char *conninfo);
+/* Waits (30 s) until exactly want rows; fails with c's log otherwise. */
+void cons_poison_wait(struct cons *c, const char *conninfo, long long want);
+/*
+ * Every event of the store in streams poison-1..poison-N whose version is at
+ * most upto[k - 1] (upto NULL: all) was applied exactly once, in version
+ * order, and nothing else was.
+ */
+void cons_poison_check(const char *conninfo, const int *upto, int nstreams);
 
 #endif

@@ -19,6 +19,7 @@
 #include "proc.h"
 
 #define MAX_KEYS 64
+#define MAX_ENV 16
 #define TAIL_LINES 40
 
 struct proc_kv {
@@ -31,6 +32,8 @@ struct proc {
 	char config_path[128], log_path[128], notify_path[128];
 	struct proc_kv keys[MAX_KEYS];
 	int nkeys;
+	char *env[MAX_ENV];	/* "NAME=VALUE" */
+	int nenv;
 	pid_t pid;
 	int notify_fd;
 	/*
@@ -171,6 +174,8 @@ proc_free(struct proc *p)
 		free(p->keys[i].key);
 		free(p->keys[i].value);
 	}
+	for (int i = 0; i < p->nenv; i++)
+		free(p->env[i]);
 	free(p->notes);
 	free(p->dir);
 	free(p);
@@ -204,6 +209,14 @@ proc_set(struct proc *p, const char *section, const char *key, const char *fmt, 
 	p->keys[i].value = value;
 	ck_assert(p->keys[i].section != NULL && p->keys[i].key != NULL);
 	p->nkeys++;
+}
+
+void
+proc_setenv(struct proc *p, const char *name, const char *value)
+{
+	ck_assert_int_lt(p->nenv, MAX_ENV);
+	ck_assert_int_ge(asprintf(&p->env[p->nenv], "%s=%s", name, value), 0);
+	p->nenv++;
 }
 
 static void
@@ -278,6 +291,19 @@ proc_notified(struct proc *p, const char *needle)
 	return found;
 }
 
+bool
+proc_wait_notified(struct proc *p, const char *needle, int timeout_ms)
+{
+	long long deadline = proc_now_ms() + timeout_ms;
+
+	while (!proc_notified(p, needle)) {
+		if (proc_now_ms() > deadline)
+			return false;
+		usleep(20000);
+	}
+	return true;
+}
+
 void
 proc_spawn(struct proc *p)
 {
@@ -314,7 +340,20 @@ proc_spawn(struct proc *p)
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
 		setenv("NOTIFY_SOCKET", p->notify_path, 1);
+		for (int i = 0; i < p->nenv; i++)
+			putenv(p->env[i]);
 		signal(SIGPIPE, SIG_DFL);
+		if (getenv("CQRS_TEST_VALGRIND") != NULL) {
+			/* memory errors and leaks make the exit status 97, and
+			 * the report goes to DIR/valgrind.PID */
+			char logopt[200];
+			char *vargv[] = { (char *)"valgrind", (char *)"--leak-check=full",
+					  (char *)"--errors-for-leak-kinds=definite,indirect",
+					  (char *)"--error-exitcode=97", logopt, p->program,
+					  (char *)"-c", p->config_path, NULL };
+			snprintf(logopt, sizeof(logopt), "--log-file=%s/valgrind.%%p", p->dir);
+			execvp("valgrind", vargv);
+		}
 		execv(p->program, argv);
 		dprintf(2, "proc: exec %s: %s\n", p->program, strerror(errno));
 		_exit(127);

@@ -17,6 +17,10 @@
  * its stdout and stderr (DIR/proc.log, appended across restarts) and its
  * notify socket. Every function fails the test rather than returning an error,
  * unless it says otherwise. Processes still running at exit() are killed.
+ *
+ * With CQRS_TEST_VALGRIND set in the environment, the program runs under
+ * valgrind (leak check; exit status 97 on an error or a leak, report in
+ * DIR/valgrind.PID; keep it with CQRS_TEST_KEEP).
  */
 #ifndef CQRS_TEST_PROC_H
 #define CQRS_TEST_PROC_H
@@ -39,6 +43,9 @@ void proc_free(struct proc *p);
 /* Sets section.key for the next start; a NULL fmt removes it. */
 void proc_set(struct proc *p, const char *section, const char *key, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+
+/* An environment variable for the next starts. */
+void proc_setenv(struct proc *p, const char *name, const char *value);
 
 /* Starts it and waits for READY=1; fails the test (with the log's tail) if
  * it exits or is not ready within PROC_START_TIMEOUT_MS. */
@@ -69,6 +76,8 @@ pid_t proc_pid(const struct proc *p);
 /* Whether an sd_notify message received so far contains needle
  * ("READY=1", "STATUS=standby"). */
 bool proc_notified(struct proc *p, const char *needle);
+/* Waits up to timeout_ms for such a message. */
+bool proc_wait_notified(struct proc *p, const char *needle, int timeout_ms);
 
 /* Paths, borrowed. */
 const char *proc_dir(const struct proc *p);

@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -35,6 +38,7 @@ static char rabbit_dir[256];
 static char broker_url[256];
 static int amqp_port;
 static pid_t owner_pid;
+static char own_root[64];	/* the temporary folder of a node started here */
 
 /* ---- the node ------------------------------------------------------------- */
 
@@ -46,7 +50,7 @@ stop_own_node(void)
 	if (getpid() != owner_pid)
 		return;
 	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh stop %s >/dev/null 2>&1; rm -rf %s",
-		 CQRS_SRCDIR, rabbit_dir, rabbit_dir);
+		 CQRS_SRCDIR, rabbit_dir, own_root);
 	if (system(cmd) != 0)
 		fprintf(stderr, "rabbit: could not stop RabbitMQ in %s\n", rabbit_dir);
 }
@@ -95,6 +99,7 @@ ensure_node(void)
 		if (system(cmd) != 0)
 			ck_abort_msg("rabbit: could not start RabbitMQ (see %s/start.log)", tmpl);
 		owner_pid = getpid();
+		snprintf(own_root, sizeof(own_root), "%s", tmpl);
 		atexit(stop_own_node);
 		setenv("CQRS_TEST_RABBITDIR", rabbit_dir, 1);
 	}
@@ -122,15 +127,33 @@ fixture_rabbit_dir(void)
 	return rabbit_dir;
 }
 
+/* Whether something accepts TCP connections on the node's AMQP port. */
+static bool
+port_open(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	bool open;
+
+	ck_assert_int_ge(fd, 0);
+	sa.sin_port = htons((uint16_t)amqp_port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	open = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return open;
+}
+
 void
 fixture_rabbit_stop(void)
 {
-	char cmd[600];
+	char cmd[700];
 
 	ensure_node();
-	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh stop %s >/dev/null 2>&1",
-		 CQRS_SRCDIR, rabbit_dir);
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh stop %s >%s/stop.log 2>&1",
+		 CQRS_SRCDIR, rabbit_dir, rabbit_dir);
 	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_msg(!port_open(), "rabbit: the node in %s still listens on port %d after "
+		      "rabbitmq.sh stop (see %s/stop.log)", rabbit_dir, amqp_port, rabbit_dir);
 }
 
 void

@@ -97,6 +97,10 @@ const struct rabbit_msg *rabbit_collector_msgs(const struct rabbit_collector *c,
  * - repeats: none when allow_dups is false (broker redeliveries to the
  *   collector aside); else only of events after dup_after (the checkpoint at
  *   the moment of a crash or takeover).
+ * With RABBIT_DUMP=FILE in the environment, every message received is first
+ * written to FILE (index, stream, version, position, redelivered, arrival
+ * time, xid), for a failure that needs the whole picture. (Daemons started by
+ * tests inherit the environment: CQRS_LOG_LEVEL=debug gives their debug log.)
  */
 struct rabbit_check {
 	const char *prefix;

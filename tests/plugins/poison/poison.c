@@ -112,7 +112,7 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 		}
 	}
 	if (!table_ready) {
-		res = PQexec(pg, SQL_CREATE);
+		res = PQexec(pg, "SELECT pg_advisory_xact_lock(hashtext('poison_applied')); " SQL_CREATE);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK)
 			rc = sql_failed(ctx, pg, res, "create");
 		else
@@ -134,7 +134,8 @@ static int
 reset(struct cqrs_event_ctx *ctx)
 {
 	PGconn *pg = (PGconn *)cqrs_event_pg(ctx);
-	PGresult *res = PQexec(pg, SQL_CREATE "; TRUNCATE poison_applied");
+	PGresult *res = PQexec(pg, "SELECT pg_advisory_xact_lock(hashtext('poison_applied')); " SQL_CREATE
+			       "; TRUNCATE poison_applied");
 	int rc = CQRS_HANDLED_OK;
 
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
