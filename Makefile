@@ -163,6 +163,10 @@ bench-tracker: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	@sh bench/bench-tracker.sh
 
+bench-consumer: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@sh bench/bench-consumer.sh
+
 # ---- top-level targets ----------------------------------------------------
 all: $(LIB_SO) $(LIB_A) $(PROGS) $(PLUGINS)
 tests: all $(TEST_BINS)
@@ -228,7 +232,7 @@ install: all
 clean:
 	rm -rf $(B)
 
-.PHONY: all tests deps check test unit demo up down install clean bench-cmd bench-tracker
+.PHONY: all tests deps check test unit demo up down install clean bench-cmd bench-tracker bench-consumer
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .SECONDARY:

@@ -445,7 +445,7 @@ START_TEST(example_config_documents_every_key)
 	if (have_consumer) {
 		rc = sh(&out, "CQRS_CONSUMER_PROJECTIONS_PLUGINS=%s %s -c %s -n projections "
 			"--check-config", fixture_plugin("bank"), fixture_bin("cqrs-consumer"),
-			live_nohttp);
+			live);
 		ck_assert_msg(rc == 0, "cqrs-consumer, the defaults made live: exit %d:\n%s", rc,
 			      out);
 	}

@@ -11,6 +11,7 @@
 
 #include "fixture.h"
 #include "store.h"
+#include "uuid.h"
 
 #ifndef CQRS_SRCDIR
 #define CQRS_SRCDIR "."
@@ -183,8 +184,13 @@ fixture_db_new(bool migrate)
 	PGconn *pg;
 
 	ensure_cluster();
-	snprintf(name, sizeof(name), "t_%d_%d_%ld", (int)getpid(), ++db_counter,
-		 (long)random() % 100000);
+	{
+		/* pids repeat across runs on a long-lived cluster: add randomness */
+		char u[UUID_STR_LEN];
+		uuid_v4(u);
+		snprintf(name, sizeof(name), "t_%d_%d_%.8s%.4s", (int)getpid(), ++db_counter, u,
+			 u + 9);
+	}
 	pg = fixture_connect(admin_conninfo);
 	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", name);
 	fixture_exec(pg, sql);
