@@ -36,10 +36,12 @@ static const char read_cols[] =
 const char store_read_all_sql[] =
 	"SELECT id, stream, version, position, type, data::text, metadata::text, "
 	"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-	"xid::text FROM cqrs.events "
-	"WHERE (xid, position) > ($1::xid8, $2::bigint) "
-	"AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
-	"ORDER BY xid, position LIMIT $3";
+	"xid::text FROM cqrs.events e "
+	"WHERE (e.xid, e.position) > ($1::xid8, $2::bigint) "
+	"AND e.xid < pg_snapshot_xmin(pg_current_snapshot()) "
+	/* qualified: a bare "xid" here is the text column of the select
+	 * list, and "1000" sorts before "999" */
+	"ORDER BY e.xid, e.position LIMIT $3";
 
 int
 store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs_err *err)

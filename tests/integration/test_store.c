@@ -598,6 +598,68 @@ START_TEST(commit_safe_read_all_skips_nothing)
 }
 END_TEST
 
+/*
+ * Transaction ids grow past a power of ten while events are written: the
+ * commit-safe order must compare them as numbers ("1000" after "999"). A
+ * cluster of its own, so the next power of ten is a few hundred ids away.
+ */
+START_TEST(read_all_orders_xids_as_numbers)
+{
+	char *dir = fixture_tmpdir();
+	char cmd[1024], *out = NULL, *ci;
+	struct store *st;
+	struct cqrs_err err = { 0 };
+	struct store_append_result r;
+	struct store_events evs;
+	struct store_checkpoint cp = STORE_CHECKPOINT_START;
+	long long xid, next10 = 10;
+	int64_t last_pos = 0;
+	int rc;
+
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh start %s/pg --fast >/dev/null 2>&1 && "
+		 "sed -n \"s/^CQRS_STORE_CONNINFO='\\(.*\\)'$/\\1/p\" %s/pg/env",
+		 CQRS_SRCDIR, dir, dir);
+	rc = fixture_run(cmd, &out);
+	ck_assert_msg(rc == 0 && out[0] != '\0', "could not start a PostgreSQL in %s", dir);
+	out[strcspn(out, "\n")] = '\0';
+	ci = out;
+	st = open_store(ci);
+	ck_assert_int_eq(store_migrate(st, NULL, &err), 0);
+	ck_assert_int_eq(append1(st, "num-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
+	store_append_result_clear(&r);
+	xid = fixture_query_int(store_pg(st), "SELECT pg_current_xact_id()::text::bigint");
+	while (next10 <= xid)
+		next10 *= 10;
+	ck_assert_msg(next10 - xid < 20000, "xid %lld: too far from %lld", xid, next10);
+	/* burn transaction ids up to the next power of ten */
+	while (fixture_query_int(store_pg(st), "SELECT pg_current_xact_id()::text::bigint") <
+	       next10)
+		;
+	ck_assert_int_eq(append1(st, "num-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
+	store_append_result_clear(&r);
+	ck_assert_int_eq(append1(st, "num-2", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
+	store_append_result_clear(&r);
+	/* one event at a time, so each read starts from the checkpoint */
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(store_read_all(st, &cp, 1, &evs, &err), 0);
+		ck_assert_int_eq(evs.n, 1);
+		ck_assert_msg(evs.ev[0]->position > last_pos, "position %lld after %lld",
+			      (long long)evs.ev[0]->position, (long long)last_pos);
+		last_pos = evs.ev[0]->position;
+		cp = evs.at[0];
+		store_events_clear(&evs);
+	}
+	ck_assert_int_eq(store_read_all(st, &cp, 10, &evs, &err), 0);
+	ck_assert_int_eq(evs.n, 0);
+	store_free(st);
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s/pg >/dev/null 2>&1; rm -rf %s",
+		 CQRS_SRCDIR, dir, dir);
+	ck_assert_int_eq(fixture_run(cmd, NULL), 0);
+	free(out);
+	free(dir);
+}
+END_TEST
+
 START_TEST(checkpoint_text)
 {
 	struct store_checkpoint cp;
@@ -635,6 +697,7 @@ store_suite(void)
 	tcase_add_test(tc, migrations_concurrent_and_idempotent);
 	tcase_add_test(tc, concurrent_writers_one_stream);
 	tcase_add_test(tc, commit_safe_read_all_skips_nothing);
+	tcase_add_test(tc, read_all_orders_xids_as_numbers);
 	tcase_add_test(tc, checkpoint_text);
 	suite_add_tcase(s, tc);
 	return s;
