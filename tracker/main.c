@@ -101,6 +101,10 @@ main(int argc, char **argv)
 		cqrs_log_error(NULL, "%s", err.msg);
 		goto out;
 	}
+	if (tracker_metrics_start(t, &err) < 0) {
+		cqrs_log_error(NULL, "%s", err.msg);
+		goto out;
+	}
 	the_tracker = t;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -111,6 +115,8 @@ main(int argc, char **argv)
 	rc = tracker_run(t);
 	the_tracker = NULL;
 out:
+	if (t != NULL)
+		tracker_metrics_stop(t);
 	tracker_free(t);
 	tracker_config_clear(&tcfg);
 	config_free(cfg);

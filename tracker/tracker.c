@@ -34,9 +34,9 @@
  *   confirm_timeout = 30s     give up on a broker that does not confirm a
  *                             batch within this; reconnect and publish again.
  *   status_interval = 5s      how often lag is measured for STATUS and logs.
- *   http =                    reserved (metrics endpoint), ignored for now;
- *   http_allow_remote =       likewise (accepted, so that a file written for
- *                             the metrics to come still loads).
+ *   http =                    /health and /metrics (Prometheus text) at
+ *                             ADDRESS:PORT, as cmd.http (metrics.c); empty: off.
+ *   http_allow_remote = false serve on a non-loopback address.
  *   [log]
  *   level = info              error, warn, info or debug.
  *
@@ -80,7 +80,7 @@
 
 static const char *const tracker_keys[] = {
 	"name", "batch_size", "inflight", "poll_ms", "lag_warn", "confirm_timeout",
-	"status_interval", "http", "http_allow_remote", NULL,
+	"status_interval", HTTPD_CONFIG_KEYS, NULL,
 };
 
 static const char sql_try_lock[] = "SELECT cqrs.tracker_try_lock($1)";
@@ -161,6 +161,8 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 	if ((rc = config_get_ms(cfg, "tracker", "status_interval", 5000, 100, 3600000,
 				&out->status_ms, err)) < 0)
 		goto bad;
+	if ((rc = httpd_config_load(cfg, "tracker", &out->http, err)) < 0)
+		goto bad;
 	if ((rc = config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &v, err)) < 0)
 		goto bad;
 	out->heartbeat_s = (int)v;
@@ -240,6 +242,26 @@ stats_update(struct tracker *t, void (*fn)(struct tracker_stats *, void *), void
 	pthread_mutex_lock(&t->mu);
 	fn(&t->stats, arg);
 	pthread_mutex_unlock(&t->mu);
+}
+
+static void
+set_lag(struct tracker_stats *s, void *arg)
+{
+	const struct tracker *t = arg;
+
+	s->lag_events = t->lag_events;
+	s->held_events = t->held_events;
+	s->lag_seconds = t->lag_seconds;
+	s->blocker_seconds = t->blocker_seconds;
+}
+
+static void
+set_up(struct tracker_stats *s, void *arg)
+{
+	const struct tracker *t = arg;
+
+	s->pg_up = t->pg != NULL;
+	s->mq_up = t->mq != NULL;
 }
 
 static void
@@ -643,6 +665,7 @@ check_lag(struct tracker *t)
 	t->lag_seconds = strtod(PQgetvalue(res, 0, 1), NULL);
 	t->held_events = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	t->blocker_seconds = strtod(PQgetvalue(res, 0, 5), NULL);
+	stats_update(t, set_lag, t);
 	if (t->held_events > 0 && t->blocker_seconds * 1000 >= (double)t->cfg->lag_warn_ms) {
 		if (t->lag_warned_at == 0 || now - t->lag_warned_at >= LAG_WARN_REPEAT_MS) {
 			cqrs_log_warn(&t->log, "%" PRId64 " committed events are held back by a "
@@ -783,6 +806,7 @@ tracker_run(struct tracker *t)
 			(void)pg_open(t);
 		if (t->mq == NULL && now >= t->mq_retry_at)
 			(void)mq_open(t);
+		stats_update(t, set_up, t);	/* for /health */
 		if (t->pg == NULL || t->mq == NULL) {
 			int64_t until = INT64_MAX;
 			if (t->pg == NULL)

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "cqrs/err.h"
+#include "httpd.h"
 #include "store.h"
 
 struct config;
@@ -40,6 +41,7 @@ struct tracker_config {
 	int heartbeat_s;		/* broker.heartbeat */
 	char *cacert, *cert, *key;	/* broker.cacert, broker.cert, broker.key */
 	bool verify;			/* broker.verify */
+	struct httpd_addr http;		/* tracker.http: /health and /metrics */
 };
 
 /* Reads and checks the keys; on error out is cleared. */
@@ -73,7 +75,17 @@ struct tracker_stats {
 	uint64_t batches;
 	uint64_t activations;		/* times it took the lock */
 	struct store_checkpoint checkpoint;
+	bool pg_up, mq_up;		/* sessions up at the last turn of the loop */
+	/* the last lag measured (active tracker only) */
+	int64_t lag_events, held_events;
+	double lag_seconds, blocker_seconds;
 };
+
+/* /health and /metrics on tracker.http (a thread of its own); no-ops when
+ * the key is empty. tracker_metrics_stop before tracker_free. */
+int tracker_metrics_start(struct tracker *t, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+void tracker_metrics_stop(struct tracker *t);
 
 void tracker_get_stats(const struct tracker *t, struct tracker_stats *out);
 

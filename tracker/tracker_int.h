@@ -64,6 +64,7 @@ struct tracker {
 	int64_t lag_events, held_events;
 	double lag_seconds, blocker_seconds;
 
+	struct httpd *httpd;		/* metrics.c */
 	pthread_mutex_t mu;		/* guards stats (read by other threads) */
 	struct tracker_stats stats;
 };

@@ -21,6 +21,7 @@
 #include "fixture.h"
 #include "proc.h"
 #include "rabbit.h"
+#include "scrape.h"
 #include "store.h"
 #include "../../tracker/tracker.h"
 #include "../../tracker/tracker_int.h"
@@ -743,6 +744,122 @@ START_TEST(in_process_run_and_stop)
 }
 END_TEST
 
+/*
+ * /health and /metrics: an active tracker counts what it publishes, shows
+ * its checkpoint and no lag once caught up; a standby says so; /health
+ * turns 503 when PostgreSQL goes away and back to 200 when it returns.
+ */
+#define TL "tracker=\"tracker\""
+
+START_TEST(metrics_and_health_scraped)
+{
+	struct env e;
+	struct store *st;
+	struct proc *p, *standby;
+	struct scrape *m;
+	char *log, *body = NULL;
+	uint16_t port = 0, port2 = 0;
+	long long last_pos;
+	PGconn *pg;
+	int n = 0;
+
+	env_init(&e);
+	st = open_store(e.conninfo);
+	for (int k = 0; k < 5; k++) {
+		append_n(st, &e, k, 4);
+		n += 4;
+	}
+	p = tracker_proc(&e);
+	proc_set(p, "tracker", "http", "127.0.0.1:0");
+	proc_set(p, "tracker", "status_interval", "200ms");
+	proc_start(p);
+	ck_assert(proc_wait_log(p, "active:", 1, 10000));
+	log = proc_log(p);
+	port = scrape_port_from_log(strstr(log, "serving /health and /metrics on"));
+	free(log);
+	ck_assert_int_ne(port, 0);
+	check(&e, &(struct rabbit_check){ 0 });
+	pg = fixture_connect(e.conninfo);
+	last_pos = fixture_query_int(pg, "SELECT max(position) FROM cqrs.events");
+	/* the counters follow the checkpoint; lag is measured every 200 ms */
+	for (int i = 0; i < 100; i++) {
+		m = scrape_metrics(port);
+		if (scrape_value(m, "cqrs_tracker_published_total", TL) >= n &&
+		    scrape_value(m, "cqrs_tracker_checkpoint_position", TL) == (double)last_pos)
+			break;
+		scrape_free(m);
+		m = NULL;
+		usleep(100000);
+	}
+	ck_assert_msg(m != NULL, "published_total never reached %d", n);
+	ck_assert_str_eq(scrape_type(m, "cqrs_tracker_published_total"), "counter");
+	ck_assert(scrape_value(m, "cqrs_tracker_published_total", TL) == n);
+	ck_assert(scrape_value(m, "cqrs_tracker_active", TL) == 1);
+	ck_assert(scrape_value(m, "cqrs_tracker_postgresql_up", TL) == 1);
+	ck_assert(scrape_value(m, "cqrs_tracker_rabbitmq_up", TL) == 1);
+	ck_assert(scrape_value(m, "cqrs_tracker_lag_events", TL) == 0);
+	scrape_free(m);
+	ck_assert_int_eq(scrape_http(port, "GET", "/health", NULL, &body, 5000), 200);
+	free(body);
+	body = NULL;
+
+	/* a second tracker with the same name stands by */
+	standby = tracker_proc(&e);
+	proc_set(standby, "tracker", "http", "127.0.0.1:0");
+	proc_start(standby);
+	ck_assert(proc_wait_log(standby, "serving /health and /metrics on", 1, 10000));
+	log = proc_log(standby);
+	port2 = scrape_port_from_log(strstr(log, "serving /health and /metrics on"));
+	free(log);
+	for (int i = 0; i < 50; i++) {
+		m = scrape_metrics(port2);
+		if (scrape_value(m, "cqrs_tracker_postgresql_up", TL) == 1)
+			break;
+		scrape_free(m);
+		m = NULL;
+		usleep(100000);
+	}
+	ck_assert_ptr_nonnull(m);
+	ck_assert(scrape_value(m, "cqrs_tracker_active", TL) == 0);
+	ck_assert(scrape_value(m, "cqrs_tracker_published_total", TL) == 0);
+	scrape_free(m);
+	ck_assert_int_eq(proc_stop(standby), 0);
+	proc_free(standby);
+
+	/* PostgreSQL away: 503 with the reason; back: 200 */
+	fixture_pg_stop();
+	{
+		int status = 0;
+		for (int i = 0; i < 100 && status != 503; i++) {
+			free(body);
+			body = NULL;
+			status = scrape_http(port, "GET", "/health", NULL, &body, 5000);
+			if (status != 503)
+				usleep(100000);
+		}
+		fixture_pg_start();
+		ck_assert_int_eq(status, 503);
+		ck_assert_ptr_nonnull(strstr(body, "PostgreSQL"));
+		free(body);
+		body = NULL;
+		for (int i = 0; i < 150 && status != 200; i++) {
+			free(body);
+			body = NULL;
+			status = scrape_http(port, "GET", "/health", NULL, &body, 5000);
+			if (status != 200)
+				usleep(100000);
+		}
+		ck_assert_int_eq(status, 200);
+		free(body);
+	}
+	ck_assert_int_eq(proc_stop(p), 0);
+	PQfinish(pg);
+	store_free(st);
+	proc_free(p);
+	env_fini(&e);
+}
+END_TEST
+
 static Suite *
 publish_suite(void)
 {
@@ -761,6 +878,7 @@ publish_suite(void)
 	tcase_add_test(tc, options_and_config_check);
 	tcase_add_test(tc, ctl_status_reports);
 	tcase_add_test(tc, in_process_run_and_stop);
+	tcase_add_test(tc, metrics_and_health_scraped);
 	suite_add_tcase(s, tc);
 	return s;
 }
