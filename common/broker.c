@@ -148,10 +148,11 @@ broker_url_clear(struct broker_url *u)
 
 /* ---- errors -------------------------------------------------------------- */
 
-/* The error of a failed RPC, as "CODE TEXT" from the server or the library's. */
-static void
-reply_text(amqp_rpc_reply_t r, char *buf, size_t size)
+void
+broker_reply_text(const amqp_rpc_reply_t *rp, char *buf, size_t size)
 {
+	amqp_rpc_reply_t r = *rp;
+
 	switch (r.reply_type) {
 	case AMQP_RESPONSE_NORMAL:
 		snprintf(buf, size, "ok");
@@ -204,7 +205,7 @@ check_reply(struct broker *b, amqp_rpc_reply_t r, const char *step, struct cqrs_
 
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return 0;
-	reply_text(r, why, sizeof(why));
+	broker_reply_text(&r, why, sizeof(why));
 	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
 		/* answer the close, so the server does not wait for it */
 		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {

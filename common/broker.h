@@ -172,4 +172,9 @@ uint64_t broker_confirmed(const struct broker *b);
  */
 void broker_routing_key(const char *stream, const char *type, char *buf, size_t size);
 
+/* The error of a failed RPC in words: the server's "CODE TEXT" (connection
+ * or channel closed) or the library's. For every librabbitmq caller. */
+struct amqp_rpc_reply_t_;
+void broker_reply_text(const struct amqp_rpc_reply_t_ *r, char *buf, size_t size);
+
 #endif

@@ -73,35 +73,6 @@ fail(struct mq *m, struct cqrs_err *err, int code, const char *step, const char 
 	return cqrs_err_set(err, code, "broker %s: %s: %s", m->url.name, step, why);
 }
 
-static void
-reply_text(amqp_rpc_reply_t r, char *buf, size_t size)
-{
-	switch (r.reply_type) {
-	case AMQP_RESPONSE_NORMAL:
-		snprintf(buf, size, "ok");
-		break;
-	case AMQP_RESPONSE_NONE:
-		snprintf(buf, size, "no reply");
-		break;
-	case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-		snprintf(buf, size, "%s", amqp_error_string2(r.library_error));
-		break;
-	case AMQP_RESPONSE_SERVER_EXCEPTION:
-		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-			amqp_connection_close_t *c = r.reply.decoded;
-			snprintf(buf, size, "connection closed by the broker: %u %.*s",
-				 c->reply_code, (int)c->reply_text.len, (char *)c->reply_text.bytes);
-		} else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-			amqp_channel_close_t *c = r.reply.decoded;
-			snprintf(buf, size, "channel closed by the broker: %u %.*s",
-				 c->reply_code, (int)c->reply_text.len, (char *)c->reply_text.bytes);
-		} else {
-			snprintf(buf, size, "unexpected answer %s", amqp_method_name(r.reply.id));
-		}
-		break;
-	}
-}
-
 /* The reply of a synchronous call: 0, or m broken with the reason. A channel
  * closed by the server is the server refusing something (CQRS_EINTERNAL). */
 static int
@@ -113,7 +84,7 @@ check_reply(struct mq *m, amqp_rpc_reply_t r, int channel, const char *step,
 
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return 0;
-	reply_text(r, why, sizeof(why));
+	broker_reply_text(&r, why, sizeof(why));
 	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
 		/* answer the close, so the server does not wait for it */
 		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
