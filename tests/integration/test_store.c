@@ -709,6 +709,7 @@ main(void)
 	SRunner *sr = srunner_create(store_suite());
 	int failed;
 
+	(void)fixture_pg_admin_conninfo();	/* one cluster for every forked test */
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

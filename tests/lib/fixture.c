@@ -61,12 +61,14 @@ fixture_run(const char *cmdline, char **out)
 static void
 stop_own_cluster(void)
 {
-	char cmd[600];
+	char cmd[600], top[256];
 
 	if (getpid() != owner_pid)
 		return;
+	/* the cluster is TOP/pg in a folder of our own: remove TOP */
+	snprintf(top, sizeof(top), "%.*s", (int)(strrchr(pg_dir, '/') - pg_dir), pg_dir);
 	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s >/dev/null 2>&1; rm -rf %s",
-		 CQRS_SRCDIR, pg_dir, pg_dir);
+		 CQRS_SRCDIR, pg_dir, top);
 	if (system(cmd) != 0)
 		fprintf(stderr, "fixture: could not stop PostgreSQL in %s\n", pg_dir);
 }
