@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <json-c/json.h>
 
@@ -599,7 +600,15 @@ run_handlers(struct consumer *c, const struct cqrs_event *ev, char *reason, size
 		if (!routing_match(h->pattern, key))
 			continue;
 		event_ctx_init(&ctx, h, &log, (struct pg_conn *)c->pg, ev, &c->ops);
-		r = h->fn(&ctx, ev);
+		{
+			struct timespec t0, t1;
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			r = h->fn(&ctx, ev);
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			httpd_hist_observe_us(&c->stats.handler_time,
+					      (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 +
+							 (t1.tv_nsec - t0.tv_nsec) / 1000));
+		}
 		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK)
 			return CQRS_EUNAVAILABLE;
 		if (r == CQRS_HANDLED_OK) {

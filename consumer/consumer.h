@@ -109,6 +109,7 @@ struct consumer_stats {
 	_Atomic uint64_t held;		/* of them, waiting for a retry */
 	atomic_bool pg_up, mq_up, live;
 	struct httpd_hist batch_time;	/* live batches, from BEGIN to COMMIT */
+	struct httpd_hist handler_time;	/* one handler on one event (every handler) */
 };
 
 struct consumer {

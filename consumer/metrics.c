@@ -20,6 +20,7 @@
  *   cqrs_consumer_live                       1 once caught up with the store
  *   cqrs_consumer_postgresql_up, _rabbitmq_up
  *   cqrs_consumer_batch_seconds              histogram, live batches
+ *   cqrs_consumer_handler_seconds            histogram, one handler on one event
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -91,6 +92,9 @@ metrics(void *arg, struct evbuffer *out)
 	httpd_hist_write(out, "cqrs_consumer_batch_seconds",
 			 "Live batches, from BEGIN to COMMIT (acks not included).", labels,
 			 &s->batch_time);
+	httpd_hist_write(out, "cqrs_consumer_handler_seconds",
+			 "One handler on one event (live, catch-up and replay).", labels,
+			 &s->handler_time);
 }
 
 int

@@ -260,6 +260,11 @@ START_TEST(projection_equals_store)
 		ck_assert_msg(strstr(m, "cqrs_consumer_live{consumer=\"projections\"} 1") != NULL,
 			      "%s", m);
 		ck_assert_msg(strstr(m, "cqrs_consumer_batch_seconds_count") != NULL, "%s", m);
+		/* one handler in the group: one timing per event handled */
+		snprintf(want, sizeof(want),
+			 "cqrs_consumer_handler_seconds_count{consumer=\"projections\"} %lld",
+			 events_total(&e));
+		ck_assert_msg(strstr(m, want) != NULL, "no \"%s\" in\n%s", want, m);
 		free(health);
 		free(m);
 	}
