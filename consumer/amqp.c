@@ -41,6 +41,7 @@
 
 #define CH_CONSUME 1
 #define CH_PUBLISH 2
+#define CH_STATUS 3	/* passive declares only: no deliveries, no confirms */
 #define FRAME_MAX 131072
 #define DELIVERY_PERSISTENT 2
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
@@ -50,6 +51,7 @@ struct mq {
 	struct broker_url url;
 	bool broken;
 	bool publish_open;		/* channel 2 open, in tx mode */
+	bool status_open;		/* channel 3 open */
 	bool consuming;
 	char tag[128];			/* consumer tag given by the broker */
 };
@@ -637,6 +639,34 @@ mq_poll(struct mq *m, struct cqrs_err *err)
 	    (frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
 	     frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD))
 		return fail(m, err, CQRS_EUNAVAILABLE, "poll", "closed by the broker");
+	return 0;
+}
+
+/*
+ * Messages ready in queue, by a passive queue.declare on a channel of its
+ * own: deliveries on the consuming channel that arrive meanwhile are kept
+ * by librabbitmq for mq_next().
+ */
+int
+mq_queue_depth(struct mq *m, const char *queue, uint64_t *ready, struct cqrs_err *err)
+{
+	amqp_queue_declare_ok_t *ok;
+	int rc;
+
+	if ((rc = check_usable(m, "queue depth", err)) < 0)
+		return rc;
+	if (!m->status_open) {
+		amqp_channel_open(m->conn, CH_STATUS);
+		if ((rc = check_reply(m, amqp_get_rpc_reply(m->conn), CH_STATUS, "channel.open",
+				      err)) < 0)
+			return rc;
+		m->status_open = true;
+	}
+	ok = amqp_queue_declare(m->conn, CH_STATUS, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+				amqp_empty_table);
+	if ((rc = check_reply(m, amqp_get_rpc_reply(m->conn), CH_STATUS, "queue depth", err)) < 0)
+		return rc;
+	*ready = ok != NULL ? ok->message_count : 0;
 	return 0;
 }
 

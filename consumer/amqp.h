@@ -119,6 +119,9 @@ int mq_next(struct mq *m, int timeout_ms, struct mq_msg *msg, struct cqrs_err *e
 /* Services heartbeats and notices a close without waiting. */
 int mq_poll(struct mq *m, struct cqrs_err *err) __attribute__((warn_unused_result));
 
+/* Messages ready (not yet delivered) in queue. */
+int mq_queue_depth(struct mq *m, const char *queue, uint64_t *ready, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
 int mq_ack(struct mq *m, uint64_t tag, bool multiple, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 int mq_reject(struct mq *m, uint64_t tag, bool requeue, struct cqrs_err *err)

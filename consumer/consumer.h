@@ -107,6 +107,7 @@ struct consumer_stats {
 	_Atomic uint64_t caught_up;	/* events fed from the store (catch-up, replay) */
 	_Atomic uint64_t in_hand;	/* deliveries not acked yet */
 	_Atomic uint64_t held;		/* of them, waiting for a retry */
+	_Atomic uint64_t queue_ready;	/* messages waiting in the queue (status_interval) */
 	atomic_bool pg_up, mq_up, live;
 	struct httpd_hist batch_time;	/* live batches, from BEGIN to COMMIT */
 	struct httpd_hist handler_time;	/* one handler on one event (every handler) */

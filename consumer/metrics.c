@@ -15,6 +15,8 @@
  *   cqrs_consumer_retries_total              handler outcomes "retry"
  *   cqrs_consumer_dead_lettered_total        events sent to the dead-letter queue
  *   cqrs_consumer_batches_total              committed transactions
+ *   cqrs_consumer_lag_events                 the consumer's lag: messages ready in
+ *                                            its queue plus those in hand
  *   cqrs_consumer_in_hand, _held             deliveries not acked; of them
  *                                            waiting for a retry
  *   cqrs_consumer_live                       1 once caught up with the store
@@ -81,6 +83,10 @@ metrics(void *arg, struct evbuffer *out)
 	       "Committed transactions.", atomic_load(&s->batches));
 	series(out, labels, "cqrs_consumer_in_hand", "gauge", "Deliveries not acked yet.",
 	       atomic_load(&s->in_hand));
+	series(out, labels, "cqrs_consumer_lag_events", "gauge",
+	       "Events published for this consumer and not yet handled: waiting in its "
+	       "queue (measured every status_interval) or in hand.",
+	       atomic_load(&s->queue_ready) + atomic_load(&s->in_hand));
 	series(out, labels, "cqrs_consumer_held", "gauge",
 	       "Deliveries waiting for a retry after a backoff.", atomic_load(&s->held));
 	series(out, labels, "cqrs_consumer_live", "gauge",

@@ -596,6 +596,16 @@ status(struct live *L, bool force)
 	if (!force && now < L->next_status)
 		return;
 	L->next_status = now + c->cfg->status_ms;
+	if (L->mq != NULL && L->consuming && mq_ok(L->mq)) {
+		/* the backlog behind what is in hand, for /metrics; a failure
+		 * breaks the connection, which the loop then makes again */
+		struct cqrs_err err = { 0 };
+		uint64_t ready = 0;
+		if (mq_queue_depth(L->mq, c->cfg->queue, &ready, &err) == 0)
+			atomic_store(&c->stats.queue_ready, ready);
+		else
+			cqrs_log_warn(&c->log, "%s", err.msg);
+	}
 	if (!L->ready_sent)
 		return;
 	sdnotify_status("live: %" PRIu64 " events handled, %" PRIu64 " duplicates, %zu in hand, "

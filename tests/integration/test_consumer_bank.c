@@ -229,7 +229,7 @@ START_TEST(projection_equals_store)
 	struct cons *p, *n;
 	long long large;
 
-	env_init(&e, "[consumer.projections]\nhttp = 0\n");
+	env_init(&e, "[consumer.projections]\nhttp = 0\nstatus_interval = 200ms\n");
 	env_tracker(&e);
 	p = consumer(&e, "projections");
 	n = consumer(&e, "notifications");
@@ -260,6 +260,16 @@ START_TEST(projection_equals_store)
 		ck_assert_msg(strstr(m, "cqrs_consumer_live{consumer=\"projections\"} 1") != NULL,
 			      "%s", m);
 		ck_assert_msg(strstr(m, "cqrs_consumer_batch_seconds_count") != NULL, "%s", m);
+		/* caught up: nothing waits in the queue or in hand (the queue's
+		 * depth is measured every status_interval) */
+		for (int i = 0; i < 50 && strstr(m, "cqrs_consumer_lag_events{consumer=\"projections\"} 0\n")
+				 == NULL; i++) {
+			free(m);
+			usleep(100000);
+			m = cons_http_get(p, "/metrics");
+		}
+		ck_assert_msg(strstr(m, "cqrs_consumer_lag_events{consumer=\"projections\"} 0\n") != NULL,
+			      "lag never 0:\n%s", m);
 		/* one handler in the group: one timing per event handled */
 		snprintf(want, sizeof(want),
 			 "cqrs_consumer_handler_seconds_count{consumer=\"projections\"} %lld",
