@@ -598,6 +598,25 @@ START_TEST(commit_safe_read_all_skips_nothing)
 }
 END_TEST
 
+/* The folder of a cluster one test starts: named by main() before the tests
+ * fork, so that main() stops it afterwards even when a failed assertion
+ * ended the test early. */
+static char own_cluster[256];
+
+static void
+stop_own_cluster(void)
+{
+	char cmd[700];
+
+	if (own_cluster[0] == '\0')
+		return;
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s/pg >/dev/null 2>&1; rm -rf %s",
+		 CQRS_SRCDIR, own_cluster, own_cluster);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not stop the PostgreSQL in %s\n", own_cluster);
+	own_cluster[0] = '\0';
+}
+
 /*
  * Transaction ids grow past a power of ten while events are written: the
  * commit-safe order must compare them as numbers ("1000" after "999"). A
@@ -605,7 +624,7 @@ END_TEST
  */
 START_TEST(read_all_orders_xids_as_numbers)
 {
-	char *dir = fixture_tmpdir();
+	char *dir = strdup(own_cluster);
 	char cmd[1024], *out = NULL, *ci;
 	struct store *st;
 	struct cqrs_err err = { 0 };
@@ -652,9 +671,7 @@ START_TEST(read_all_orders_xids_as_numbers)
 	ck_assert_int_eq(store_read_all(st, &cp, 10, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 0);
 	store_free(st);
-	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/pg.sh stop %s/pg >/dev/null 2>&1; rm -rf %s",
-		 CQRS_SRCDIR, dir, dir);
-	ck_assert_int_eq(fixture_run(cmd, NULL), 0);
+	stop_own_cluster();
 	free(out);
 	free(dir);
 }
@@ -710,7 +727,13 @@ main(void)
 	int failed;
 
 	(void)fixture_pg_admin_conninfo();	/* one cluster for every forked test */
+	{
+		char *dir = fixture_tmpdir();
+		snprintf(own_cluster, sizeof(own_cluster), "%s", dir);
+		free(dir);
+	}
 	srunner_run_all(sr, CK_NORMAL);
+	stop_own_cluster();
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return failed == 0 ? 0 : 1;
