@@ -93,29 +93,6 @@ track(struct cons *c, bool on)
 	}
 }
 
-static char *
-slurp(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char *buf = NULL;
-	size_t len = 0, cap = 0, got;
-
-	if (f == NULL)
-		return strdup("");
-	do {
-		if (cap - len < 4096) {
-			cap = cap ? cap * 2 : 8192;
-			buf = realloc(buf, cap);
-			ck_assert_ptr_nonnull(buf);
-		}
-		got = fread(buf + len, 1, cap - len - 1, f);
-		len += got;
-	} while (got > 0);
-	fclose(f);
-	buf[len] = '\0';
-	return buf;
-}
-
 void
 cons_set_config(struct cons *c, const char *config_text)
 {
@@ -241,7 +218,7 @@ cons_spawn(struct cons *c)
 static bool
 log_since_start(struct cons *c, const char *needle)
 {
-	char *log = slurp(c->log_path);
+	char *log = fixture_read_file(c->log_path);
 	bool found = strlen(log) >= c->log_mark && strstr(log + c->log_mark, needle) != NULL;
 
 	free(log);
@@ -371,32 +348,19 @@ cons_config_path(const struct cons *c)
 char *
 cons_log(const struct cons *c)
 {
-	return slurp(c->log_path);
+	return fixture_read_file(c->log_path);
 }
 
 char *
 cons_log_tail(const struct cons *c, int lines)
 {
-	char *log = slurp(c->log_path);
-	size_t len = strlen(log);
-	int seen = 0;
-	char *p = log + len;
-	char *tail;
-
-	while (p > log && seen <= lines) {
-		p--;
-		if (*p == '\n')
-			seen++;
-	}
-	tail = strdup(p);
-	free(log);
-	return tail;
+	return fixture_file_tail(c->log_path, lines);
 }
 
 int
 cons_log_count(const struct cons *c, const char *needle)
 {
-	char *log = slurp(c->log_path);
+	char *log = fixture_read_file(c->log_path);
 	int n = 0;
 
 	for (const char *p = log; (p = strstr(p, needle)) != NULL; p += strlen(needle))

@@ -83,29 +83,6 @@ xstrdup(const char *s)
 	return r;
 }
 
-static char *
-read_file(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char *buf = NULL;
-	size_t len = 0, cap = 0, got;
-
-	if (f == NULL)
-		return xstrdup("");
-	do {
-		if (cap - len < 4096) {
-			cap = cap ? cap * 2 : 8192;
-			buf = realloc(buf, cap);
-			ck_assert_ptr_nonnull(buf);
-		}
-		got = fread(buf + len, 1, cap - len - 1, f);
-		len += got;
-	} while (got > 0);
-	fclose(f);
-	buf[len] = '\0';
-	return buf;
-}
-
 /* Status from waitpid() as an exit code, 128 + signal when killed. */
 static int
 exit_code(int status)
@@ -586,29 +563,13 @@ daemon_log_path(const struct daemon *d)
 char *
 daemon_log(const struct daemon *d)
 {
-	return read_file(d->log_path);
+	return fixture_read_file(d->log_path);
 }
 
 char *
 daemon_log_tail(const struct daemon *d, int n)
 {
-	char *all = daemon_log(d);
-	size_t len = strlen(all);
-	char *p = all + len;
-	char *r;
-
-	if (p > all && p[-1] == '\n')
-		p--;
-	while (p > all && n > 0) {
-		p--;
-		if (*p == '\n')
-			n--;
-	}
-	if (*p == '\n')
-		p++;
-	r = xstrdup(p);
-	free(all);
-	return r;
+	return fixture_file_tail(d->log_path, n);
 }
 
 bool

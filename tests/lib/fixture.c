@@ -256,6 +256,54 @@ fixture_plugin(const char *name)
 }
 
 char *
+fixture_read_file(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, got;
+
+	if (f == NULL) {
+		buf = strdup("");
+		ck_assert_ptr_nonnull(buf);
+		return buf;
+	}
+	do {
+		if (cap - len < 4096) {
+			cap = cap ? cap * 2 : 8192;
+			buf = realloc(buf, cap);
+			ck_assert_ptr_nonnull(buf);
+		}
+		got = fread(buf + len, 1, cap - len - 1, f);
+		len += got;
+	} while (got > 0);
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+char *
+fixture_file_tail(const char *path, int n)
+{
+	char *all = fixture_read_file(path);
+	char *s = all + strlen(all);
+	char *r;
+
+	if (s > all && s[-1] == '\n')
+		s--;
+	while (s > all && n > 0) {
+		s--;
+		if (*s == '\n')
+			n--;
+	}
+	if (*s == '\n')
+		s++;
+	r = strdup(s);
+	free(all);
+	ck_assert_ptr_nonnull(r);
+	return r;
+}
+
+char *
 fixture_tmpdir(void)
 {
 	char tmpl[] = "/tmp/cqrs-t.XXXXXX";

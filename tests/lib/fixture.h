@@ -47,6 +47,13 @@ const char *fixture_plugin(const char *name);
  * (malloc'd, may be NULL) when out is given. */
 int fixture_run(const char *cmdline, char **out);
 
+/* The whole of a file, NUL-terminated (malloc'd); "" when it cannot be
+ * opened (a daemon that has not written its log yet). */
+char *fixture_read_file(const char *path);
+
+/* Its last n lines (malloc'd), for failure messages. */
+char *fixture_file_tail(const char *path, int n);
+
 /* A fresh temporary directory with a short path (for sockets). */
 char *fixture_tmpdir(void);
 

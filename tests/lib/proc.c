@@ -59,29 +59,6 @@ proc_now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static char *
-slurp(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char *buf = NULL;
-	size_t len = 0, cap = 0, got;
-
-	if (f == NULL)
-		return strdup("");
-	do {
-		if (cap - len < 4096) {
-			cap = cap ? cap * 2 : 8192;
-			buf = realloc(buf, cap);
-			ck_assert_ptr_nonnull(buf);
-		}
-		got = fread(buf + len, 1, cap - len - 1, f);
-		len += got;
-	} while (got > 0);
-	fclose(f);
-	buf[len] = '\0';
-	return buf;
-}
-
 /* Procs alive in this process, killed at exit(). */
 static struct proc *live[16];
 static pid_t live_owner;
@@ -502,29 +479,13 @@ proc_config_path(const struct proc *p)
 char *
 proc_log(const struct proc *p)
 {
-	return slurp(p->log_path);
+	return fixture_read_file(p->log_path);
 }
 
 char *
 proc_log_tail(const struct proc *p, int n)
 {
-	char *all = proc_log(p);
-	char *s = all + strlen(all);
-	char *r;
-
-	if (s > all && s[-1] == '\n')
-		s--;
-	while (s > all && n > 0) {
-		s--;
-		if (*s == '\n')
-			n--;
-	}
-	if (*s == '\n')
-		s++;
-	r = strdup(s);
-	free(all);
-	ck_assert_ptr_nonnull(r);
-	return r;
+	return fixture_file_tail(p->log_path, n);
 }
 
 int
