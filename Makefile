@@ -81,10 +81,12 @@ $(B)/obj/%.o: %.c $(FLAGS_STAMP)
 	$(say) CC $<
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(LIB_SO): $(LIB_OBJS)
+LIB_MAP := common/libcqrs.map
+$(LIB_SO): $(LIB_OBJS) $(LIB_MAP)
 	@mkdir -p $(@D)
 	$(say) LD $@
-	$(Q)$(CC) -shared -Wl,-soname,libcqrs.so.$(ABI_MAJOR) -o $@.$(ABI_MAJOR) $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lm
+	$(Q)$(CC) -shared -Wl,-soname,libcqrs.so.$(ABI_MAJOR) -Wl,--version-script=$(LIB_MAP) \
+		-o $@.$(ABI_MAJOR) $(LIB_OBJS) $(ALL_LDFLAGS) $(PKG_LIBS) -lm
 	$(Q)ln -sf libcqrs.so.$(ABI_MAJOR) $@
 
 $(LIB_A): $(LIB_OBJS)

@@ -79,7 +79,7 @@ queue_depth(const char *url, const char *queue)
 	amqp_queue_declare_ok_t *ok;
 	long n;
 
-	if (broker_url_parse(url, &u, &err) < 0)
+	if (cqrs_broker_url_parse(url, &u, &err) < 0)
 		die("%s", err.msg);
 	conn = amqp_new_connection();
 	sock = amqp_tcp_socket_new(conn);
@@ -95,7 +95,7 @@ queue_depth(const char *url, const char *queue)
 		(void)amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
 	(void)amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
 	amqp_destroy_connection(conn);
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 	return n;
 }
 
@@ -215,7 +215,7 @@ latency(const char *socket, const char *conninfo, int accounts, double rate, dou
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		die("LISTEN: %s", PQerrorMessage(pg));
 	PQclear(res);
-	if (cmdclient_connect(socket, 5000, &cli, &err) < 0)
+	if (cqrs_cmdclient_connect(socket, 5000, &cli, &err) < 0)
 		die("%s", err.msg);
 	start = next = now_s();
 	for (unsigned i = 0; now_s() - start < seconds && n < cap; i++) {
@@ -231,7 +231,7 @@ latency(const char *socket, const char *conninfo, int accounts, double rate, dou
 		snprintf(line, sizeof(line),
 			 "{\"command\":\"account.deposit\",\"aggregate_id\":\"%s\",\"data\":{\"amount\":1}}",
 			 account);
-		if (cmdclient_call(cli, line, 10000, &answer, &err) < 0)
+		if (cqrs_cmdclient_call(cli, line, 10000, &answer, &err) < 0)
 			die("%s", err.msg);
 		acked = now_s();
 		o = json_tokener_parse(answer);
@@ -267,7 +267,7 @@ latency(const char *socket, const char *conninfo, int accounts, double rate, dou
 	printf("latency: %zu commands at %.0f/s: ack -> projection committed p50 %.2f ms, "
 	       "p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 	       n, rate, pct(lat, n, 0.50), pct(lat, n, 0.90), pct(lat, n, 0.99), lat[n - 1]);
-	cmdclient_free(cli);
+	cqrs_cmdclient_free(cli);
 	PQfinish(pg);
 	free(lat);
 	free(seen);

@@ -231,7 +231,7 @@ preload(void)
 	PQfinish(pg);
 
 	msgs = calloc((size_t)nevents, sizeof(*msgs));
-	if (msgs == NULL || store_connect(conninfo, &st, &err) < 0)
+	if (msgs == NULL || cqrs_store_connect(conninfo, &st, &err) < 0)
 		die("store: %s", err.msg);
 	while (nmsgs < nevents) {
 		struct store_events evs;
@@ -239,24 +239,24 @@ preload(void)
 		const char *params[2] = { xid, pos };
 		PGresult *res;
 
-		/* (not store_read_all: its ORDER BY sorts the xid as text) */
+		/* (not cqrs_store_read_all: its ORDER BY sorts the xid as text) */
 		snprintf(xid, sizeof(xid), "%" PRIu64, cp.xid);
 		snprintf(pos, sizeof(pos), "%" PRId64, cp.position);
-		res = PQexecParams(store_pg(st),
+		res = PQexecParams(cqrs_store_pg(st),
 				   "SELECT e.id, e.stream, e.version, e.position, e.type, e.data::text, "
 				   "e.metadata::text, to_char(e.recorded_at AT TIME ZONE 'UTC', "
 				   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), e.xid::text FROM cqrs.events e "
 				   "WHERE (e.xid, e.position) > ($1::xid8, $2::bigint) "
 				   "ORDER BY e.xid, e.position LIMIT 10000", 2, NULL, params, NULL, NULL, 0);
-		if (PQresultStatus(res) != PGRES_TUPLES_OK || store_events_parse(res, &evs, &err) < 0)
-			die("read: %s%s", PQerrorMessage(store_pg(st)), err.msg);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || cqrs_store_events_parse(res, &evs, &err) < 0)
+			die("read: %s%s", PQerrorMessage(cqrs_store_pg(st)), err.msg);
 		PQclear(res);
 		if (evs.n == 0)
 			die("read: only %ld events", nmsgs);
 		for (size_t i = 0; i < evs.n; i++) {
 			struct msg *m = &msgs[nmsgs++];
 			const struct cqrs_event *ev = evs.ev[i];
-			m->body = envelope_encode(ev);
+			m->body = cqrs_envelope_encode(ev);
 			snprintf(m->key, sizeof(m->key), "%.*s.%s", (int)strcspn(ev->stream, "-"),
 				 ev->stream, ev->type);
 			snprintf(m->id, sizeof(m->id), "%s", ev->id);
@@ -266,9 +266,9 @@ preload(void)
 			m->position = ev->position;
 		}
 		cp = evs.at[evs.n - 1];
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 	}
-	store_free(st);
+	cqrs_store_free(st);
 	printf("preloaded %ld events in %.1f s (bodies ~%zu bytes)\n", nevents,
 	       (now_ms() - t0) / 1000, strlen(msgs[0].body));
 }
@@ -568,7 +568,7 @@ latency(void)
 	double *p99 = calloc((size_t)runs, sizeof(double));
 	long per_run = (long)rate * seconds;
 
-	if (store_connect(conninfo, &st, &err) < 0)
+	if (cqrs_store_connect(conninfo, &st, &err) < 0)
 		die("store: %s", err.msg);
 	if (notify_async)
 		pg_exec(notify, "SET synchronous_commit TO off");
@@ -578,7 +578,7 @@ latency(void)
 	for (int r = 0; r < runs; r++) {
 		struct consumer k = { .c = mq_open() };
 		struct child ch;
-		struct hmap *committed = hmap_new();
+		struct hmap *committed = cqrs_hmap_new();
 		double *commit_at = calloc((size_t)per_run, sizeof(double));
 		double *lat = calloc((size_t)per_run, sizeof(double));
 		double *nlat_ = calloc((size_t)per_run, sizeof(double));
@@ -628,12 +628,12 @@ latency(void)
 				usleep((useconds_t)(wait * 1000));
 			next += 1000.0 / rate;
 			snprintf(stream, sizeof(stream), "lat%d-%ld", r, i % 50);
-			if (store_append(st, stream, STORE_ANY, &in, 1, NULL, &res, &err) < 0)
+			if (cqrs_store_append(st, stream, STORE_ANY, &in, 1, NULL, &res, &err) < 0)
 				die("append: %s", err.msg);
 			commit_at[i] = now_ms();
-			if (hmap_put(committed, res.events[0].id, &commit_at[i]) < 0)
+			if (cqrs_hmap_put(committed, res.events[0].id, &commit_at[i]) < 0)
 				die("out of memory");
-			store_append_result_clear(&res);
+			cqrs_store_append_result_clear(&res);
 			PQclear(PQexec(notify, "NOTIFY cqrs_events"));
 			nlat_[i] = now_ms() - commit_at[i];
 			drain(&ch);
@@ -645,7 +645,7 @@ latency(void)
 		pthread_join(th, NULL);
 		stop_tracker(&ch);
 		for (long i = 0; i < k.n; i++) {
-			double *c = hmap_get(committed, k.got[i].id);
+			double *c = cqrs_hmap_get(committed, k.got[i].id);
 			if (c != NULL)
 				lat[nlat++] = k.got[i].at - *c;
 		}
@@ -665,13 +665,13 @@ latency(void)
 		free(commit_at);
 		free(lat);
 		free(nlat_);
-		hmap_free(committed);
+		cqrs_hmap_free(committed);
 	}
 	printf("== median of %d runs: p50 %.2f ms, p99 %.2f ms (target p99 < 10 ms)\n", runs,
 	       median(p50, runs), median(p99, runs));
 	free(p50);
 	free(p99);
-	store_free(st);
+	cqrs_store_free(st);
 	PQfinish(notify);
 	PQfinish(pg);
 }

@@ -32,17 +32,17 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	if ((rc = config_check_keys(cfg, "cmd", cmd_keys, err)) < 0)
+	if ((rc = cqrs_config_check_keys(cfg, "cmd", cmd_keys, err)) < 0)
 		return rc;
-	out->conninfo = dup_or_null(config_get(cfg, "store", "conninfo", NULL));
+	out->conninfo = dup_or_null(cqrs_config_get(cfg, "store", "conninfo", NULL));
 	if (out->conninfo == NULL || out->conninfo[0] == '\0')
 		return cqrs_err_set(err, CQRS_ECONFIG,
 				    "store.conninfo is not set (config [store] conninfo, or CQRS_STORE_CONNINFO)");
-	out->socket_path = dup_or_null(config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
-	out->socket_group = dup_or_null(config_get(cfg, "cmd", "socket_group", NULL));
-	out->plugins = dup_or_null(config_get(cfg, "cmd", "plugins", ""));
+	out->socket_path = dup_or_null(cqrs_config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
+	out->socket_group = dup_or_null(cqrs_config_get(cfg, "cmd", "socket_group", NULL));
+	out->plugins = dup_or_null(cqrs_config_get(cfg, "cmd", "plugins", ""));
 	{
-		const char *m = config_get(cfg, "cmd", "socket_mode", "0660");
+		const char *m = cqrs_config_get(cfg, "cmd", "socket_mode", "0660");
 		char *end;
 		long mode = strtol(m, &end, 8);
 		if (end == m || *end != '\0' || mode < 0 || mode > 0777)
@@ -50,31 +50,31 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 					    "cmd.socket_mode: \"%s\" is not an octal mode like 0660", m);
 		out->socket_mode = (int)mode;
 	}
-	if ((rc = config_get_int(cfg, "cmd", "pool_size", 8, 1, 256, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "pool_size", 8, 1, 256, &v, err)) < 0)
 		return rc;
 	out->pool_size = (int)v;
-	if ((rc = config_get_int(cfg, "cmd", "max_connections", 1024, 1, 1000000, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_connections", 1024, 1, 1000000, &v, err)) < 0)
 		return rc;
 	out->max_connections = (int)v;
-	if ((rc = config_get_int(cfg, "cmd", "max_request_bytes", 1024 * 1024, 256,
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_request_bytes", 1024 * 1024, 256,
 				 64 * 1024 * 1024, &out->max_request_bytes, err)) < 0)
 		return rc;
-	if ((rc = config_get_ms(cfg, "cmd", "idle_timeout", 300000, 100, 86400000,
+	if ((rc = cqrs_config_get_ms(cfg, "cmd", "idle_timeout", 300000, 100, 86400000,
 				&out->idle_timeout_ms, err)) < 0)
 		return rc;
-	if ((rc = config_get_int(cfg, "cmd", "cache_size", 10000, 1, 100000000, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "cache_size", 10000, 1, 100000000, &v, err)) < 0)
 		return rc;
 	out->cache_size = (int)v;
-	if ((rc = config_get_int(cfg, "cmd", "snapshot_every", 500, 0, 100000000, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "snapshot_every", 500, 0, 100000000, &v, err)) < 0)
 		return rc;
 	out->snapshot_every = (int)v;
-	if ((rc = config_get_int(cfg, "cmd", "max_retries", 5, 0, 1000, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_retries", 5, 0, 1000, &v, err)) < 0)
 		return rc;
 	out->max_retries = (int)v;
-	if ((rc = config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
 		return rc;
 	out->max_pipeline = (int)v;
-	if ((rc = httpd_config_load(cfg, "cmd", &out->http, err)) < 0)
+	if ((rc = cqrs_httpd_config_load(cfg, "cmd", &out->http, err)) < 0)
 		return rc;
 	if (out->socket_path == NULL || out->plugins == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
@@ -117,17 +117,17 @@ tick(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (!d->ready && pool_up(d->pool) > 0) {
 		d->ready = true;
-		sdnotify_ready("accepting commands");
+		cqrs_sdnotify_ready("accepting commands");
 		cqrs_log_info(&d->log, "ready: %d PostgreSQL connections", pool_up(d->pool));
 	}
 	if (d->ready && !d->stopping)
-		sdnotify_status("%d clients, %d aggregates cached, %llu commands (%llu ok, %llu failed), "
+		cqrs_sdnotify_status("%d clients, %d aggregates cached, %llu commands (%llu ok, %llu failed), "
 				"store connections %d/%d", d->n_clients, d->n_aggs,
 				(unsigned long long)d->stats.requests, (unsigned long long)d->stats.ok,
 				(unsigned long long)d->stats.failed, pool_up(d->pool), d->cfg.pool_size);
 	/* the loop turns: tell systemd's watchdog, at half its interval */
 	if (d->ready && d->watchdog_us > 0 && mono_us() - d->watchdog_last_us >= d->watchdog_us) {
-		sdnotify_watchdog();
+		cqrs_sdnotify_watchdog();
 		d->watchdog_last_us = mono_us();
 	}
 	if (d->stopping) {
@@ -142,7 +142,7 @@ cmdd_begin_shutdown(struct cmdd *d)
 	if (d->stopping)
 		return;
 	d->stopping = true;
-	sdnotify_stopping();
+	cqrs_sdnotify_stopping();
 	cqrs_log_info(&d->log, "stopping: finishing %d commands in flight", pool_pending(d->pool));
 	server_close(d);
 	server_close_idle(d);
@@ -162,19 +162,19 @@ reload(struct cmdd *d)
 
 	if (d->config_path == NULL)
 		return;
-	sdnotify_reloading();
-	if (config_load(d->config_path, &cfg, &err) < 0) {
+	cqrs_sdnotify_reloading();
+	if (cqrs_config_load(d->config_path, &cfg, &err) < 0) {
 		cqrs_log_error(&d->log, "reload: %s (keeping the running configuration)", err.msg);
-	} else if ((level = cqrs_log_level_parse(config_get(cfg, "log", "level", "info"))) < 0) {
+	} else if ((level = cqrs_log_level_parse(cqrs_config_get(cfg, "log", "level", "info"))) < 0) {
 		cqrs_log_error(&d->log, "reload: log.level \"%s\" is not error, warn, info or debug",
-			       config_get(cfg, "log", "level", ""));
+			       cqrs_config_get(cfg, "log", "level", ""));
 	} else {
 		cqrs_log_set_level(level);
 		cqrs_log_warn(&d->log, "reloaded %s: log.level=%s; other keys take effect at restart",
 			      d->config_path, cqrs_log_level_name(level));
 	}
-	config_free(cfg);
-	sdnotify_ready(NULL);
+	cqrs_config_free(cfg);
+	cqrs_sdnotify_ready(NULL);
 }
 
 static void
@@ -211,8 +211,8 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	d->log.comp = "cmdd";
 	TAILQ_INIT(&d->clients);
 	TAILQ_INIT(&d->lru);
-	d->aggs = hmap_new();
-	d->inflight = hmap_new();
+	d->aggs = cqrs_hmap_new();
+	d->inflight = cqrs_hmap_new();
 	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store");
 	d->notify = pool_new(base, cfg->conninfo, 1, "cmdd.notify");
 	if (d->aggs == NULL || d->inflight == NULL || d->pool == NULL || d->notify == NULL)
@@ -222,7 +222,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 		return rc;
 	if ((rc = metrics_start(d, err)) < 0)
 		return rc;
-	d->watchdog_us = sdnotify_watchdog_usec() / 2;
+	d->watchdog_us = cqrs_sdnotify_watchdog_usec() / 2;
 	d->sig_term = evsignal_new(base, SIGTERM, on_signal, d);
 	d->sig_int = evsignal_new(base, SIGINT, on_signal, d);
 	d->sig_pipe = evsignal_new(base, SIGPIPE, on_signal, d);
@@ -273,7 +273,7 @@ cmdd_fini(struct cmdd *d)
 	pool_free(d->notify);
 	if (d->aggs != NULL)
 		exec_free_aggs(d);
-	hmap_free(d->aggs);
-	hmap_free(d->inflight);
+	cqrs_hmap_free(d->aggs);
+	cqrs_hmap_free(d->inflight);
 	cmdd_config_clear(&d->cfg);
 }

@@ -73,7 +73,7 @@ agg_free(struct cmdd *d, struct agg *a)
 {
 	if (a->in_lru)
 		TAILQ_REMOVE(&d->lru, a, lru);
-	hmap_del(d->aggs, a->stream);
+	cqrs_hmap_del(d->aggs, a->stream);
 	d->n_aggs--;
 	if (a->state != NULL && a->type->type.state_free != NULL)
 		a->type->type.state_free(a->state);
@@ -92,7 +92,7 @@ cache_trim(struct cmdd *d)
 static struct agg *
 agg_get(struct cmdd *d, const char *stream, const struct reg_aggregate *type)
 {
-	struct agg *a = hmap_get(d->aggs, stream);
+	struct agg *a = cqrs_hmap_get(d->aggs, stream);
 
 	if (a != NULL) {
 		if (a->in_lru) {
@@ -107,7 +107,7 @@ agg_get(struct cmdd *d, const char *stream, const struct reg_aggregate *type)
 	a->stream = strdup(stream);
 	a->type = type;
 	TAILQ_INIT(&a->waiting);
-	if (a->stream == NULL || hmap_put(d->aggs, stream, a) < 0) {
+	if (a->stream == NULL || cqrs_hmap_put(d->aggs, stream, a) < 0) {
 		free(a->stream);
 		free(a);
 		return NULL;
@@ -243,7 +243,7 @@ snapshot_done(void *arg, PGresult *res, PGconn *pg)
 
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
 		struct cqrs_err err;
-		store_result_error(res, pg, "snapshot", &err);
+		cqrs_store_result_error(res, pg, "snapshot", &err);
 		cqrs_log_warn(&w->d->log, "could not write snapshot of %s at version %s: %s",
 			      w->stream, w->version, err.msg);
 	} else {
@@ -302,7 +302,7 @@ load_done(void *arg, PGresult *res, PGconn *pg)
 	int rows;
 
 	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		int rc = store_result_error(res, pg, "loading the aggregate", &err);
+		int rc = cqrs_store_result_error(res, pg, "loading the aggregate", &err);
 		answer_error(job, code_of(rc), "%s: %s", a->stream, err.msg);
 		return;
 	}
@@ -368,7 +368,7 @@ load_done(void *arg, PGresult *res, PGconn *pg)
 			cqrs_err_set(&err, CQRS_EINTERNAL, "version %" PRId64 " follows %" PRId64,
 				     version, a->version);
 		} else if (data != NULL && meta != NULL) {
-			rc = aggregate_apply(d->reg, a->type, a->state, &ev, &err);
+			rc = cqrs_aggregate_apply(d->reg, a->type, a->state, &ev, &err);
 		} else {
 			cqrs_err_set(&err, CQRS_EINTERNAL, "event %s does not parse", ev.id);
 		}
@@ -425,7 +425,7 @@ command_done(void *arg, PGresult *res, PGconn *pg)
 
 	(void)pg;
 	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-		int rc = store_result_error(res, pg, "looking up the command id", &err);
+		int rc = cqrs_store_result_error(res, pg, "looking up the command id", &err);
 		answer_error(job, code_of(rc), "%s", err.msg);
 		return;
 	}
@@ -438,7 +438,7 @@ command_done(void *arg, PGresult *res, PGconn *pg)
 		job_finish(job, answer, outcome);
 		return;
 	}
-	store_append_result_clear(&job->result);
+	cqrs_store_append_result_clear(&job->result);
 	job->result.duplicate = true;
 	job->result.version = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	job->result.events = calloc((size_t)rows, sizeof(*job->result.events));
@@ -502,11 +502,11 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 	int64_t before = a->version;
 	int rc;
 
-	store_append_req_clear(&job->append);
+	cqrs_store_append_req_clear(&job->append);
 	if (res == NULL)
-		rc = store_result_error(NULL, pg, "append", &err);
+		rc = cqrs_store_result_error(NULL, pg, "append", &err);
 	else
-		rc = store_append_parse(res, pg, a->stream, &job->result, &err);
+		rc = cqrs_store_append_parse(res, pg, a->stream, &job->result, &err);
 	if (rc == 0 && job->result.n == 0 && !job->result.duplicate)
 		job->result.version = a->version;	/* a command that raised nothing */
 	if (rc == CQRS_ECONFLICT) {
@@ -516,7 +516,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 			d->stats.conflicts_retried++;
 			cqrs_log_debug(&job->log, "conflict on %s at version %" PRId64
 				       ": catching up (retry %d)", a->stream, before, job->retries);
-			cmd_ctx_clear(&job->ctx);
+			cqrs_cmd_ctx_clear(&job->ctx);
 			job_load(job);
 			return;
 		}
@@ -548,7 +548,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 			.metadata = job->event_meta,
 			.recorded_at = (char *)"",
 		};
-		if (aggregate_apply(d->reg, a->type, a->state, &ev, &err) != 0) {
+		if (cqrs_aggregate_apply(d->reg, a->type, a->state, &ev, &err) != 0) {
 			cqrs_log_error(&job->log, "applying %s to %s: %s (state dropped)",
 				       w->type, a->stream, err.msg);
 			agg_reset(a);
@@ -618,8 +618,8 @@ job_run(struct job *job)
 		       job->stream, a->version, job->req.expected);
 		return;
 	}
-	cmd_ctx_init(&job->ctx, job->rc, &job->log);
-	outcome = cmd_ctx_run(&job->ctx, job->rc, &cmd, a->state, a->version);
+	cqrs_cmd_ctx_init(&job->ctx, job->rc, &job->log);
+	outcome = cqrs_cmd_ctx_run(&job->ctx, job->rc, &cmd, a->state, a->version);
 	if (outcome == CQRS_OUTCOME_INVALID) {
 		answer_error(job, PROTO_INVALID, "%s", job->ctx.message);
 		return;
@@ -629,7 +629,7 @@ job_run(struct job *job)
 			/* decided on cached state, which another writer may have
 			 * moved on: a refusal must see the stream as it is */
 			a->status = AGG_STALE;
-			cmd_ctx_clear(&job->ctx);
+			cqrs_cmd_ctx_clear(&job->ctx);
 			job_load(job);
 			return;
 		}
@@ -644,7 +644,7 @@ job_run(struct job *job)
 	}
 	if (job->ctx.n_events == 0 && !job->req.id_given) {
 		/* nothing to record and no id to remember */
-		store_append_result_clear(&job->result);
+		cqrs_store_append_result_clear(&job->result);
 		job->result.version = a->version;
 		job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "ok");
 		return;
@@ -660,7 +660,7 @@ job_run(struct job *job)
 		in[i].metadata_obj = job->event_meta;
 	}
 	/* expected = the version the handler saw: a concurrent writer conflicts */
-	rc = store_append_prepare(&job->append, job->stream, a->version, in, job->ctx.n_events,
+	rc = cqrs_store_append_prepare(&job->append, job->stream, a->version, in, job->ctx.n_events,
 				  job->req.id, &err);
 	free(in);
 	if (rc < 0) {
@@ -671,7 +671,7 @@ job_run(struct job *job)
 	}
 	if (pool_query(d->pool, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, job->append.values,
 		       append_done, job) != 0) {
-		store_append_req_clear(&job->append);
+		cqrs_store_append_req_clear(&job->append);
 		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
 	}
 }
@@ -687,7 +687,7 @@ exec_submit(struct job *job)
 	int n;
 
 	job->started_us = now_us();
-	job->rc = registry_command(d->reg, job->req.command);
+	job->rc = cqrs_registry_command(d->reg, job->req.command);
 	if (job->rc == NULL) {
 		answer_error(job, PROTO_UNKNOWN_COMMAND, "unknown command \"%s\"", job->req.command);
 		return;
@@ -705,14 +705,14 @@ exec_submit(struct job *job)
 		return;
 	}
 	/* a repeat of a command id still in flight waits for its outcome */
-	first = job->req.id_given ? hmap_get(d->inflight, job->req.id) : NULL;
+	first = job->req.id_given ? cqrs_hmap_get(d->inflight, job->req.id) : NULL;
 	if (first != NULL) {
 		job->first = first;
 		TAILQ_INSERT_TAIL(&first->waiters, job, waiter_link);
 		return;
 	}
 	if (job->req.id_given) {
-		if (hmap_put(d->inflight, job->req.id, job) < 0) {
+		if (cqrs_hmap_put(d->inflight, job->req.id, job) < 0) {
 			answer_error(job, PROTO_INTERNAL, "out of memory");
 			return;
 		}
@@ -780,10 +780,10 @@ job_finish(struct job *job, char *answer, const char *outcome)
 			cqrs_log_info(&job->log, "command %s: %s", job->req.command ? job->req.command : "-",
 				      outcome);
 	}
-	cmd_ctx_clear(&job->ctx);
-	store_append_req_clear(&job->append);
+	cqrs_cmd_ctx_clear(&job->ctx);
+	cqrs_store_append_req_clear(&job->append);
 	if (job->in_map) {
-		hmap_del(d->inflight, job->req.id);
+		cqrs_hmap_del(d->inflight, job->req.id);
 		job->in_map = false;
 	}
 	while (!TAILQ_EMPTY(&job->waiters)) {
@@ -805,7 +805,7 @@ job_free(struct job *job)
 	job->d->jobs_active--;
 	request_clear(&job->req);
 	json_object_put(job->event_meta);
-	store_append_result_clear(&job->result);
+	cqrs_store_append_result_clear(&job->result);
 	free(job->answer);
 	free(job);
 }

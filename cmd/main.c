@@ -62,14 +62,14 @@ main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	if (config_load(path, &cfg, &err) < 0) {
+	if (cqrs_config_load(path, &cfg, &err) < 0) {
 		fprintf(stderr, "cqrs-cmdd: %s\n", err.msg);
 		return 1;
 	}
-	level = cqrs_log_level_parse(config_get(cfg, "log", "level", "info"));
+	level = cqrs_log_level_parse(cqrs_config_get(cfg, "log", "level", "info"));
 	if (level < 0) {
 		fprintf(stderr, "cqrs-cmdd: log.level: \"%s\" is not error, warn, info or debug\n",
-			config_get(cfg, "log", "level", ""));
+			cqrs_config_get(cfg, "log", "level", ""));
 		goto out;
 	}
 	cqrs_log_set_level(level);
@@ -78,17 +78,17 @@ main(int argc, char **argv)
 		cmdd_config_clear(&ccfg);
 		goto out;
 	}
-	reg = registry_new();
-	if (reg == NULL || registry_load_list(reg, ccfg.plugins, &err) < 0) {
+	reg = cqrs_registry_new();
+	if (reg == NULL || cqrs_registry_load_list(reg, ccfg.plugins, &err) < 0) {
 		cqrs_log_error(NULL, "%s", reg ? err.msg : "out of memory");
 		cmdd_config_clear(&ccfg);
 		goto out;
 	}
-	if (registry_command_count(reg) == 0)
+	if (cqrs_registry_command_count(reg) == 0)
 		cqrs_log_warn(NULL, "no command handlers loaded (cmd.plugins is \"%s\")", ccfg.plugins);
 	if (check_only) {
 		printf("configuration ok: %zu commands, %zu aggregates\n",
-		       registry_command_count(reg), registry_aggregate_count(reg));
+		       cqrs_registry_command_count(reg), cqrs_registry_aggregate_count(reg));
 		cmdd_config_clear(&ccfg);
 		rc = 0;
 		goto out;
@@ -96,14 +96,14 @@ main(int argc, char **argv)
 	if (migrate) {
 		struct store *st = NULL;
 		int applied = 0;
-		if (store_connect(ccfg.conninfo, &st, &err) < 0 ||
-		    store_migrate(st, &applied, &err) < 0) {
+		if (cqrs_store_connect(ccfg.conninfo, &st, &err) < 0 ||
+		    cqrs_store_migrate(st, &applied, &err) < 0) {
 			cqrs_log_error(NULL, "migrate: %s", err.msg);
-			store_free(st);
+			cqrs_store_free(st);
 			cmdd_config_clear(&ccfg);
 			goto out;
 		}
-		store_free(st);
+		cqrs_store_free(st);
 		cqrs_log_info(NULL, "migrations applied: %d", applied);
 	}
 	base = event_base_new();
@@ -123,7 +123,7 @@ main(int argc, char **argv)
 out:
 	if (base != NULL)
 		event_base_free(base);
-	registry_free(reg);
-	config_free(cfg);
+	cqrs_registry_free(reg);
+	cqrs_config_free(cfg);
 	return rc;
 }

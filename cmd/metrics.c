@@ -63,7 +63,7 @@ metrics_command_done(struct cmdd *d, const char *outcome, uint64_t started_us)
 	d->stats.outcomes[i < CMDD_OUTCOMES ? i : OUTCOME_INTERNAL]++;
 	if (started_us != 0) {
 		uint64_t now = now_us();
-		httpd_hist_observe_us(&d->stats.latency, now > started_us ? now - started_us : 0);
+		cqrs_httpd_hist_observe_us(&d->stats.latency, now > started_us ? now - started_us : 0);
 	}
 }
 
@@ -91,34 +91,34 @@ write_metrics(void *arg, struct evbuffer *out)
 	const struct cmdd_stats *s = &d->stats;
 	char labels[64];
 
-	httpd_metric_header(out, "cqrs_cmdd_commands_total", "counter",
+	cqrs_httpd_metric_header(out, "cqrs_cmdd_commands_total", "counter",
 			    "Commands answered, by outcome (ok, duplicate, or the error code).");
 	for (size_t i = 0; i < CMDD_OUTCOMES; i++) {
 		snprintf(labels, sizeof(labels), "outcome=\"%s\"", outcome_names[i]);
-		httpd_metric_u64(out, "cqrs_cmdd_commands_total", labels, s->outcomes[i]);
+		cqrs_httpd_metric_u64(out, "cqrs_cmdd_commands_total", labels, s->outcomes[i]);
 	}
-	httpd_hist_write(out, "cqrs_cmdd_command_duration_seconds",
+	cqrs_httpd_hist_write(out, "cqrs_cmdd_command_duration_seconds",
 			 "Time from a request's parse to its answer.", NULL, &s->latency);
-	httpd_counter(out, "cqrs_cmdd_requests_total", "Request lines received.", s->requests);
-	httpd_gauge(out, "cqrs_cmdd_commands_in_flight", "Requests received and not yet answered.",
+	cqrs_httpd_counter(out, "cqrs_cmdd_requests_total", "Request lines received.", s->requests);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_commands_in_flight", "Requests received and not yet answered.",
 		    d->jobs_active);
-	httpd_gauge(out, "cqrs_cmdd_clients", "Client connections open.", d->n_clients);
-	httpd_gauge(out, "cqrs_cmdd_aggregates_cached", "Aggregates held in memory.", d->n_aggs);
-	httpd_gauge(out, "cqrs_cmdd_store_connections_up", "PostgreSQL connections up.",
+	cqrs_httpd_gauge(out, "cqrs_cmdd_clients", "Client connections open.", d->n_clients);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_aggregates_cached", "Aggregates held in memory.", d->n_aggs);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_store_connections_up", "PostgreSQL connections up.",
 		    pool_up(d->pool));
-	httpd_gauge(out, "cqrs_cmdd_store_connections",
+	cqrs_httpd_gauge(out, "cqrs_cmdd_store_connections",
 		    "PostgreSQL connections configured (cmd.pool_size).", d->cfg.pool_size);
-	httpd_counter(out, "cqrs_cmdd_conflicts_retried_total",
+	cqrs_httpd_counter(out, "cqrs_cmdd_conflicts_retried_total",
 		      "Appends that met another writer and were re-run on the caught-up aggregate.",
 		      s->conflicts_retried);
-	httpd_counter(out, "cqrs_cmdd_aggregate_loads_total",
+	cqrs_httpd_counter(out, "cqrs_cmdd_aggregate_loads_total",
 		      "Aggregates read (or caught up) from the store.", s->loads);
-	httpd_counter(out, "cqrs_cmdd_snapshots_written_total", "Snapshots written.", s->snapshots);
-	httpd_gauge(out, "cqrs_cmdd_ready",
+	cqrs_httpd_counter(out, "cqrs_cmdd_snapshots_written_total", "Snapshots written.", s->snapshots);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_ready",
 		    "1 once accepting commands, 0 before and while stopping.",
 		    d->ready && !d->stopping ? 1 : 0);
-	httpd_metric_header(out, "cqrs_cmdd_build_info", "gauge", "The running version.");
-	httpd_metric_u64(out, "cqrs_cmdd_build_info", "version=\"" CQRS_VERSION "\"", 1);
+	cqrs_httpd_metric_header(out, "cqrs_cmdd_build_info", "gauge", "The running version.");
+	cqrs_httpd_metric_u64(out, "cqrs_cmdd_build_info", "version=\"" CQRS_VERSION "\"", 1);
 }
 
 int
@@ -129,16 +129,16 @@ metrics_start(struct cmdd *d, struct cqrs_err *err)
 
 	if (d->cfg.http.len == 0)
 		return 0;
-	if ((rc = httpd_new(d->base, &d->cfg.http, &h, &d->http, err)) < 0)
+	if ((rc = cqrs_httpd_new(d->base, &d->cfg.http, &h, &d->http, err)) < 0)
 		return rc;
 	cqrs_log_info(&d->log, "metrics and health on http://%s/metrics and /health",
-		      httpd_address(d->http));
+		      cqrs_httpd_address(d->http));
 	return 0;
 }
 
 void
 metrics_stop(struct cmdd *d)
 {
-	httpd_free(d->http);
+	cqrs_httpd_free(d->http);
 	d->http = NULL;
 }

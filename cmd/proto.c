@@ -111,7 +111,7 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	if (json_object_object_get_ex(req->root, "id", &v) && !json_object_is_type(v, json_type_null)) {
 		if (!json_object_is_type(v, json_type_string))
 			return fail(code, PROTO_MALFORMED, msg, msgsize, "\"id\" is not a string");
-		if (!uuid_valid(json_object_get_string(v)) ||
+		if (!cqrs_uuid_valid(json_object_get_string(v)) ||
 		    has_nul(v)) {
 			if (json_object_get_string_len(v) <= 64 && !has_nul(v))
 				req->echo_id = strdup(json_object_get_string(v));
@@ -126,7 +126,7 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 			req->echo_id = strdup(json_object_get_string(v));
 		req->id_given = true;
 	} else {
-		uuid_v7(req->id);
+		cqrs_uuid_v7(req->id);
 	}
 
 	if (!json_object_object_get_ex(req->root, "command", &v))
@@ -136,7 +136,7 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	req->command = json_object_get_string(v);
 	if (has_nul(v))
 		return fail(code, PROTO_MALFORMED, msg, msgsize, "\"command\" contains a NUL character");
-	if (envelope_check_type("command", req->command, &err) < 0)
+	if (cqrs_envelope_check_type("command", req->command, &err) < 0)
 		return fail(code, PROTO_MALFORMED, msg, msgsize, err.msg);
 
 	if (!json_object_object_get_ex(req->root, "aggregate_id", &v))
@@ -147,7 +147,7 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	if (has_nul(v))
 		return fail(code, PROTO_MALFORMED, msg, msgsize,
 			    "\"aggregate_id\" contains a NUL character");
-	if (envelope_check_aggregate_id(req->aggregate_id, &err) < 0)
+	if (cqrs_envelope_check_aggregate_id(req->aggregate_id, &err) < 0)
 		return fail(code, PROTO_MALFORMED, msg, msgsize, err.msg);
 
 	if (json_object_object_get_ex(req->root, "expected_version", &v) &&
@@ -221,5 +221,5 @@ proto_answer_error(const char *id, const char *code, const char *message)
 char *
 proto_answer_ok(const char *id, const char *stream, const struct store_append_result *r)
 {
-	return finish(store_append_result_json(id, stream, r));
+	return finish(cqrs_store_append_result_json(id, stream, r));
 }

@@ -422,7 +422,7 @@ server_listen(struct cmdd *d, struct cqrs_err *err)
 {
 	int fd;
 
-	if (sdnotify_listen_fds() >= 1) {
+	if (cqrs_sdnotify_listen_fds() >= 1) {
 		fd = 3;		/* SD_LISTEN_FDS_START */
 		cqrs_log_info(&d->log, "using the socket passed by systemd");
 	} else {

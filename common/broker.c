@@ -3,7 +3,7 @@
  * publisher confirms.
  *
  * librabbitmq is blocking and keeps no background thread: heartbeats are
- * sent and checked only inside its calls, which is why broker_poll() exists.
+ * sent and checked only inside its calls, which is why cqrs_broker_poll() exists.
  * Confirms are read with amqp_simple_wait_frame_noblock() rather than through
  * an RPC call, because acks for many messages arrive as they come (multiple or
  * one by one, in any order), interleaved with heartbeats and, under a
@@ -85,7 +85,7 @@ encode_vhost(const char *vhost, char *buf, size_t size)
 }
 
 int
-broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
+cqrs_broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
 {
 	struct amqp_connection_info ci;
 	char vhost[128];
@@ -119,11 +119,11 @@ broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
 	out->tls = ci.ssl != 0;
 	free(copy);
 	if (out->user == NULL || out->password == NULL || out->host == NULL || out->vhost == NULL) {
-		broker_url_clear(out);
+		cqrs_broker_url_clear(out);
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker.url: out of memory");
 	}
 	if (out->host[0] == '\0') {
-		broker_url_clear(out);
+		cqrs_broker_url_clear(out);
 		return cqrs_err_set(err, CQRS_ECONFIG, "broker.url has no host");
 	}
 	encode_vhost(out->vhost, vhost, sizeof(vhost));
@@ -132,7 +132,7 @@ broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
 }
 
 void
-broker_url_clear(struct broker_url *u)
+cqrs_broker_url_clear(struct broker_url *u)
 {
 	if (u == NULL)
 		return;
@@ -149,7 +149,7 @@ broker_url_clear(struct broker_url *u)
 /* ---- errors -------------------------------------------------------------- */
 
 void
-broker_reply_text(const amqp_rpc_reply_t *rp, char *buf, size_t size)
+cqrs_broker_reply_text(const amqp_rpc_reply_t *rp, char *buf, size_t size)
 {
 	amqp_rpc_reply_t r = *rp;
 
@@ -205,7 +205,7 @@ check_reply(struct broker *b, amqp_rpc_reply_t r, const char *step, struct cqrs_
 
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return 0;
-	broker_reply_text(&r, why, sizeof(why));
+	cqrs_broker_reply_text(&r, why, sizeof(why));
 	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
 		/* answer the close, so the server does not wait for it */
 		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
@@ -223,7 +223,7 @@ check_reply(struct broker *b, amqp_rpc_reply_t r, const char *step, struct cqrs_
 /* ---- connection ---------------------------------------------------------- */
 
 void
-broker_options_default(struct broker_options *o)
+cqrs_broker_options_default(struct broker_options *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->heartbeat_s = 30;
@@ -254,7 +254,7 @@ setup_tls(struct broker *b, amqp_socket_t *sock, const struct broker_options *op
 }
 
 int
-broker_connect(const char *url, const struct broker_options *opt, struct broker **out,
+cqrs_broker_connect(const char *url, const struct broker_options *opt, struct broker **out,
 	       struct cqrs_err *err)
 {
 	struct broker_options defaults;
@@ -267,14 +267,14 @@ broker_connect(const char *url, const struct broker_options *opt, struct broker 
 
 	*out = NULL;
 	if (opt == NULL) {
-		broker_options_default(&defaults);
+		cqrs_broker_options_default(&defaults);
 		opt = &defaults;
 	}
 	b = calloc(1, sizeof(*b));
 	if (b == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker: out of memory");
 	b->low = b->base = 1;
-	if ((rc = broker_url_parse(url, &b->url, err)) < 0) {
+	if ((rc = cqrs_broker_url_parse(url, &b->url, err)) < 0) {
 		free(b);
 		return rc;
 	}
@@ -339,12 +339,12 @@ broker_connect(const char *url, const struct broker_options *opt, struct broker 
 	*out = b;
 	return 0;
 bad:
-	broker_free(b);
+	cqrs_broker_free(b);
 	return rc;
 }
 
 void
-broker_free(struct broker *b)
+cqrs_broker_free(struct broker *b)
 {
 	if (b == NULL)
 		return;
@@ -357,19 +357,19 @@ broker_free(struct broker *b)
 		}
 		amqp_destroy_connection(b->conn);
 	}
-	broker_url_clear(&b->url);
+	cqrs_broker_url_clear(&b->url);
 	free(b->acked);
 	free(b);
 }
 
 const char *
-broker_name(const struct broker *b)
+cqrs_broker_name(const struct broker *b)
 {
 	return b->url.name;
 }
 
 int
-broker_fd(const struct broker *b)
+cqrs_broker_fd(const struct broker *b)
 {
 	if (b->broken || b->conn == NULL)
 		return -1;
@@ -377,13 +377,13 @@ broker_fd(const struct broker *b)
 }
 
 bool
-broker_ok(const struct broker *b)
+cqrs_broker_ok(const struct broker *b)
 {
 	return b != NULL && !b->broken;
 }
 
 bool
-broker_blocked(const struct broker *b, const char **reason)
+cqrs_broker_blocked(const struct broker *b, const char **reason)
 {
 	if (reason != NULL)
 		*reason = b->blocked_reason;
@@ -400,7 +400,7 @@ check_usable(struct broker *b, const char *step, struct cqrs_err *err)
 }
 
 int
-broker_declare_topology(struct broker *b, struct cqrs_err *err)
+cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
 {
 	int rc;
 
@@ -466,7 +466,7 @@ settle(struct broker *b, uint64_t tag, bool multiple, struct cqrs_err *err)
 }
 
 size_t
-broker_unconfirmed(const struct broker *b)
+cqrs_broker_unconfirmed(const struct broker *b)
 {
 	size_t n = 0;
 
@@ -476,7 +476,7 @@ broker_unconfirmed(const struct broker *b)
 }
 
 uint64_t
-broker_confirmed(const struct broker *b)
+cqrs_broker_confirmed(const struct broker *b)
 {
 	return b->low - 1;
 }
@@ -569,7 +569,7 @@ read_one(struct broker *b, struct timeval *tv, const char *step, struct cqrs_err
 }
 
 int
-broker_poll(struct broker *b, struct cqrs_err *err)
+cqrs_broker_poll(struct broker *b, struct cqrs_err *err)
 {
 	struct timeval zero = { 0, 0 };
 	int rc;
@@ -594,7 +594,7 @@ now_ms(void)
 }
 
 int
-broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
+cqrs_broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
 {
 	int64_t deadline = now_ms() + timeout_ms;
 	int rc;
@@ -609,7 +609,7 @@ broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqr
 
 		if (left <= 0)
 			return fail(b, err, CQRS_EUNAVAILABLE, "confirm",
-				    "no confirm for %zu messages within %d ms", broker_unconfirmed(b),
+				    "no confirm for %zu messages within %d ms", cqrs_broker_unconfirmed(b),
 				    timeout_ms);
 		tv.tv_sec = left / 1000;
 		tv.tv_usec = (left % 1000) * 1000;
@@ -629,7 +629,7 @@ bytes_of(const char *s)
 }
 
 int
-broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
+cqrs_broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
 	       struct cqrs_err *err)
 {
 	amqp_basic_properties_t p;
@@ -680,7 +680,7 @@ broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
 }
 
 void
-broker_routing_key(const char *stream, const char *type, char *buf, size_t size)
+cqrs_broker_routing_key(const char *stream, const char *type, char *buf, size_t size)
 {
 	size_t tlen = strcspn(stream, "-");
 
@@ -692,7 +692,7 @@ broker_routing_key(const char *stream, const char *type, char *buf, size_t size)
 }
 
 int
-broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *tag,
+cqrs_broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *tag,
 		     struct cqrs_err *err)
 {
 	char key[BROKER_SHORTSTR_MAX + 1];
@@ -700,11 +700,11 @@ broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *ta
 	char *body;
 	int rc;
 
-	body = envelope_encode(ev);
+	body = cqrs_envelope_encode(ev);
 	if (body == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker %s: encoding event %s: out of memory",
 				    b->url.name, ev->id);
-	broker_routing_key(ev->stream, ev->type, key, sizeof(key));
+	cqrs_broker_routing_key(ev->stream, ev->type, key, sizeof(key));
 	memset(&m, 0, sizeof(m));
 	m.routing_key = key;
 	m.body = body;
@@ -714,7 +714,7 @@ broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *ta
 	m.stream = ev->stream;
 	m.version = ev->version;
 	m.position = ev->position;
-	rc = broker_publish(b, &m, tag, err);
+	rc = cqrs_broker_publish(b, &m, tag, err);
 	free(body);
 	return rc;
 }

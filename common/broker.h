@@ -2,25 +2,25 @@
  * broker.h - RabbitMQ through librabbitmq (DESIGN.md, "Broker").
  *
  *   struct broker *b;
- *   broker_connect(url, &opt, &b, &err);     // TCP or TLS, login, channel 1,
+ *   cqrs_broker_connect(url, &opt, &b, &err);     // TCP or TLS, login, channel 1,
  *                                            // confirm.select
- *   broker_declare_topology(b, &err);        // durable topic cqrs.events
- *   for each event: broker_publish_event(b, ev, NULL, &err);
- *   broker_wait_confirms(b, 0, 30000, &err); // every publish acked, or an error
- *   broker_free(b);
+ *   cqrs_broker_declare_topology(b, &err);        // durable topic cqrs.events
+ *   for each event: cqrs_broker_publish_event(b, ev, NULL, &err);
+ *   cqrs_broker_wait_confirms(b, 0, 30000, &err); // every publish acked, or an error
+ *   cqrs_broker_free(b);
  *
  * A struct broker is one AMQP connection with one channel in publisher-confirm
  * mode, used from one thread. Publishing does not wait: many messages go out,
- * then broker_wait_confirms() reads basic.ack/basic.nack (multiple or not)
+ * then cqrs_broker_wait_confirms() reads basic.ack/basic.nack (multiple or not)
  * until the ones asked for are settled. A nack, a basic.return, a channel or
  * connection close by the server, a missed heartbeat or a socket error is an
- * error, never ignored; after any error the broker is broken (broker_ok()
+ * error, never ignored; after any error the broker is broken (cqrs_broker_ok()
  * false) and every later call fails at once: free it and connect again.
  * Reconnecting, with backoff, is the caller's loop.
  *
  * Heartbeats are librabbitmq's: they are sent and checked only while the
- * library runs, so an idle caller must call broker_poll() at least every
- * heartbeat / 2 seconds (and whenever broker_fd() is readable).
+ * library runs, so an idle caller must call cqrs_broker_poll() at least every
+ * heartbeat / 2 seconds (and whenever cqrs_broker_fd() is readable).
  *
  * Errors (return values, with a message in err that names the broker as
  * "host:port/vhost", never the password, and the step that failed):
@@ -62,12 +62,12 @@ struct broker_url {
 	char name[300];		/* "host:port/vhost" for messages (vhost encoded) */
 };
 
-/* On success out holds copies (broker_url_clear()). CQRS_ECONFIG when the URL
+/* On success out holds copies (cqrs_broker_url_clear()). CQRS_ECONFIG when the URL
  * is not amqp:// or amqps:// or does not parse; the message does not repeat
  * the password. */
-int broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
+int cqrs_broker_url_parse(const char *url, struct broker_url *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
-void broker_url_clear(struct broker_url *u);
+void cqrs_broker_url_clear(struct broker_url *u);
 
 struct broker_options {
 	int heartbeat_s;		/* 0: none (default 30) */
@@ -81,41 +81,41 @@ struct broker_options {
 };
 
 /* Fills o with the defaults above. */
-void broker_options_default(struct broker_options *o);
+void cqrs_broker_options_default(struct broker_options *o);
 
 /*
  * Connects, logs in, opens channel 1 and puts it in confirm mode. opt NULL:
- * defaults. On success *out is owned by the caller (broker_free()).
+ * defaults. On success *out is owned by the caller (cqrs_broker_free()).
  */
-int broker_connect(const char *url, const struct broker_options *opt, struct broker **out,
+int cqrs_broker_connect(const char *url, const struct broker_options *opt, struct broker **out,
 		   struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* Closes the connection (politely when it is healthy) and frees. NULL: no-op. */
-void broker_free(struct broker *b);
+void cqrs_broker_free(struct broker *b);
 
 /* "host:port/vhost", borrowed. */
-const char *broker_name(const struct broker *b);
+const char *cqrs_broker_name(const struct broker *b);
 
 /* The socket, for poll(); -1 when broken. */
-int broker_fd(const struct broker *b);
+int cqrs_broker_fd(const struct broker *b);
 
 /* False once an error happened. */
-bool broker_ok(const struct broker *b);
+bool cqrs_broker_ok(const struct broker *b);
 
 /* Whether the server has blocked publishing (connection.blocked: a resource
  * alarm); the reason (borrowed) is in *reason when not NULL. */
-bool broker_blocked(const struct broker *b, const char **reason);
+bool cqrs_broker_blocked(const struct broker *b, const char **reason);
 
 /* Declares the topology of DESIGN.md: the durable topic exchange
  * cqrs.events. Idempotent; a conflicting existing declaration is an error. */
-int broker_declare_topology(struct broker *b, struct cqrs_err *err)
+int cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /*
  * Reads what the server sent without blocking: heartbeats (and sends ours
  * when due), acks, connection.blocked, closes. 0 or an error.
  */
-int broker_poll(struct broker *b, struct cqrs_err *err) __attribute__((warn_unused_result));
+int cqrs_broker_poll(struct broker *b, struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* One message. All fields borrowed for the call. */
 struct broker_message {
@@ -136,15 +136,15 @@ struct broker_message {
  * Sends one message (not mandatory) and counts it as unconfirmed; *tag (may
  * be NULL) gets its delivery tag, 1 for the first of the connection.
  */
-int broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
+int cqrs_broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
 		   struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /*
  * The message of an event as DESIGN.md says: routing key
- * "<aggregate type>.<EventType>", body = envelope_encode(ev), message_id =
+ * "<aggregate type>.<EventType>", body = cqrs_envelope_encode(ev), message_id =
  * event id, type = event type, headers stream, version, position.
  */
-int broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *tag,
+int cqrs_broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *tag,
 			 struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /*
@@ -153,16 +153,16 @@ int broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t
  * fails with CQRS_EUNAVAILABLE (the broker is then broken: what was not
  * confirmed must be published again on a new connection).
  */
-int broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
+int cqrs_broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Messages published and not yet acked. */
-size_t broker_unconfirmed(const struct broker *b);
+size_t cqrs_broker_unconfirmed(const struct broker *b);
 
 /* The highest delivery tag T such that every message with a tag <= T is
- * acked (0 before the first ack). Acks are read by broker_poll() and
- * broker_wait_confirms(). */
-uint64_t broker_confirmed(const struct broker *b);
+ * acked (0 before the first ack). Acks are read by cqrs_broker_poll() and
+ * cqrs_broker_wait_confirms(). */
+uint64_t cqrs_broker_confirmed(const struct broker *b);
 
 /*
  * The routing key of an event: "<aggregate type>.<EventType>", the aggregate
@@ -170,11 +170,11 @@ uint64_t broker_confirmed(const struct broker *b);
  * it has none), cut to BROKER_SHORTSTR_MAX bytes. buf gets at least
  * BROKER_SHORTSTR_MAX + 1 bytes.
  */
-void broker_routing_key(const char *stream, const char *type, char *buf, size_t size);
+void cqrs_broker_routing_key(const char *stream, const char *type, char *buf, size_t size);
 
 /* The error of a failed RPC in words: the server's "CODE TEXT" (connection
  * or channel closed) or the library's. For every librabbitmq caller. */
 struct amqp_rpc_reply_t_;
-void broker_reply_text(const struct amqp_rpc_reply_t_ *r, char *buf, size_t size);
+void cqrs_broker_reply_text(const struct amqp_rpc_reply_t_ *r, char *buf, size_t size);
 
 #endif

@@ -61,7 +61,7 @@ deadline_after(int timeout_ms)
 }
 
 int
-cmdclient_connect(const char *path, int timeout_ms, struct cmdclient **out,
+cqrs_cmdclient_connect(const char *path, int timeout_ms, struct cmdclient **out,
 		  struct cqrs_err *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -130,12 +130,12 @@ refused:
 	*out = c;
 	return 0;
 fail:
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	return rc;
 }
 
 void
-cmdclient_free(struct cmdclient *c)
+cqrs_cmdclient_free(struct cmdclient *c)
 {
 	if (c == NULL)
 		return;
@@ -148,19 +148,19 @@ cmdclient_free(struct cmdclient *c)
 }
 
 int
-cmdclient_fd(const struct cmdclient *c)
+cqrs_cmdclient_fd(const struct cmdclient *c)
 {
 	return c->fd;
 }
 
 const char *
-cmdclient_path(const struct cmdclient *c)
+cqrs_cmdclient_path(const struct cmdclient *c)
 {
 	return c->path;
 }
 
 void
-cmdclient_set_max_line(struct cmdclient *c, size_t max)
+cqrs_cmdclient_set_max_line(struct cmdclient *c, size_t max)
 {
 	c->max_line = max;
 }
@@ -168,7 +168,7 @@ cmdclient_set_max_line(struct cmdclient *c, size_t max)
 /* ---- output ---------------------------------------------------------------- */
 
 int
-cmdclient_queue(struct cmdclient *c, const char *data, size_t len, struct cqrs_err *err)
+cqrs_cmdclient_queue(struct cmdclient *c, const char *data, size_t len, struct cqrs_err *err)
 {
 	size_t pending = c->out_end - c->out_start;
 
@@ -199,13 +199,13 @@ cmdclient_queue(struct cmdclient *c, const char *data, size_t len, struct cqrs_e
 }
 
 size_t
-cmdclient_queued(const struct cmdclient *c)
+cqrs_cmdclient_queued(const struct cmdclient *c)
 {
 	return c->out_end - c->out_start;
 }
 
 int
-cmdclient_flush(struct cmdclient *c, struct cqrs_err *err)
+cqrs_cmdclient_flush(struct cmdclient *c, struct cqrs_err *err)
 {
 	while (c->out_start < c->out_end) {
 		ssize_t n = send(c->fd, c->out + c->out_start, c->out_end - c->out_start,
@@ -328,7 +328,7 @@ closed_error(const struct cmdclient *c, struct cqrs_err *err)
 }
 
 int
-cmdclient_fill(struct cmdclient *c, struct cqrs_err *err)
+cqrs_cmdclient_fill(struct cmdclient *c, struct cqrs_err *err)
 {
 	size_t got;
 	int rc = fill_some(c, &got, err);
@@ -341,7 +341,7 @@ cmdclient_fill(struct cmdclient *c, struct cqrs_err *err)
 }
 
 int
-cmdclient_next_line(struct cmdclient *c, const char **line, size_t *len, struct cqrs_err *err)
+cqrs_cmdclient_next_line(struct cmdclient *c, const char **line, size_t *len, struct cqrs_err *err)
 {
 	char *nl = find_nl(c);
 	size_t n;
@@ -391,13 +391,13 @@ static int
 send_until(struct cmdclient *c, const char *line, size_t len, int64_t deadline,
 	   struct cqrs_err *err)
 {
-	int rc = cmdclient_queue(c, line, len, err);
+	int rc = cqrs_cmdclient_queue(c, line, len, err);
 
 	if (rc == 0 && (len == 0 || line[len - 1] != '\n'))
-		rc = cmdclient_queue(c, "\n", 1, err);
+		rc = cqrs_cmdclient_queue(c, "\n", 1, err);
 	while (rc == 0) {
-		rc = cmdclient_flush(c, err);
-		if (rc < 0 || cmdclient_queued(c) == 0)
+		rc = cqrs_cmdclient_flush(c, err);
+		if (rc < 0 || cqrs_cmdclient_queued(c) == 0)
 			break;
 		rc = wait_for(c, POLLOUT, deadline, "sending to", err);
 	}
@@ -410,7 +410,7 @@ recv_until(struct cmdclient *c, int64_t deadline, const char **line, size_t *len
 {
 	for (;;) {
 		size_t got;
-		int rc = cmdclient_next_line(c, line, len, err);
+		int rc = cqrs_cmdclient_next_line(c, line, len, err);
 		if (rc != 0)
 			return rc < 0 ? rc : 0;
 		rc = fill_some(c, &got, err);
@@ -427,21 +427,21 @@ recv_until(struct cmdclient *c, int64_t deadline, const char **line, size_t *len
 }
 
 int
-cmdclient_send(struct cmdclient *c, const char *line, size_t len, int timeout_ms,
+cqrs_cmdclient_send(struct cmdclient *c, const char *line, size_t len, int timeout_ms,
 	       struct cqrs_err *err)
 {
 	return send_until(c, line, len, deadline_after(timeout_ms), err);
 }
 
 int
-cmdclient_recv(struct cmdclient *c, int timeout_ms, const char **line, size_t *len,
+cqrs_cmdclient_recv(struct cmdclient *c, int timeout_ms, const char **line, size_t *len,
 	       struct cqrs_err *err)
 {
 	return recv_until(c, deadline_after(timeout_ms), line, len, err);
 }
 
 int
-cmdclient_call(struct cmdclient *c, const char *request, int timeout_ms, char **answer,
+cqrs_cmdclient_call(struct cmdclient *c, const char *request, int timeout_ms, char **answer,
 	       struct cqrs_err *err)
 {
 	int64_t deadline = deadline_after(timeout_ms);

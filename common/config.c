@@ -12,11 +12,11 @@
  * - Debian builds libinih with its options as global variables; the 200-byte
  *   default line buffer is far too small for a plugin list. parse_text() sets
  *   them for the duration of a parse, under a lock, and puts them back.
- * - Entries are kept in file order (for messages and config_check_keys) and
+ * - Entries are kept in file order (for messages and cqrs_config_check_keys) and
  *   in a sorted index (for lookups and duplicate detection), so a 1 MiB file
  *   of tiny keys does not go quadratic.
  * - The environment is copied at load time: values stay valid until
- *   config_free() and a reload sees the environment of that moment.
+ *   cqrs_config_free() and a reload sees the environment of that moment.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -796,18 +796,18 @@ load(const char *text, size_t len, const char *path, const char *name,
 	rc = 0;
 out:
 	free(buf);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	return rc;
 }
 
 int
-config_load(const char *path, struct config **out, struct cqrs_err *err)
+cqrs_config_load(const char *path, struct config **out, struct cqrs_err *err)
 {
 	return load(NULL, 0, path, NULL, out, err);
 }
 
 int
-config_load_string(const char *text, const char *name, struct config **out,
+cqrs_config_load_string(const char *text, const char *name, struct config **out,
 		   struct cqrs_err *err)
 {
 	if (text == NULL)
@@ -817,7 +817,7 @@ config_load_string(const char *text, const char *name, struct config **out,
 }
 
 void
-config_free(struct config *cfg)
+cqrs_config_free(struct config *cfg)
 {
 	if (cfg == NULL)
 		return;
@@ -837,7 +837,7 @@ config_free(struct config *cfg)
 }
 
 const char *
-config_get(const struct config *cfg, const char *section, const char *key,
+cqrs_config_get(const struct config *cfg, const char *section, const char *key,
 	   const char *def)
 {
 	struct value_ref ref;
@@ -846,7 +846,7 @@ config_get(const struct config *cfg, const char *section, const char *key,
 }
 
 bool
-config_has(const struct config *cfg, const char *section, const char *key)
+cqrs_config_has(const struct config *cfg, const char *section, const char *key)
 {
 	struct value_ref ref;
 
@@ -854,7 +854,7 @@ config_has(const struct config *cfg, const char *section, const char *key)
 }
 
 int
-config_get_int(const struct config *cfg, const char *section, const char *key,
+cqrs_config_get_int(const struct config *cfg, const char *section, const char *key,
 	       int64_t def, int64_t min, int64_t max, int64_t *out,
 	       struct cqrs_err *err)
 {
@@ -863,7 +863,7 @@ config_get_int(const struct config *cfg, const char *section, const char *key,
 }
 
 int
-config_get_ms(const struct config *cfg, const char *section, const char *key,
+cqrs_config_get_ms(const struct config *cfg, const char *section, const char *key,
 	      int64_t def, int64_t min, int64_t max, int64_t *out,
 	      struct cqrs_err *err)
 {
@@ -872,7 +872,7 @@ config_get_ms(const struct config *cfg, const char *section, const char *key,
 }
 
 int
-config_get_bool(const struct config *cfg, const char *section, const char *key,
+cqrs_config_get_bool(const struct config *cfg, const char *section, const char *key,
 		bool def, bool *out, struct cqrs_err *err)
 {
 	static const char *const yes[] = { "true", "yes", "on", "1" };
@@ -898,7 +898,7 @@ config_get_bool(const struct config *cfg, const char *section, const char *key,
 }
 
 int
-config_get_enum(const struct config *cfg, const char *section, const char *key,
+cqrs_config_get_enum(const struct config *cfg, const char *section, const char *key,
 		const char *def, const char *const *choices, int *out,
 		struct cqrs_err *err)
 {
@@ -935,7 +935,7 @@ config_get_enum(const struct config *cfg, const char *section, const char *key,
 }
 
 int
-config_check_keys(const struct config *cfg, const char *section,
+cqrs_config_check_keys(const struct config *cfg, const char *section,
 		  const char *const *known, struct cqrs_err *err)
 {
 	if (cfg == NULL)
@@ -957,7 +957,7 @@ config_check_keys(const struct config *cfg, const char *section,
 }
 
 void
-config_each_section(const struct config *cfg, const char *prefix,
+cqrs_config_each_section(const struct config *cfg, const char *prefix,
 		    void (*fn)(const char *section, void *arg), void *arg)
 {
 	size_t plen = prefix != NULL ? strlen(prefix) : 0;
@@ -970,7 +970,7 @@ config_each_section(const struct config *cfg, const char *prefix,
 }
 
 const char *
-config_path(const struct config *cfg)
+cqrs_config_path(const struct config *cfg)
 {
 	return cfg != NULL ? cfg->path : NULL;
 }

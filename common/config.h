@@ -29,11 +29,11 @@
  *   twice in one section (the message names both lines), a line libinih
  *   cannot parse, a value over 64 KiB, a NUL byte, a file over 1 MiB.
  *
- * The environment is read once, by config_load*: every CQRS_* variable is
+ * The environment is read once, by cqrs_config_load*: every CQRS_* variable is
  * copied (value trimmed; one over 64 KiB fails the load), so values stay
- * valid until config_free() and a reload sees the environment of its time.
- * An override needs no section or key in the file, but config_each_section()
- * and config_check_keys() only see what the file holds.
+ * valid until cqrs_config_free() and a reload sees the environment of its time.
+ * An override needs no section or key in the file, but cqrs_config_each_section()
+ * and cqrs_config_check_keys() only see what the file holds.
  *
  * Threads: loads may run in any thread (they take a lock, because libinih's
  * options are process-wide); a loaded config is read-only and can be shared.
@@ -54,44 +54,44 @@ struct config;
  * CQRS_EIO. path NULL gives an empty config (environment and defaults only).
  * On success *out is owned by the caller; on failure it is NULL.
  */
-int config_load(const char *path, struct config **out, struct cqrs_err *err)
+int cqrs_config_load(const char *path, struct config **out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Same, from a string; name is used in messages in place of a file name. */
-int config_load_string(const char *text, const char *name, struct config **out,
+int cqrs_config_load_string(const char *text, const char *name, struct config **out,
 		       struct cqrs_err *err) __attribute__((warn_unused_result));
 
-void config_free(struct config *cfg);
+void cqrs_config_free(struct config *cfg);
 
-/* The raw value (borrowed, valid until config_free), or def when absent. */
-const char *config_get(const struct config *cfg, const char *section,
+/* The raw value (borrowed, valid until cqrs_config_free), or def when absent. */
+const char *cqrs_config_get(const struct config *cfg, const char *section,
 		       const char *key, const char *def);
 
 /* Whether the key is set in the file or environment. */
-bool config_has(const struct config *cfg, const char *section, const char *key);
+bool cqrs_config_has(const struct config *cfg, const char *section, const char *key);
 
 /* Integer in [min, max]; accepts decimal with an optional sign and an
  * optional k/K/M/G suffix (powers of 1024) for sizes. Outside [min, max]:
  *   FILE:LINE: [section] key: "100k" is out of range [1, 64] */
-int config_get_int(const struct config *cfg, const char *section, const char *key,
+int cqrs_config_get_int(const struct config *cfg, const char *section, const char *key,
 		   int64_t def, int64_t min, int64_t max, int64_t *out,
 		   struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* true/false, yes/no, on/off, 1/0, in any case. */
-int config_get_bool(const struct config *cfg, const char *section, const char *key,
+int cqrs_config_get_bool(const struct config *cfg, const char *section, const char *key,
 		    bool def, bool *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Duration in milliseconds: "250ms", "5s", "2m", "1h", or a bare number of
  * ms; whole numbers only, no space before the unit. */
-int config_get_ms(const struct config *cfg, const char *section, const char *key,
+int cqrs_config_get_ms(const struct config *cfg, const char *section, const char *key,
 		  int64_t def, int64_t min, int64_t max, int64_t *out,
 		  struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* One of choices (NULL-terminated, compared ignoring case); *out is its
  * index. def NULL: *out is -1 when the key is absent; a def that is not in
  * choices is CQRS_EINTERNAL. */
-int config_get_enum(const struct config *cfg, const char *section, const char *key,
+int cqrs_config_get_enum(const struct config *cfg, const char *section, const char *key,
 		    const char *def, const char *const *choices, int *out,
 		    struct cqrs_err *err) __attribute__((warn_unused_result));
 
@@ -100,16 +100,16 @@ int config_get_enum(const struct config *cfg, const char *section, const char *k
  * reported as CQRS_ECONFIG naming file, line and key, so typos do not pass
  * silently. Sections not named are not checked.
  */
-int config_check_keys(const struct config *cfg, const char *section,
+int cqrs_config_check_keys(const struct config *cfg, const char *section,
 		      const char *const *known, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Calls fn for each section whose name starts with prefix (in file order). */
-void config_each_section(const struct config *cfg, const char *prefix,
+void cqrs_config_each_section(const struct config *cfg, const char *prefix,
 			 void (*fn)(const char *section, void *arg), void *arg);
 
-/* Where the file was read from: the path, config_load_string()'s name (or
+/* Where the file was read from: the path, cqrs_config_load_string()'s name (or
  * "<string>"), or NULL for none. */
-const char *config_path(const struct config *cfg);
+const char *cqrs_config_path(const struct config *cfg);
 
 #endif

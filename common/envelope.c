@@ -286,7 +286,7 @@ check_name(const char *what, const char *s, size_t max, const char *extra,
 }
 
 int
-envelope_check_stream(const char *stream, struct cqrs_err *err)
+cqrs_envelope_check_stream(const char *stream, struct cqrs_err *err)
 {
 	const unsigned char *s = (const unsigned char *)stream;
 	uint32_t cp;
@@ -316,19 +316,19 @@ envelope_check_stream(const char *stream, struct cqrs_err *err)
 }
 
 int
-envelope_check_type(const char *what, const char *type, struct cqrs_err *err)
+cqrs_envelope_check_type(const char *what, const char *type, struct cqrs_err *err)
 {
 	return check_name(what != NULL ? what : "type", type, CQRS_TYPE_MAX, "._-:", err);
 }
 
 int
-envelope_check_aggregate_type(const char *type, struct cqrs_err *err)
+cqrs_envelope_check_aggregate_type(const char *type, struct cqrs_err *err)
 {
 	return check_name("aggregate type", type, CQRS_TYPE_MAX, "_", err);
 }
 
 int
-envelope_check_aggregate_id(const char *id, struct cqrs_err *err)
+cqrs_envelope_check_aggregate_id(const char *id, struct cqrs_err *err)
 {
 	return check_name("aggregate_id", id, CQRS_AGGREGATE_ID_MAX, "-_.:@", err);
 }
@@ -357,7 +357,7 @@ days_in_month(int year, int month)
 }
 
 int
-envelope_check_recorded_at(const char *s, struct cqrs_err *err)
+cqrs_envelope_check_recorded_at(const char *s, struct cqrs_err *err)
 {
 	int year, month, day, hour, minute, second;
 	size_t i;
@@ -393,7 +393,7 @@ envelope_check_recorded_at(const char *s, struct cqrs_err *err)
 }
 
 int
-envelope_stream_type(const char *stream, char *buf, size_t size)
+cqrs_envelope_stream_type(const char *stream, char *buf, size_t size)
 {
 	const char *dash;
 	size_t len;
@@ -414,7 +414,7 @@ envelope_stream_type(const char *stream, char *buf, size_t size)
 }
 
 void
-envelope_now(char *buf, size_t size)
+cqrs_envelope_now(char *buf, size_t size)
 {
 	struct timespec ts;
 	struct tm tm;
@@ -506,7 +506,7 @@ add_string(struct json_object *obj, const char *key, const char *s)
 }
 
 char *
-envelope_encode(const struct cqrs_event *ev)
+cqrs_envelope_encode(const struct cqrs_event *ev)
 {
 	struct json_object *obj = NULL;
 	const char *text;
@@ -542,7 +542,7 @@ check_id(const char *id, struct cqrs_err *err)
 {
 	if (id == NULL)
 		return fail(err, CQRS_EINVALID, "\"id\" is missing");
-	if (!uuid_valid(id))
+	if (!cqrs_uuid_valid(id))
 		return fail(err, CQRS_EINVALID, "\"id\" is not a UUID");
 	return 0;
 }
@@ -564,7 +564,7 @@ check_object(const char *key, struct json_object *v, struct cqrs_err *err)
 }
 
 int
-envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
+cqrs_envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
 {
 	int rc;
 
@@ -572,17 +572,17 @@ envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
 		return fail(err, CQRS_EINVALID, "no event");
 	if ((rc = check_id(ev->id, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_stream(ev->stream, err)) != 0)
+	if ((rc = cqrs_envelope_check_stream(ev->stream, err)) != 0)
 		return prefixed(err, rc);
 	if ((rc = check_int("version", ev->version, 1, err)) != 0 ||
 	    (rc = check_int("position", ev->position, 0, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_type("type", ev->type, err)) != 0)
+	if ((rc = cqrs_envelope_check_type("type", ev->type, err)) != 0)
 		return prefixed(err, rc);
 	if ((rc = check_object("data", ev->data, err)) != 0 ||
 	    (rc = check_object("metadata", ev->metadata, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_recorded_at(ev->recorded_at, err)) != 0)
+	if ((rc = cqrs_envelope_check_recorded_at(ev->recorded_at, err)) != 0)
 		return prefixed(err, rc);
 	return 0;
 }
@@ -633,7 +633,7 @@ get_int(struct json_object *obj, const char *key, int64_t min, int64_t *out,
 }
 
 int
-envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
+cqrs_envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
 		       struct cqrs_err *err)
 {
 	const char *id, *stream, *type, *recorded_at;
@@ -648,13 +648,13 @@ envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
 		return rc;
 	if ((rc = get_string(obj, "stream", &stream, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_stream(stream, err)) != 0)
+	if ((rc = cqrs_envelope_check_stream(stream, err)) != 0)
 		return prefixed(err, rc);
 	if ((rc = get_int(obj, "version", 1, &version, err)) != 0 ||
 	    (rc = get_int(obj, "position", 0, &position, err)) != 0 ||
 	    (rc = get_string(obj, "type", &type, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_type("type", type, err)) != 0)
+	if ((rc = cqrs_envelope_check_type("type", type, err)) != 0)
 		return prefixed(err, rc);
 	if ((rc = get_field(obj, "data", &data, err)) != 0 ||
 	    (rc = check_object("data", data, err)) != 0 ||
@@ -662,7 +662,7 @@ envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
 	    (rc = check_object("metadata", metadata, err)) != 0 ||
 	    (rc = get_string(obj, "recorded_at", &recorded_at, err)) != 0)
 		return rc;
-	if ((rc = envelope_check_recorded_at(recorded_at, err)) != 0)
+	if ((rc = cqrs_envelope_check_recorded_at(recorded_at, err)) != 0)
 		return prefixed(err, rc);
 
 	*out = cqrs_event_new(id, stream, version, position, type, data, metadata, recorded_at);
@@ -672,7 +672,7 @@ envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
 }
 
 int
-envelope_decode(const char *json, size_t len, struct cqrs_event **out,
+cqrs_envelope_decode(const char *json, size_t len, struct cqrs_event **out,
 		struct cqrs_err *err)
 {
 	struct json_tokener *tok = NULL;
@@ -730,7 +730,7 @@ envelope_decode(const char *json, size_t len, struct cqrs_event **out,
 			goto out;
 		}
 	}
-	rc = envelope_decode_object(root, out, err);
+	rc = cqrs_envelope_decode_object(root, out, err);
 out:
 	json_object_put(root);
 	if (tok != NULL)

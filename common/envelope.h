@@ -16,11 +16,11 @@
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 
-/* envelope_decode() refuses more input than this, and deeper nesting. */
+/* cqrs_envelope_decode() refuses more input than this, and deeper nesting. */
 #define ENVELOPE_MAX_INPUT ((size_t)CQRS_EVENT_MAX_BYTES * 2)
 #define ENVELOPE_MAX_DEPTH 64
 
-/* Size of the buffer envelope_now() fills: "2026-11-26T05:20:49.123456Z". */
+/* Size of the buffer cqrs_envelope_now() fills: "2026-11-26T05:20:49.123456Z". */
 #define ENVELOPE_TIME_SIZE 28
 
 /* A new event with copies of the strings and a new reference to data and
@@ -30,18 +30,18 @@ struct cqrs_event *cqrs_event_new(const char *id, const char *stream, int64_t ve
 			     struct json_object *data, struct json_object *metadata,
 			     const char *recorded_at);
 
-/* Frees an event made by cqrs_event_new() or envelope_decode(); NULL is a no-op. */
+/* Frees an event made by cqrs_event_new() or cqrs_envelope_decode(); NULL is a no-op. */
 void cqrs_event_free(struct cqrs_event *ev);
 
 /*
  * The envelope as compact JSON, NUL-terminated, malloc'd (caller frees).
- * NULL when out of memory. Does not validate: see envelope_validate().
+ * NULL when out of memory. Does not validate: see cqrs_envelope_validate().
  * Fields in DESIGN.md's order; NULL strings and data come out as null. It
  * briefly takes a reference on data and metadata, and json-c's reference
  * counts are not atomic: don't encode or share one event's objects in two
  * threads at once.
  */
-char *envelope_encode(const struct cqrs_event *ev);
+char *cqrs_envelope_encode(const struct cqrs_event *ev);
 
 /*
  * Parses and validates len bytes of JSON. On success *out is a new event
@@ -55,19 +55,19 @@ char *envelope_encode(const struct cqrs_event *ev);
  * characters in strings, integers outside int64/uint64 (json-c would clamp
  * them silently), nesting deeper than ENVELOPE_MAX_DEPTH.
  */
-int envelope_decode(const char *json, size_t len, struct cqrs_event **out,
+int cqrs_envelope_decode(const char *json, size_t len, struct cqrs_event **out,
 		    struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /*
- * Like envelope_decode() for an object already parsed (obj is borrowed; the
+ * Like cqrs_envelope_decode() for an object already parsed (obj is borrowed; the
  * event takes its own references to "data" and "metadata"). Only the field
  * rules apply: the checks on the text are the parser's business.
  */
-int envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
+int cqrs_envelope_decode_object(struct json_object *obj, struct cqrs_event **out,
 			   struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* Checks every field of ev; CQRS_EINVALID with the field's name. */
-int envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
+int cqrs_envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /*
@@ -78,23 +78,23 @@ int envelope_validate(const struct cqrs_event *ev, struct cqrs_err *err)
  *   (no "-": the stream's type is what precedes the first "-");
  * - aggregate id: 1..CQRS_AGGREGATE_ID_MAX bytes of letters, digits and "-_.:@".
  */
-int envelope_check_stream(const char *stream, struct cqrs_err *err);
-int envelope_check_type(const char *what, const char *type, struct cqrs_err *err);
-int envelope_check_aggregate_type(const char *type, struct cqrs_err *err);
-int envelope_check_aggregate_id(const char *id, struct cqrs_err *err);
+int cqrs_envelope_check_stream(const char *stream, struct cqrs_err *err);
+int cqrs_envelope_check_type(const char *what, const char *type, struct cqrs_err *err);
+int cqrs_envelope_check_aggregate_type(const char *type, struct cqrs_err *err);
+int cqrs_envelope_check_aggregate_id(const char *id, struct cqrs_err *err);
 
 /* recorded_at: "YYYY-MM-DDTHH:MM:SS[.f]Z", 1 to 6 fraction digits, a real
  * date and time (seconds up to 60, for a leap second); the message names
  * "recorded_at". */
-int envelope_check_recorded_at(const char *s, struct cqrs_err *err);
+int cqrs_envelope_check_recorded_at(const char *s, struct cqrs_err *err);
 
 /* Copies the aggregate type of stream (text before the first '-') into buf;
  * returns 0, or CQRS_EINVALID when there is no '-', the type before it is
  * empty, or it does not fit (buf is then ""). */
-int envelope_stream_type(const char *stream, char *buf, size_t size);
+int cqrs_envelope_stream_type(const char *stream, char *buf, size_t size);
 
 /* Current UTC time as "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" (buf of >= 28 bytes,
  * ENVELOPE_TIME_SIZE; a smaller buf gets a truncated string). */
-void envelope_now(char *buf, size_t size);
+void cqrs_envelope_now(char *buf, size_t size);
 
 #endif

@@ -31,7 +31,7 @@ fnv1a(const char *s)
 }
 
 struct hmap *
-hmap_new(void)
+cqrs_hmap_new(void)
 {
 	struct hmap *m = calloc(1, sizeof(*m));
 
@@ -47,7 +47,7 @@ hmap_new(void)
 }
 
 void
-hmap_free(struct hmap *m)
+cqrs_hmap_free(struct hmap *m)
 {
 	if (m == NULL)
 		return;
@@ -64,7 +64,7 @@ hmap_free(struct hmap *m)
 }
 
 void *
-hmap_get(const struct hmap *m, const char *key)
+cqrs_hmap_get(const struct hmap *m, const char *key)
 {
 	uint64_t h = fnv1a(key);
 
@@ -97,7 +97,7 @@ grow(struct hmap *m)
 }
 
 int
-hmap_put(struct hmap *m, const char *key, void *value)
+cqrs_hmap_put(struct hmap *m, const char *key, void *value)
 {
 	uint64_t h = fnv1a(key);
 	size_t len;
@@ -124,7 +124,7 @@ hmap_put(struct hmap *m, const char *key, void *value)
 }
 
 void *
-hmap_del(struct hmap *m, const char *key)
+cqrs_hmap_del(struct hmap *m, const char *key)
 {
 	uint64_t h = fnv1a(key);
 	struct hnode **pp = &m->buckets[h & (m->nbuckets - 1)];
@@ -143,7 +143,7 @@ hmap_del(struct hmap *m, const char *key)
 }
 
 size_t
-hmap_count(const struct hmap *m)
+cqrs_hmap_count(const struct hmap *m)
 {
 	return m->count;
 }

@@ -89,7 +89,7 @@ is_loopback(const struct sockaddr_storage *ss)
 }
 
 int
-httpd_parse_addr(const char *spec, bool allow_remote, const char *what, struct httpd_addr *out,
+cqrs_httpd_parse_addr(const char *spec, bool allow_remote, const char *what, struct httpd_addr *out,
 		 struct cqrs_err *err)
 {
 	char host[64];
@@ -164,17 +164,17 @@ httpd_parse_addr(const char *spec, bool allow_remote, const char *what, struct h
 }
 
 int
-httpd_config_load(const struct config *cfg, const char *section, struct httpd_addr *out,
+cqrs_httpd_config_load(const struct config *cfg, const char *section, struct httpd_addr *out,
 		  struct cqrs_err *err)
 {
 	char what[96];
 	bool remote = false;
 	int rc;
 
-	if ((rc = config_get_bool(cfg, section, "http_allow_remote", false, &remote, err)) < 0)
+	if ((rc = cqrs_config_get_bool(cfg, section, "http_allow_remote", false, &remote, err)) < 0)
 		return rc;
 	snprintf(what, sizeof(what), "[%s] http", section);
-	return httpd_parse_addr(config_get(cfg, section, "http", NULL), remote, what, out, err);
+	return cqrs_httpd_parse_addr(cqrs_config_get(cfg, section, "http", NULL), remote, what, out, err);
 }
 
 /* ---- serving ------------------------------------------------------------ */
@@ -284,7 +284,7 @@ bind_addr(const struct httpd_addr *addr, struct cqrs_err *err)
 }
 
 int
-httpd_new(struct event_base *base, const struct httpd_addr *addr,
+cqrs_httpd_new(struct event_base *base, const struct httpd_addr *addr,
 	  const struct httpd_handlers *handlers, struct httpd **out, struct cqrs_err *err)
 {
 	struct httpd *h = NULL;
@@ -370,12 +370,12 @@ httpd_new(struct event_base *base, const struct httpd_addr *addr,
 	*out = h;
 	return 0;
 fail:
-	httpd_free(h);
+	cqrs_httpd_free(h);
 	return rc;
 }
 
 void
-httpd_free(struct httpd *h)
+cqrs_httpd_free(struct httpd *h)
 {
 	if (h == NULL)
 		return;
@@ -399,13 +399,13 @@ httpd_free(struct httpd *h)
 }
 
 uint16_t
-httpd_port(const struct httpd *h)
+cqrs_httpd_port(const struct httpd *h)
 {
 	return h->port;
 }
 
 const char *
-httpd_address(const struct httpd *h)
+cqrs_httpd_address(const struct httpd *h)
 {
 	return h->address;
 }
@@ -413,7 +413,7 @@ httpd_address(const struct httpd *h)
 /* ---- Prometheus text format ---------------------------------------------- */
 
 void
-httpd_metric_header(struct evbuffer *out, const char *name, const char *type, const char *help)
+cqrs_httpd_metric_header(struct evbuffer *out, const char *name, const char *type, const char *help)
 {
 	/* HELP text escapes only '\\' and newlines */
 	evbuffer_add_printf(out, "# HELP %s ", name);
@@ -438,14 +438,14 @@ sample_name(struct evbuffer *out, const char *name, const char *labels)
 }
 
 void
-httpd_metric_u64(struct evbuffer *out, const char *name, const char *labels, uint64_t v)
+cqrs_httpd_metric_u64(struct evbuffer *out, const char *name, const char *labels, uint64_t v)
 {
 	sample_name(out, name, labels);
 	evbuffer_add_printf(out, "%" PRIu64 "\n", v);
 }
 
 void
-httpd_metric_double(struct evbuffer *out, const char *name, const char *labels, double v)
+cqrs_httpd_metric_double(struct evbuffer *out, const char *name, const char *labels, double v)
 {
 	sample_name(out, name, labels);
 	if (isnan(v))
@@ -457,21 +457,21 @@ httpd_metric_double(struct evbuffer *out, const char *name, const char *labels, 
 }
 
 void
-httpd_counter(struct evbuffer *out, const char *name, const char *help, uint64_t v)
+cqrs_httpd_counter(struct evbuffer *out, const char *name, const char *help, uint64_t v)
 {
-	httpd_metric_header(out, name, "counter", help);
-	httpd_metric_u64(out, name, NULL, v);
+	cqrs_httpd_metric_header(out, name, "counter", help);
+	cqrs_httpd_metric_u64(out, name, NULL, v);
 }
 
 void
-httpd_gauge(struct evbuffer *out, const char *name, const char *help, double v)
+cqrs_httpd_gauge(struct evbuffer *out, const char *name, const char *help, double v)
 {
-	httpd_metric_header(out, name, "gauge", help);
-	httpd_metric_double(out, name, NULL, v);
+	cqrs_httpd_metric_header(out, name, "gauge", help);
+	cqrs_httpd_metric_double(out, name, NULL, v);
 }
 
 void
-httpd_label_escape(const char *in, char *out, size_t size)
+cqrs_httpd_label_escape(const char *in, char *out, size_t size)
 {
 	size_t o = 0;
 
@@ -501,7 +501,7 @@ httpd_label_escape(const char *in, char *out, size_t size)
 /* ---- histograms ---------------------------------------------------------- */
 
 int
-httpd_hist_init(struct httpd_hist *h, const uint64_t *le_us, size_t n)
+cqrs_httpd_hist_init(struct httpd_hist *h, const uint64_t *le_us, size_t n)
 {
 	if (n == 0 || n > HTTPD_HIST_MAX_BUCKETS)
 		return CQRS_EINVALID;
@@ -517,7 +517,7 @@ httpd_hist_init(struct httpd_hist *h, const uint64_t *le_us, size_t n)
 }
 
 void
-httpd_hist_observe_us(struct httpd_hist *h, uint64_t us)
+cqrs_httpd_hist_observe_us(struct httpd_hist *h, uint64_t us)
 {
 	size_t n = h->n ? h->n : DEFAULT_N;
 	const uint64_t *le = h->n ? h->le_us : default_le_us;
@@ -530,7 +530,7 @@ httpd_hist_observe_us(struct httpd_hist *h, uint64_t us)
 }
 
 uint64_t
-httpd_hist_count(const struct httpd_hist *h)
+cqrs_httpd_hist_count(const struct httpd_hist *h)
 {
 	size_t n = h->n ? h->n : DEFAULT_N;
 	uint64_t total = 0;
@@ -541,7 +541,7 @@ httpd_hist_count(const struct httpd_hist *h)
 }
 
 void
-httpd_hist_write(struct evbuffer *out, const char *name, const char *help, const char *labels,
+cqrs_httpd_hist_write(struct evbuffer *out, const char *name, const char *help, const char *labels,
 		 const struct httpd_hist *h)
 {
 	size_t n = h->n ? h->n : DEFAULT_N;
@@ -551,7 +551,7 @@ httpd_hist_write(struct evbuffer *out, const char *name, const char *help, const
 	uint64_t cum = 0;
 
 	if (help != NULL)
-		httpd_metric_header(out, name, "histogram", help);
+		cqrs_httpd_metric_header(out, name, "histogram", help);
 	/* one pass over the counts: _count is the +Inf bucket of this very pass */
 	for (size_t i = 0; i < n; i++) {
 		cum += atomic_load_explicit(&h->counts[i], memory_order_relaxed);

@@ -13,13 +13,13 @@
  *
  * Address ([SECTION] http): "PORT" (127.0.0.1), "HOST:PORT" with an IPv4
  * literal or "localhost", or "[IPV6]:PORT". Empty or absent: no endpoint.
- * PORT 0 binds an ephemeral port; httpd_port() tells which. Only loopback
+ * PORT 0 binds an ephemeral port; cqrs_httpd_port() tells which. Only loopback
  * addresses are accepted, because the endpoint has no authentication:
  * [SECTION] http_allow_remote = true lifts that (for a Prometheus on
  * another host; put a firewall in front of it).
  *
  * Every daemon with an endpoint lists both keys as known in its section
- * (HTTPD_CONFIG_KEYS) and reads them with httpd_config_load().
+ * (HTTPD_CONFIG_KEYS) and reads them with cqrs_httpd_config_load().
  *
  * Loops and threads: with a base, the endpoint lives on that loop and the
  * callbacks run on its thread, between the owner's own callbacks (so they
@@ -47,7 +47,7 @@ struct event_base;
 struct evbuffer;
 struct httpd;
 
-/* The two keys httpd_config_load() reads, for a daemon's list of known keys. */
+/* The two keys cqrs_httpd_config_load() reads, for a daemon's list of known keys. */
 #define HTTPD_CONFIG_KEYS "http", "http_allow_remote"
 
 /* Where to listen; len 0: no endpoint. */
@@ -62,12 +62,12 @@ struct httpd_addr {
  * A non-loopback address without allow_remote, a bad host or a bad port is
  * CQRS_ECONFIG; the message begins with what (a key name like "[cmd] http").
  */
-int httpd_parse_addr(const char *spec, bool allow_remote, const char *what,
+int cqrs_httpd_parse_addr(const char *spec, bool allow_remote, const char *what,
 		     struct httpd_addr *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Reads [section] http and http_allow_remote from cfg into *out. */
-int httpd_config_load(const struct config *cfg, const char *section, struct httpd_addr *out,
+int cqrs_httpd_config_load(const struct config *cfg, const char *section, struct httpd_addr *out,
 		      struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /*
@@ -75,7 +75,7 @@ int httpd_config_load(const struct config *cfg, const char *section, struct http
  * short reason written to reason (NUL-terminated, at most size bytes).
  */
 typedef bool (*httpd_health_fn)(void *arg, char *reason, size_t size);
-/* Metrics: appends the samples to out, for example with httpd_counter(). */
+/* Metrics: appends the samples to out, for example with cqrs_httpd_counter(). */
 typedef void (*httpd_metrics_fn)(void *arg, struct evbuffer *out);
 
 struct httpd_handlers {
@@ -87,50 +87,50 @@ struct httpd_handlers {
 /*
  * Binds addr (len must not be 0) and serves. base is borrowed and must
  * outlive the endpoint; NULL runs a loop on a new thread. handlers is
- * copied. On success *out is owned by the caller (httpd_free()); errors:
+ * copied. On success *out is owned by the caller (cqrs_httpd_free()); errors:
  * CQRS_EIO (cannot bind, with the address and the reason), CQRS_ENOMEM.
  */
-int httpd_new(struct event_base *base, const struct httpd_addr *addr,
+int cqrs_httpd_new(struct event_base *base, const struct httpd_addr *addr,
 	      const struct httpd_handlers *handlers, struct httpd **out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Stops serving, closes the socket and its connections; joins the thread
  * in threaded mode. NULL does nothing. */
-void httpd_free(struct httpd *h);
+void cqrs_httpd_free(struct httpd *h);
 
 /* The bound port (the ephemeral one for port 0). */
-uint16_t httpd_port(const struct httpd *h);
+uint16_t cqrs_httpd_port(const struct httpd *h);
 
 /* "HOST:PORT" as bound ("127.0.0.1:41234", "[::1]:9101"). Borrowed. */
-const char *httpd_address(const struct httpd *h);
+const char *cqrs_httpd_address(const struct httpd *h);
 
 /* ---- Prometheus text format ------------------------------------------- */
 
 /*
  * Sample lines are "NAME{LABELS} VALUE". labels is NULL or the text between
- * the braces, already escaped ("outcome=\"ok\""); httpd_label_escape()
+ * the braces, already escaped ("outcome=\"ok\""); cqrs_httpd_label_escape()
  * escapes a value that may hold '\\', '"' or a newline. Names must match
  * [a-zA-Z_:][a-zA-Z0-9_:]*; that is the caller's business.
  */
 
 /* "# HELP NAME HELP" and "# TYPE NAME TYPE" (type: counter, gauge, histogram). */
-void httpd_metric_header(struct evbuffer *out, const char *name, const char *type,
+void cqrs_httpd_metric_header(struct evbuffer *out, const char *name, const char *type,
 			 const char *help);
-void httpd_metric_u64(struct evbuffer *out, const char *name, const char *labels, uint64_t v);
+void cqrs_httpd_metric_u64(struct evbuffer *out, const char *name, const char *labels, uint64_t v);
 /* NaN and infinities as "NaN", "+Inf", "-Inf". */
-void httpd_metric_double(struct evbuffer *out, const char *name, const char *labels, double v);
+void cqrs_httpd_metric_double(struct evbuffer *out, const char *name, const char *labels, double v);
 
 /* Header and one unlabelled sample. */
-void httpd_counter(struct evbuffer *out, const char *name, const char *help, uint64_t v);
-void httpd_gauge(struct evbuffer *out, const char *name, const char *help, double v);
+void cqrs_httpd_counter(struct evbuffer *out, const char *name, const char *help, uint64_t v);
+void cqrs_httpd_gauge(struct evbuffer *out, const char *name, const char *help, double v);
 
 /* Escapes in into out (at most size bytes, always NUL-terminated). */
-void httpd_label_escape(const char *in, char *out, size_t size);
+void cqrs_httpd_label_escape(const char *in, char *out, size_t size);
 
 /*
  * A latency histogram with fixed buckets in seconds. A zeroed struct is
  * ready to use, with the default buckets (HTTPD_HIST_DEFAULT_BUCKETS:
- * 0.5 ms to 10 s); httpd_hist_init() sets others.
+ * 0.5 ms to 10 s); cqrs_httpd_hist_init() sets others.
  */
 #define HTTPD_HIST_MAX_BUCKETS 24
 #define HTTPD_HIST_DEFAULT_BUCKETS \
@@ -146,18 +146,18 @@ struct httpd_hist {
 
 /* n bounds (1..HTTPD_HIST_MAX_BUCKETS, ascending, microseconds); clears the counts.
  * Returns 0, or CQRS_EINVALID for bounds out of that shape. */
-int httpd_hist_init(struct httpd_hist *h, const uint64_t *le_us, size_t n)
+int cqrs_httpd_hist_init(struct httpd_hist *h, const uint64_t *le_us, size_t n)
 	__attribute__((warn_unused_result));
 /* Counts one observation of us microseconds. Safe from any thread. */
-void httpd_hist_observe_us(struct httpd_hist *h, uint64_t us);
+void cqrs_httpd_hist_observe_us(struct httpd_hist *h, uint64_t us);
 /* Observations so far. */
-uint64_t httpd_hist_count(const struct httpd_hist *h);
+uint64_t cqrs_httpd_hist_count(const struct httpd_hist *h);
 /*
  * NAME_bucket{LABELS,le="..."} (cumulative, ending with le="+Inf"),
  * NAME_sum (seconds) and NAME_count; with the header when help is not
  * NULL (write it once before several labelled series of one name).
  */
-void httpd_hist_write(struct evbuffer *out, const char *name, const char *help,
+void cqrs_httpd_hist_write(struct evbuffer *out, const char *name, const char *help,
 		      const char *labels, const struct httpd_hist *h);
 
 #endif

@@ -8,7 +8,7 @@ struct migration {
 	const char *sql;
 };
 
-extern const struct migration migrations[];
-extern const int migrations_count;
+extern const struct migration cqrs_migrations[];
+extern const int cqrs_migrations_count;
 
 #endif

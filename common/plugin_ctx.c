@@ -20,7 +20,7 @@
 /* ---- command handlers --------------------------------------------------- */
 
 void
-cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
+cqrs_cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 	     const struct cqrs_log_ctx *log)
 {
 	memset(ctx, 0, sizeof(*ctx));
@@ -31,7 +31,7 @@ cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 }
 
 void
-cmd_ctx_clear(struct cqrs_cmd_ctx *ctx)
+cqrs_cmd_ctx_clear(struct cqrs_cmd_ctx *ctx)
 {
 	size_t i;
 
@@ -78,7 +78,7 @@ cqrs_emit(struct cqrs_cmd_ctx *ctx, const char *event_type, struct json_object *
 		goto out;
 	if (ctx->emit_failed)
 		goto out;
-	if (envelope_check_type("event type", event_type, &err) < 0) {
+	if (cqrs_envelope_check_type("event type", event_type, &err) < 0) {
 		emit_failed(ctx, "cqrs_emit: %s", err.msg);
 		goto out;
 	}
@@ -163,12 +163,12 @@ cqrs_cmd_plugin_state(struct cqrs_cmd_ctx *ctx)
 }
 
 int
-cmd_ctx_run(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
+cqrs_cmd_ctx_run(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 	    const struct cqrs_command *cmd, const void *state, int64_t version)
 {
 	int r;
 
-	cmd_ctx_clear(ctx);
+	cqrs_cmd_ctx_clear(ctx);
 	ctx->emit_failed = false;
 	ctx->message[0] = '\0';
 	if (rc == NULL || rc->fn == NULL || cmd == NULL) {
@@ -197,20 +197,20 @@ cmd_ctx_run(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 		r = -1;
 	}
 	/* only a command that succeeds appends anything */
-	cmd_ctx_clear(ctx);
+	cqrs_cmd_ctx_clear(ctx);
 	return r;
 }
 
 int
-aggregate_apply(const struct registry *reg, const struct reg_aggregate *agg, void *state,
+cqrs_aggregate_apply(const struct registry *reg, const struct reg_aggregate *agg, void *state,
 		const struct cqrs_event *ev, struct cqrs_err *err)
 {
 	cqrs_applier_fn fn;
 	int r;
 
 	if (agg == NULL || ev == NULL || ev->type == NULL)
-		return cqrs_err_set(err, CQRS_EINTERNAL, "aggregate_apply: no aggregate or event");
-	fn = registry_applier(reg, agg, ev->type);
+		return cqrs_err_set(err, CQRS_EINTERNAL, "cqrs_aggregate_apply: no aggregate or event");
+	fn = cqrs_registry_applier(reg, agg, ev->type);
 	if (fn == NULL)
 		return 0;
 	r = fn(state, ev);
@@ -226,7 +226,7 @@ aggregate_apply(const struct registry *reg, const struct reg_aggregate *agg, voi
 /* ---- event handlers ----------------------------------------------------- */
 
 void
-event_ctx_init(struct cqrs_event_ctx *ctx, const struct reg_handler *h,
+cqrs_event_ctx_init(struct cqrs_event_ctx *ctx, const struct reg_handler *h,
 	       const struct cqrs_log_ctx *log, struct pg_conn *pg,
 	       const struct cqrs_event *event, const struct event_ctx_ops *ops)
 {

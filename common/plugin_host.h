@@ -36,10 +36,10 @@ struct reg_handler {
 	const char *plugin;
 };
 
-struct registry *registry_new(void);
+struct registry *cqrs_registry_new(void);
 
 /* Calls each plugin's fini, then dlclose()s them. NULL is a no-op. */
-void registry_free(struct registry *reg);
+void cqrs_registry_free(struct registry *reg);
 
 /*
  * Loads one plugin: dlopen(RTLD_NOW | RTLD_LOCAL), dlsym of
@@ -48,18 +48,18 @@ void registry_free(struct registry *reg);
  * "ABI version 7, this daemon knows 1", "command \"account.open\" is already
  * registered by /x/bank.so"). A plugin that fails leaves nothing registered.
  */
-int registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
+int cqrs_registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Loads each path of a space-separated list, in order. Stops at the first
  * failure; the plugins loaded before it stay loaded. "" loads nothing. */
-int registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err)
+int cqrs_registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /*
  * Registers a plugin that is already in the process (built into a program,
  * or a test's own descriptor): the same checks, rollback and messages as
- * registry_load() without dlopen(). origin names it in messages and in the
+ * cqrs_registry_load() without dlopen(). origin names it in messages and in the
  * entries' `plugin` field (copied). desc is borrowed for the registry's life.
  *
  * Both return 0, CQRS_ENOMEM, or CQRS_ECONFIG for every refusal. fini is
@@ -68,26 +68,26 @@ int registry_load_list(struct registry *reg, const char *paths, struct cqrs_err 
  * fails the load even when register_all() goes on and returns 0. Successful
  * loads log one info line with the plugin's counts.
  */
-int registry_add(struct registry *reg, const struct cqrs_plugin *desc, const char *origin,
+int cqrs_registry_add(struct registry *reg, const struct cqrs_plugin *desc, const char *origin,
 		 struct cqrs_err *err) __attribute__((warn_unused_result));
 
 /* Lookups; NULL when absent. Pointers live as long as the registry. */
-const struct reg_aggregate *registry_aggregate(const struct registry *reg, const char *name);
-const struct reg_command *registry_command(const struct registry *reg, const char *type);
-cqrs_applier_fn registry_applier(const struct registry *reg, const struct reg_aggregate *agg,
+const struct reg_aggregate *cqrs_registry_aggregate(const struct registry *reg, const char *name);
+const struct reg_command *cqrs_registry_command(const struct registry *reg, const char *type);
+cqrs_applier_fn cqrs_registry_applier(const struct registry *reg, const struct reg_aggregate *agg,
 				 const char *event_type);
 
 /* Event handlers, in registration order. */
-size_t registry_handler_count(const struct registry *reg);
-const struct reg_handler *registry_handler(const struct registry *reg, size_t i);
+size_t cqrs_registry_handler_count(const struct registry *reg);
+const struct reg_handler *cqrs_registry_handler(const struct registry *reg, size_t i);
 
 /* Counts, for logs: "loaded bank.so: 2 aggregates, 7 commands, 5 handlers". */
-size_t registry_command_count(const struct registry *reg);
-size_t registry_aggregate_count(const struct registry *reg);
-size_t registry_plugin_count(const struct registry *reg);
+size_t cqrs_registry_command_count(const struct registry *reg);
+size_t cqrs_registry_aggregate_count(const struct registry *reg);
+size_t cqrs_registry_plugin_count(const struct registry *reg);
 
 /* AMQP topic matching: '*' one word, '#' zero or more words. */
-bool routing_match(const char *pattern, const char *key);
+bool cqrs_routing_match(const char *pattern, const char *key);
 
 /* ---- running a command handler ----------------------------------------- */
 
@@ -108,11 +108,11 @@ struct cqrs_cmd_ctx {
 };
 
 /* Fills ctx for rc (log copied; its strings are borrowed and must outlive
- * the run). It does not free anything: cmd_ctx_clear() a used ctx first. */
-void cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
+ * the run). It does not free anything: cqrs_cmd_ctx_clear() a used ctx first. */
+void cqrs_cmd_ctx_init(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 		  const struct cqrs_log_ctx *log);
-/* Frees the emitted events; the ctx can be reused after cmd_ctx_init. */
-void cmd_ctx_clear(struct cqrs_cmd_ctx *ctx);
+/* Frees the emitted events; the ctx can be reused after cqrs_cmd_ctx_init. */
+void cqrs_cmd_ctx_clear(struct cqrs_cmd_ctx *ctx);
 
 /*
  * Runs rc's handler. Returns the handler's cqrs_outcome; an out-of-range
@@ -123,12 +123,12 @@ void cmd_ctx_clear(struct cqrs_cmd_ctx *ctx);
  * dropped first, so one ctx can run again after a conflict. The handler does
  * not see its own events applied: state stays as given.
  */
-int cmd_ctx_run(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
+int cqrs_cmd_ctx_run(struct cqrs_cmd_ctx *ctx, const struct reg_command *rc,
 		const struct cqrs_command *cmd, const void *state, int64_t version);
 
 /* Applies ev to state with the aggregate's applier for ev->type (no applier:
  * nothing to do). Returns 0, or CQRS_EINTERNAL naming the event. */
-int aggregate_apply(const struct registry *reg, const struct reg_aggregate *agg, void *state,
+int cqrs_aggregate_apply(const struct registry *reg, const struct reg_aggregate *agg, void *state,
 		    const struct cqrs_event *ev, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
@@ -156,7 +156,7 @@ struct cqrs_event_ctx {
 /* Fills ctx for one call of h (log copied, strings borrowed; pg, event and
  * ops borrowed, each may be NULL). cqrs_send() refuses without ops->send
  * (CQRS_EUNAVAILABLE) and in a reset, where event is NULL (CQRS_EINVALID). */
-void event_ctx_init(struct cqrs_event_ctx *ctx, const struct reg_handler *h,
+void cqrs_event_ctx_init(struct cqrs_event_ctx *ctx, const struct reg_handler *h,
 		    const struct cqrs_log_ctx *log, struct pg_conn *pg,
 		    const struct cqrs_event *event, const struct event_ctx_ops *ops);
 

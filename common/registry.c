@@ -163,7 +163,7 @@ ptrvec_push(struct ptrvec *pv, void *p)
 /* ---- the registry ------------------------------------------------------- */
 
 struct plugin {
-	char *origin;			/* the file, or registry_add()'s origin */
+	char *origin;			/* the file, or cqrs_registry_add()'s origin */
 	void *handle;			/* NULL for an in-process plugin */
 	const struct cqrs_plugin *desc;
 	void *state;			/* from register_all() */
@@ -175,7 +175,7 @@ struct applier {
 	cqrs_applier_fn fn;
 };
 
-/* registry_applier() gets from the public part back to the whole. */
+/* cqrs_registry_applier() gets from the public part back to the whole. */
 struct agg_entry {
 	struct reg_aggregate pub;	/* first member */
 	struct strmap appliers;		/* event type -> struct applier */
@@ -251,13 +251,13 @@ plugin_free(struct plugin *p)
 }
 
 struct registry *
-registry_new(void)
+cqrs_registry_new(void)
 {
 	return calloc(1, sizeof(struct registry));
 }
 
 void
-registry_free(struct registry *reg)
+cqrs_registry_free(struct registry *reg)
 {
 	size_t i;
 
@@ -361,7 +361,7 @@ cqrs_register_aggregate(struct cqrs_registry *r, const struct cqrs_aggregate_typ
 		return CQRS_EINVALID;
 	if (type == NULL)
 		return call_failed(r, CQRS_EINVALID, "cqrs_register_aggregate: type is NULL");
-	if (envelope_check_aggregate_type(type->name, &err) < 0)
+	if (cqrs_envelope_check_aggregate_type(type->name, &err) < 0)
 		return call_failed(r, CQRS_EINVALID, "aggregate \"%s\": %s", nz(type->name),
 				   err.msg);
 	if (strlen(type->name) > AGGREGATE_TYPE_MAX)
@@ -377,7 +377,7 @@ cqrs_register_aggregate(struct cqrs_registry *r, const struct cqrs_aggregate_typ
 		return call_failed(r, CQRS_EINVALID,
 				   "aggregate \"%s\": snapshot_encode and snapshot_decode "
 				   "go together (both or neither)", type->name);
-	dup = registry_aggregate(r->reg, type->name);
+	dup = cqrs_registry_aggregate(r->reg, type->name);
 	if (dup == NULL)
 		dup = (const struct reg_aggregate *)stage_find_aggregate(r, type->name);
 	if (dup != NULL)
@@ -411,7 +411,7 @@ cqrs_register_applier(struct cqrs_registry *r, const char *aggregate_type,
 		return CQRS_EINVALID;
 	if (aggregate_type == NULL)
 		return call_failed(r, CQRS_EINVALID, "cqrs_register_applier: aggregate type is NULL");
-	if (envelope_check_type("event type", event_type, &err) < 0)
+	if (cqrs_envelope_check_type("event type", event_type, &err) < 0)
 		return call_failed(r, CQRS_EINVALID, "applier of \"%s\" for aggregate \"%s\": %s",
 				   nz(event_type), aggregate_type, err.msg);
 	if (fn == NULL)
@@ -421,7 +421,7 @@ cqrs_register_applier(struct cqrs_registry *r, const char *aggregate_type,
 	 * refused plugin must not leave appliers on another's aggregate. */
 	a = (struct agg_entry *)stage_find_aggregate(r, aggregate_type);
 	if (a == NULL) {
-		const struct reg_aggregate *other = registry_aggregate(r->reg, aggregate_type);
+		const struct reg_aggregate *other = cqrs_registry_aggregate(r->reg, aggregate_type);
 
 		if (other != NULL)
 			return call_failed(r, CQRS_EINVALID,
@@ -467,7 +467,7 @@ cqrs_register_command(struct cqrs_registry *r, const char *command_type,
 
 	if (r == NULL)
 		return CQRS_EINVALID;
-	if (envelope_check_type("command type", command_type, &err) < 0)
+	if (cqrs_envelope_check_type("command type", command_type, &err) < 0)
 		return call_failed(r, CQRS_EINVALID, "command \"%s\": %s", nz(command_type),
 				   err.msg);
 	if (fn == NULL)
@@ -479,12 +479,12 @@ cqrs_register_command(struct cqrs_registry *r, const char *command_type,
 	/* an aggregate of this plugin, or of one loaded before it */
 	agg = (const struct reg_aggregate *)stage_find_aggregate(r, aggregate_type);
 	if (agg == NULL)
-		agg = registry_aggregate(r->reg, aggregate_type);
+		agg = cqrs_registry_aggregate(r->reg, aggregate_type);
 	if (agg == NULL)
 		return call_failed(r, CQRS_EINVALID,
 				   "command \"%s\": unknown aggregate \"%s\" "
 				   "(register the aggregate first)", command_type, aggregate_type);
-	dup = registry_command(r->reg, command_type);
+	dup = cqrs_registry_command(r->reg, command_type);
 	if (dup == NULL)
 		dup = stage_find_command(r, command_type);
 	if (dup != NULL)
@@ -553,7 +553,7 @@ cqrs_register_event_handler(struct cqrs_registry *r, const char *group, const ch
 
 	if (r == NULL)
 		return CQRS_EINVALID;
-	if (envelope_check_type("handler group", group, &err) < 0)
+	if (cqrs_envelope_check_type("handler group", group, &err) < 0)
 		return call_failed(r, CQRS_EINVALID, "event handler group \"%s\": %s", nz(group),
 				   err.msg);
 	if (check_pattern(pattern, &err) < 0)
@@ -754,13 +754,13 @@ out:
 }
 
 int
-registry_add(struct registry *reg, const struct cqrs_plugin *desc, const char *origin,
+cqrs_registry_add(struct registry *reg, const struct cqrs_plugin *desc, const char *origin,
 	     struct cqrs_err *err)
 {
 	struct plugin *p;
 
 	if (reg == NULL || origin == NULL)
-		return cqrs_err_set(err, CQRS_ECONFIG, "registry_add: no registry or origin");
+		return cqrs_err_set(err, CQRS_ECONFIG, "cqrs_registry_add: no registry or origin");
 	p = calloc(1, sizeof(*p));
 	if (p == NULL || (p->origin = strdup(origin)) == NULL) {
 		free(p);
@@ -772,7 +772,7 @@ registry_add(struct registry *reg, const struct cqrs_plugin *desc, const char *o
 }
 
 int
-registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
+cqrs_registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
 {
 	cqrs_plugin_entry_fn entry;
 	struct plugin *p = NULL;
@@ -782,7 +782,7 @@ registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
 	int rc;
 
 	if (reg == NULL || path == NULL)
-		return cqrs_err_set(err, CQRS_ECONFIG, "registry_load: no registry or path");
+		return cqrs_err_set(err, CQRS_ECONFIG, "cqrs_registry_load: no registry or path");
 	p = calloc(1, sizeof(*p));
 	if (p == NULL || (p->origin = strdup(path)) == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "could not load plugin \"%s\": out of memory",
@@ -828,7 +828,7 @@ out:
 }
 
 int
-registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err)
+cqrs_registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err)
 {
 	char *copy = NULL;
 	char *save = NULL;
@@ -842,7 +842,7 @@ registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err
 		return cqrs_err_set(err, CQRS_ENOMEM, "plugins: out of memory");
 	for (tok = strtok_r(copy, " \t\n", &save); tok != NULL;
 	     tok = strtok_r(NULL, " \t\n", &save)) {
-		rc = registry_load(reg, tok, err);
+		rc = cqrs_registry_load(reg, tok, err);
 		if (rc < 0)
 			break;
 	}
@@ -853,7 +853,7 @@ registry_load_list(struct registry *reg, const char *paths, struct cqrs_err *err
 /* ---- lookups ------------------------------------------------------------ */
 
 const struct reg_aggregate *
-registry_aggregate(const struct registry *reg, const char *name)
+cqrs_registry_aggregate(const struct registry *reg, const char *name)
 {
 	const struct agg_entry *a;
 
@@ -864,7 +864,7 @@ registry_aggregate(const struct registry *reg, const char *name)
 }
 
 const struct reg_command *
-registry_command(const struct registry *reg, const char *type)
+cqrs_registry_command(const struct registry *reg, const char *type)
 {
 	if (reg == NULL)
 		return NULL;
@@ -872,7 +872,7 @@ registry_command(const struct registry *reg, const char *type)
 }
 
 cqrs_applier_fn
-registry_applier(const struct registry *reg, const struct reg_aggregate *agg,
+cqrs_registry_applier(const struct registry *reg, const struct reg_aggregate *agg,
 		 const char *event_type)
 {
 	const struct agg_entry *a = (const struct agg_entry *)agg;
@@ -886,13 +886,13 @@ registry_applier(const struct registry *reg, const struct reg_aggregate *agg,
 }
 
 size_t
-registry_handler_count(const struct registry *reg)
+cqrs_registry_handler_count(const struct registry *reg)
 {
 	return reg != NULL ? reg->handlers.n : 0;
 }
 
 const struct reg_handler *
-registry_handler(const struct registry *reg, size_t i)
+cqrs_registry_handler(const struct registry *reg, size_t i)
 {
 	if (reg == NULL || i >= reg->handlers.n)
 		return NULL;
@@ -900,19 +900,19 @@ registry_handler(const struct registry *reg, size_t i)
 }
 
 size_t
-registry_command_count(const struct registry *reg)
+cqrs_registry_command_count(const struct registry *reg)
 {
 	return reg != NULL ? reg->commands.n : 0;
 }
 
 size_t
-registry_aggregate_count(const struct registry *reg)
+cqrs_registry_aggregate_count(const struct registry *reg)
 {
 	return reg != NULL ? reg->aggregates.n : 0;
 }
 
 size_t
-registry_plugin_count(const struct registry *reg)
+cqrs_registry_plugin_count(const struct registry *reg)
 {
 	return reg != NULL ? reg->plugins.n : 0;
 }
@@ -948,7 +948,7 @@ word_eq(const char *a, const char *b)
  * whatever the number of '#'.
  */
 bool
-routing_match(const char *pattern, const char *key)
+cqrs_routing_match(const char *pattern, const char *key)
 {
 	const char *p = pattern;
 	const char *k = key;

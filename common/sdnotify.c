@@ -8,7 +8,7 @@
 #include "sdnotify.h"
 
 void
-sdnotify_ready(const char *status)
+cqrs_sdnotify_ready(const char *status)
 {
 	if (status != NULL)
 		sd_notifyf(0, "READY=1\nSTATUS=%s", status);
@@ -17,7 +17,7 @@ sdnotify_ready(const char *status)
 }
 
 void
-sdnotify_status(const char *fmt, ...)
+cqrs_sdnotify_status(const char *fmt, ...)
 {
 	char buf[512];
 	va_list ap;
@@ -29,25 +29,25 @@ sdnotify_status(const char *fmt, ...)
 }
 
 void
-sdnotify_stopping(void)
+cqrs_sdnotify_stopping(void)
 {
 	sd_notify(0, "STOPPING=1");
 }
 
 void
-sdnotify_reloading(void)
+cqrs_sdnotify_reloading(void)
 {
 	sd_notify(0, "RELOADING=1");
 }
 
 void
-sdnotify_watchdog(void)
+cqrs_sdnotify_watchdog(void)
 {
 	sd_notify(0, "WATCHDOG=1");
 }
 
 uint64_t
-sdnotify_watchdog_usec(void)
+cqrs_sdnotify_watchdog_usec(void)
 {
 	uint64_t usec = 0;
 
@@ -57,7 +57,7 @@ sdnotify_watchdog_usec(void)
 }
 
 int
-sdnotify_listen_fds(void)
+cqrs_sdnotify_listen_fds(void)
 {
 	int n = sd_listen_fds(1);
 

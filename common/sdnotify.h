@@ -9,15 +9,15 @@
 #include <stdint.h>
 
 /* READY=1 (and STATUS= when status is not NULL). */
-void sdnotify_ready(const char *status);
+void cqrs_sdnotify_ready(const char *status);
 /* STATUS=... printf-style. */
-void sdnotify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void sdnotify_stopping(void);
-void sdnotify_reloading(void);
-void sdnotify_watchdog(void);
+void cqrs_sdnotify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cqrs_sdnotify_stopping(void);
+void cqrs_sdnotify_reloading(void);
+void cqrs_sdnotify_watchdog(void);
 /* The watchdog interval in microseconds, 0 when not enabled for us. */
-uint64_t sdnotify_watchdog_usec(void);
+uint64_t cqrs_sdnotify_watchdog_usec(void);
 /* Number of sockets passed by systemd (fds start at 3); 0 when none. */
-int sdnotify_listen_fds(void);
+int cqrs_sdnotify_listen_fds(void);
 
 #endif

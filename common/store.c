@@ -33,7 +33,7 @@ static const char read_cols[] =
 	"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
 	"xid::text";
 
-const char store_read_all_sql[] =
+const char cqrs_store_read_all_sql[] =
 	"SELECT id, stream, version, position, type, data::text, metadata::text, "
 	"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
 	"xid::text FROM cqrs.events e "
@@ -44,7 +44,7 @@ const char store_read_all_sql[] =
 	"ORDER BY e.xid, e.position LIMIT $3";
 
 int
-store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs_err *err)
+cqrs_store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs_err *err)
 {
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -82,7 +82,7 @@ notice_to_log(void *arg, const char *message)
 }
 
 int
-store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
+cqrs_store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 {
 	struct store *st = calloc(1, sizeof(*st));
 
@@ -95,8 +95,8 @@ store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 	}
 	st->pg = PQconnectdb(st->conninfo);
 	if (st->pg == NULL || PQstatus(st->pg) != CONNECTION_OK) {
-		int rc = store_result_error(NULL, st->pg, "could not connect to PostgreSQL", err);
-		store_free(st);
+		int rc = cqrs_store_result_error(NULL, st->pg, "could not connect to PostgreSQL", err);
+		cqrs_store_free(st);
 		return rc;
 	}
 	PQsetNoticeProcessor(st->pg, notice_to_log, NULL);
@@ -105,7 +105,7 @@ store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 }
 
 void
-store_free(struct store *st)
+cqrs_store_free(struct store *st)
 {
 	if (st == NULL)
 		return;
@@ -115,17 +115,17 @@ store_free(struct store *st)
 }
 
 PGconn *
-store_pg(struct store *st)
+cqrs_store_pg(struct store *st)
 {
 	return st->pg;
 }
 
 int
-store_reset(struct store *st, struct cqrs_err *err)
+cqrs_store_reset(struct store *st, struct cqrs_err *err)
 {
 	PQreset(st->pg);
 	if (PQstatus(st->pg) != CONNECTION_OK)
-		return store_result_error(NULL, st->pg, "could not reconnect to PostgreSQL", err);
+		return cqrs_store_result_error(NULL, st->pg, "could not reconnect to PostgreSQL", err);
 	return 0;
 }
 
@@ -138,7 +138,7 @@ exec_simple(PGconn *pg, const char *sql, const char *what, struct cqrs_err *err)
 	int rc = 0;
 
 	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
-		rc = store_result_error(res, pg, what, err);
+		rc = cqrs_store_result_error(res, pg, what, err);
 	PQclear(res);
 	return rc;
 }
@@ -174,7 +174,7 @@ migrate_one(PGconn *pg, const struct migration *m, bool *done, struct cqrs_err *
 	res = PQexecParams(pg, "SELECT 1 FROM cqrs.migrations WHERE version = $1",
 			   1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		rc = store_result_error(res, pg, "migrate: read cqrs.migrations", err);
+		rc = cqrs_store_result_error(res, pg, "migrate: read cqrs.migrations", err);
 		goto rollback;
 	}
 	if (PQntuples(res) == 0) {
@@ -182,7 +182,7 @@ migrate_one(PGconn *pg, const struct migration *m, bool *done, struct cqrs_err *
 		res = PQexec(pg, m->sql);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK &&
 		    PQresultStatus(res) != PGRES_TUPLES_OK) {
-			rc = store_result_error(res, pg, "migrate", err);
+			rc = cqrs_store_result_error(res, pg, "migrate", err);
 			cqrs_err_prefix(err, "migration %s", m->name);
 			goto rollback;
 		}
@@ -190,7 +190,7 @@ migrate_one(PGconn *pg, const struct migration *m, bool *done, struct cqrs_err *
 		res = PQexecParams(pg, "INSERT INTO cqrs.migrations (version, name) VALUES ($1, $2)",
 				   2, NULL, params, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-			rc = store_result_error(res, pg, "migrate: record", err);
+			rc = cqrs_store_result_error(res, pg, "migrate: record", err);
 			goto rollback;
 		}
 		*done = true;
@@ -208,13 +208,13 @@ rollback:
 }
 
 int
-store_migrate(struct store *st, int *applied, struct cqrs_err *err)
+cqrs_store_migrate(struct store *st, int *applied, struct cqrs_err *err)
 {
 	int count = 0;
 
-	for (int i = 0; i < migrations_count; i++) {
+	for (int i = 0; i < cqrs_migrations_count; i++) {
 		bool done;
-		int rc = migrate_one(st->pg, &migrations[i], &done, err);
+		int rc = migrate_one(st->pg, &cqrs_migrations[i], &done, err);
 		if (rc < 0)
 			return rc;
 		count += done;
@@ -227,7 +227,7 @@ store_migrate(struct store *st, int *applied, struct cqrs_err *err)
 /* ---- append ------------------------------------------------------------ */
 
 void
-store_append_result_clear(struct store_append_result *r)
+cqrs_store_append_result_clear(struct store_append_result *r)
 {
 	if (r == NULL)
 		return;
@@ -236,7 +236,7 @@ store_append_result_clear(struct store_append_result *r)
 }
 
 struct json_object *
-store_append_result_json(const char *id, const char *stream, const struct store_append_result *r)
+cqrs_store_append_result_json(const char *id, const char *stream, const struct store_append_result *r)
 {
 	struct json_object *o = json_object_new_object();
 	struct json_object *evs = json_object_new_array_ext((int)r->n);
@@ -261,7 +261,7 @@ store_append_result_json(const char *id, const char *stream, const struct store_
 }
 
 void
-store_append_req_clear(struct store_append_req *req)
+cqrs_store_append_req_clear(struct store_append_req *req)
 {
 	if (req == NULL)
 		return;
@@ -307,7 +307,7 @@ parse_object(const char *text, const char *what, size_t idx,
 }
 
 int
-store_append_prepare(struct store_append_req *req, const char *stream,
+cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		     int64_t expected, const struct store_event_in *evs, size_t n,
 		     const char *command_id, struct cqrs_err *err)
 {
@@ -315,12 +315,12 @@ store_append_prepare(struct store_append_req *req, const char *stream,
 	int rc;
 
 	memset(req, 0, sizeof(*req));
-	if (stream == NULL || (rc = envelope_check_stream(stream, err)) < 0)
+	if (stream == NULL || (rc = cqrs_envelope_check_stream(stream, err)) < 0)
 		return stream ? rc : cqrs_err_set(err, CQRS_EINVALID, "stream is missing");
 	if (expected < STORE_ANY || expected > INT32_MAX)
 		return cqrs_err_set(err, CQRS_EINVALID,
 				    "expected version %" PRId64 " is out of range", expected);
-	if (command_id != NULL && !uuid_valid(command_id))
+	if (command_id != NULL && !cqrs_uuid_valid(command_id))
 		return cqrs_err_set(err, CQRS_EINVALID, "command id \"%.64s\" is not a UUID",
 				    command_id);
 	if (n > CQRS_APPEND_MAX_EVENTS)
@@ -337,7 +337,7 @@ store_append_prepare(struct store_append_req *req, const char *stream,
 		char idbuf[UUID_STR_LEN];
 		size_t bytes;
 
-		if (e->id != NULL && !uuid_valid(e->id)) {
+		if (e->id != NULL && !cqrs_uuid_valid(e->id)) {
 			rc = cqrs_err_set(err, CQRS_EINVALID, "event %zu: id \"%.64s\" is not a UUID",
 					  i, e->id);
 			goto fail;
@@ -346,7 +346,7 @@ store_append_prepare(struct store_append_req *req, const char *stream,
 			rc = cqrs_err_set(err, CQRS_EINVALID, "event %zu: type is missing", i);
 			goto fail;
 		}
-		if ((rc = envelope_check_type("event type", e->type, err)) < 0) {
+		if ((rc = cqrs_envelope_check_type("event type", e->type, err)) < 0) {
 			cqrs_err_prefix(err, "event %zu", i);
 			goto fail;
 		}
@@ -391,7 +391,7 @@ store_append_prepare(struct store_append_req *req, const char *stream,
 			goto fail;
 		}
 		if (e->id == NULL)
-			uuid_v7(idbuf);
+			cqrs_uuid_v7(idbuf);
 		o = json_object_new_object();
 		json_object_object_add(o, "id", json_object_new_string(e->id ? e->id : idbuf));
 		json_object_object_add(o, "type", json_object_new_string(e->type));
@@ -417,14 +417,14 @@ fail:
 }
 
 int
-store_append_parse(PGresult *res, PGconn *pg, const char *stream,
+cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 		   struct store_append_result *r, struct cqrs_err *err)
 {
 	int rows;
 
 	memset(r, 0, sizeof(*r));
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-		int rc = store_result_error(res, pg, "append", err);
+		int rc = cqrs_store_result_error(res, pg, "append", err);
 		if (rc == CQRS_ECONFLICT) {
 			const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
 			r->version = detail ? strtoll(detail, NULL, 10) : -1;
@@ -463,7 +463,7 @@ stream_version(PGconn *pg, const char *stream, int64_t *out, struct cqrs_err *er
 	int rc = 0;
 
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = store_result_error(res, pg, "read stream version", err);
+		rc = cqrs_store_result_error(res, pg, "read stream version", err);
 	else
 		*out = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	PQclear(res);
@@ -471,7 +471,7 @@ stream_version(PGconn *pg, const char *stream, int64_t *out, struct cqrs_err *er
 }
 
 int
-store_append(struct store *st, const char *stream, int64_t expected,
+cqrs_store_append(struct store *st, const char *stream, int64_t expected,
 	     const struct store_event_in *evs, size_t n, const char *command_id,
 	     struct store_append_result *r, struct cqrs_err *err)
 {
@@ -480,14 +480,14 @@ store_append(struct store *st, const char *stream, int64_t expected,
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	rc = store_append_prepare(&req, stream, expected, evs, n, command_id, err);
+	rc = cqrs_store_append_prepare(&req, stream, expected, evs, n, command_id, err);
 	if (rc < 0)
 		return rc;
 	res = PQexecParams(st->pg, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, NULL,
 			   req.values, NULL, NULL, 0);
-	rc = store_append_parse(res, st->pg, stream, r, err);
+	rc = cqrs_store_append_parse(res, st->pg, stream, r, err);
 	PQclear(res);
-	store_append_req_clear(&req);
+	cqrs_store_append_req_clear(&req);
 	if (rc == 0 && r->n == 0)
 		rc = stream_version(st->pg, stream, &r->version, err);
 	return rc;
@@ -496,7 +496,7 @@ store_append(struct store *st, const char *stream, int64_t expected,
 /* ---- reading ----------------------------------------------------------- */
 
 int
-store_checkpoint_parse(const char *s, struct store_checkpoint *out, struct cqrs_err *err)
+cqrs_store_checkpoint_parse(const char *s, struct store_checkpoint *out, struct cqrs_err *err)
 {
 	unsigned long long xid;
 	long long pos;
@@ -525,13 +525,13 @@ bad:
 }
 
 void
-store_checkpoint_format(const struct store_checkpoint *cp, char *buf, size_t size)
+cqrs_store_checkpoint_format(const struct store_checkpoint *cp, char *buf, size_t size)
 {
 	snprintf(buf, size, "%" PRIu64 ":%" PRId64, cp->xid, cp->position);
 }
 
 void
-store_events_clear(struct store_events *evs)
+cqrs_store_events_clear(struct store_events *evs)
 {
 	if (evs == NULL)
 		return;
@@ -543,7 +543,7 @@ store_events_clear(struct store_events *evs)
 }
 
 int
-store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err)
+cqrs_store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err)
 {
 	int rows = PQntuples(res);
 
@@ -553,7 +553,7 @@ store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err
 	out->ev = calloc((size_t)rows, sizeof(*out->ev));
 	out->at = calloc((size_t)rows, sizeof(*out->at));
 	if (out->ev == NULL || out->at == NULL) {
-		store_events_clear(out);
+		cqrs_store_events_clear(out);
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	}
 	for (int i = 0; i < rows; i++) {
@@ -569,7 +569,7 @@ store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err
 		json_object_put(data);
 		json_object_put(meta);
 		if (ev == NULL) {
-			store_events_clear(out);
+			cqrs_store_events_clear(out);
 			return cqrs_err_set(err, CQRS_ENOMEM, "reading event %d: out of memory", i);
 		}
 		out->ev[i] = ev;
@@ -588,15 +588,15 @@ read_events(struct store *st, const char *sql, int nparams, const char *const *p
 	int rc;
 
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		rc = store_result_error(res, st->pg, what, err);
+		rc = cqrs_store_result_error(res, st->pg, what, err);
 	else
-		rc = store_events_parse(res, out, err);
+		rc = cqrs_store_events_parse(res, out, err);
 	PQclear(res);
 	return rc;
 }
 
 int
-store_read_stream(struct store *st, const char *stream, int64_t from_version,
+cqrs_store_read_stream(struct store *st, const char *stream, int64_t from_version,
 		  int limit, struct store_events *out, struct cqrs_err *err)
 {
 	char from[24], lim[16];
@@ -607,7 +607,7 @@ store_read_stream(struct store *st, const char *stream, int64_t from_version,
 	memset(out, 0, sizeof(*out));
 	if (stream == NULL)
 		return cqrs_err_set(err, CQRS_EINVALID, "stream is missing");
-	if ((rc = envelope_check_stream(stream, err)) < 0)
+	if ((rc = cqrs_envelope_check_stream(stream, err)) < 0)
 		return rc;
 	if (limit < 1 || limit > 10000)
 		return cqrs_err_set(err, CQRS_EINVALID, "limit %d is not in 1..10000", limit);
@@ -622,7 +622,7 @@ store_read_stream(struct store *st, const char *stream, int64_t from_version,
 }
 
 int
-store_read_all(struct store *st, const struct store_checkpoint *after, int limit,
+cqrs_store_read_all(struct store *st, const struct store_checkpoint *after, int limit,
 	       struct store_events *out, struct cqrs_err *err)
 {
 	char xid[24], pos[24], lim[16];
@@ -634,5 +634,5 @@ store_read_all(struct store *st, const struct store_checkpoint *after, int limit
 	snprintf(xid, sizeof(xid), "%" PRIu64, after->xid);
 	snprintf(pos, sizeof(pos), "%" PRId64, after->position);
 	snprintf(lim, sizeof(lim), "%d", limit);
-	return read_events(st, store_read_all_sql, 3, params, "read all", out, err);
+	return read_events(st, cqrs_store_read_all_sql, 3, params, "read all", out, err);
 }

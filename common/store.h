@@ -8,7 +8,7 @@
  *   CQRS_ECONFLICT     the stream is not at the expected version
  *   CQRS_ENOTFOUND     no such stream / checkpoint
  *   CQRS_EUNAVAILABLE  the connection is gone: outcome unknown, the caller
- *                      may store_reset() and retry (with the same command id)
+ *                      may cqrs_store_reset() and retry (with the same command id)
  *   CQRS_EINTERNAL     anything else the server said
  * Messages never contain the conninfo string (it may hold a password).
  */
@@ -31,17 +31,17 @@ struct store;
 #define STORE_ANY (-1)		/* append whatever the stream's version */
 #define STORE_NO_STREAM 0	/* append only if the stream does not exist */
 
-/* Connects; *out is owned by the caller (store_free). The conninfo is copied
- * for store_reset() and is never logged. */
-int store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
+/* Connects; *out is owned by the caller (cqrs_store_free). The conninfo is copied
+ * for cqrs_store_reset() and is never logged. */
+int cqrs_store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
-void store_free(struct store *st);
+void cqrs_store_free(struct store *st);
 
 /* The connection, borrowed, for callers that run their own statements. */
-PGconn *store_pg(struct store *st);
+PGconn *cqrs_store_pg(struct store *st);
 
 /* Reconnects after CQRS_EUNAVAILABLE. */
-int store_reset(struct store *st, struct cqrs_err *err)
+int cqrs_store_reset(struct store *st, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /*
@@ -50,7 +50,7 @@ int store_reset(struct store *st, struct cqrs_err *err)
  * run this at once: a transaction-level advisory lock serializes them and the
  * second finds nothing left to do. *applied (may be NULL) gets the count.
  */
-int store_migrate(struct store *st, int *applied, struct cqrs_err *err)
+int cqrs_store_migrate(struct store *st, int *applied, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* ---- append ------------------------------------------------------------ */
@@ -80,17 +80,17 @@ struct store_append_result {
 					 * duplicate's last event); for a conflict the
 					 * stream's current version */
 	size_t n;
-	struct store_written *events;	/* owned; store_append_result_clear() */
+	struct store_written *events;	/* owned; cqrs_store_append_result_clear() */
 };
 
-void store_append_result_clear(struct store_append_result *r);
+void cqrs_store_append_result_clear(struct store_append_result *r);
 
 /*
  * The outcome as the command protocol's answer object (a new json-c
  * reference): {"id"?,"ok":true,"stream","version","duplicate"?,"events":[
  * {"id","type","version","position"}]}. id NULL leaves "id" out.
  */
-struct json_object *store_append_result_json(const char *id, const char *stream,
+struct json_object *cqrs_store_append_result_json(const char *id, const char *stream,
 					     const struct store_append_result *r);
 
 /*
@@ -99,15 +99,15 @@ struct json_object *store_append_result_json(const char *id, const char *stream,
  * the stream must be at. command_id (NULL or a UUID): when already recorded,
  * nothing is appended and r->duplicate is set with the first outcome.
  */
-int store_append(struct store *st, const char *stream, int64_t expected,
+int cqrs_store_append(struct store *st, const char *stream, int64_t expected,
 		 const struct store_event_in *evs, size_t n, const char *command_id,
 		 struct store_append_result *r, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /*
  * The same append in two halves, for callers with their own (asynchronous)
- * connections: store_append_prepare() validates and builds the parameters
- * for STORE_APPEND_SQL; store_append_parse() reads its result.
+ * connections: cqrs_store_append_prepare() validates and builds the parameters
+ * for STORE_APPEND_SQL; cqrs_store_append_parse() reads its result.
  */
 #define STORE_APPEND_SQL \
 	"SELECT id, version, position, type, duplicate FROM cqrs.append($1, $2, $3, $4)"
@@ -119,19 +119,19 @@ struct store_append_req {
 	char *events_json;		/* owned */
 };
 
-int store_append_prepare(struct store_append_req *req, const char *stream,
+int cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 			 int64_t expected, const struct store_event_in *evs, size_t n,
 			 const char *command_id, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
-void store_append_req_clear(struct store_append_req *req);
+void cqrs_store_append_req_clear(struct store_append_req *req);
 
 /* res is borrowed; pg (may be NULL) is used to tell a lost connection. */
-int store_append_parse(PGresult *res, PGconn *pg, const char *stream,
+int cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 		       struct store_append_result *r, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 /* Maps a failed result (or NULL result) to a cqrs error code with message. */
-int store_result_error(PGresult *res, PGconn *pg, const char *what,
+int cqrs_store_result_error(PGresult *res, PGconn *pg, const char *what,
 		       struct cqrs_err *err);
 
 /* ---- reading ----------------------------------------------------------- */
@@ -145,9 +145,9 @@ struct store_checkpoint {
 #define STORE_CHECKPOINT_START ((struct store_checkpoint){ 0, 0 })
 
 /* "XID:POSITION" (also accepts a bare "0" for the start). */
-int store_checkpoint_parse(const char *s, struct store_checkpoint *out,
+int cqrs_store_checkpoint_parse(const char *s, struct store_checkpoint *out,
 			   struct cqrs_err *err) __attribute__((warn_unused_result));
-void store_checkpoint_format(const struct store_checkpoint *cp, char *buf, size_t size);
+void cqrs_store_checkpoint_format(const struct store_checkpoint *cp, char *buf, size_t size);
 
 struct store_events {
 	size_t n;
@@ -155,11 +155,11 @@ struct store_events {
 	struct store_checkpoint *at;	/* at[i]: the checkpoint just after ev[i] */
 };
 
-void store_events_clear(struct store_events *evs);
+void cqrs_store_events_clear(struct store_events *evs);
 
 /* Events of stream with version >= from_version, in version order, at most
  * limit (1..10000). An unknown stream gives n == 0, not an error. */
-int store_read_stream(struct store *st, const char *stream, int64_t from_version,
+int cqrs_store_read_stream(struct store *st, const char *stream, int64_t from_version,
 		      int limit, struct store_events *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
@@ -168,16 +168,16 @@ int store_read_stream(struct store *st, const char *stream, int64_t from_version
  * only from transactions older than every transaction still running, so an
  * event whose transaction commits late is never skipped. At most limit.
  */
-int store_read_all(struct store *st, const struct store_checkpoint *after, int limit,
+int cqrs_store_read_all(struct store *st, const struct store_checkpoint *after, int limit,
 		   struct store_events *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
-/* The SQL of store_read_all, for asynchronous callers. Parameters:
- * $1 xid8 text, $2 position, $3 limit. Columns as store_events_parse wants. */
-extern const char store_read_all_sql[];
+/* The SQL of cqrs_store_read_all, for asynchronous callers. Parameters:
+ * $1 xid8 text, $2 position, $3 limit. Columns as cqrs_store_events_parse wants. */
+extern const char cqrs_store_read_all_sql[];
 
-/* Parses rows of store_read_all_sql or the stream read into out. */
-int store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err)
+/* Parses rows of cqrs_store_read_all_sql or the stream read into out. */
+int cqrs_store_events_parse(PGresult *res, struct store_events *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
 #endif

@@ -143,7 +143,7 @@ format(const unsigned char b[16], char out[UUID_STR_LEN])
 }
 
 void
-uuid_v4(char out[UUID_STR_LEN])
+cqrs_uuid_v4(char out[UUID_STR_LEN])
 {
 	unsigned char b[16];
 
@@ -167,7 +167,7 @@ now_ms(void)
 }
 
 void
-uuid_v7(char out[UUID_STR_LEN])
+cqrs_uuid_v7(char out[UUID_STR_LEN])
 {
 	unsigned char r[10];
 	unsigned char b[16];
@@ -209,7 +209,7 @@ uuid_v7(char out[UUID_STR_LEN])
 }
 
 bool
-uuid_valid(const char *s)
+cqrs_uuid_valid(const char *s)
 {
 	size_t i;
 

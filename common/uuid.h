@@ -7,13 +7,13 @@
 #define UUID_STR_LEN 37		/* 36 characters and the NUL */
 
 /* Random UUID (version 4). */
-void uuid_v4(char out[UUID_STR_LEN]);
+void cqrs_uuid_v4(char out[UUID_STR_LEN]);
 
 /* Time-ordered UUID (version 7): 48-bit Unix milliseconds, then random bits,
  * with a counter so ids made in one process sort in creation order. */
-void uuid_v7(char out[UUID_STR_LEN]);
+void cqrs_uuid_v7(char out[UUID_STR_LEN]);
 
 /* true for the canonical 8-4-4-4-12 hex form (either case), any version. */
-bool uuid_valid(const char *s);
+bool cqrs_uuid_valid(const char *s);
 
 #endif

@@ -86,7 +86,7 @@ check_reply(struct mq *m, amqp_rpc_reply_t r, int channel, const char *step,
 
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
 		return 0;
-	broker_reply_text(&r, why, sizeof(why));
+	cqrs_broker_reply_text(&r, why, sizeof(why));
 	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
 		/* answer the close, so the server does not wait for it */
 		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
@@ -148,7 +148,7 @@ mq_connect(const struct mq_options *opt, struct mq **out, struct cqrs_err *err)
 	m = calloc(1, sizeof(*m));
 	if (m == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker: out of memory");
-	if ((rc = broker_url_parse(opt->url, &m->url, err)) < 0) {
+	if ((rc = cqrs_broker_url_parse(opt->url, &m->url, err)) < 0) {
 		free(m);
 		return rc;
 	}
@@ -210,7 +210,7 @@ mq_free(struct mq *m)
 			(void)amqp_connection_close(m->conn, AMQP_REPLY_SUCCESS);
 		amqp_destroy_connection(m->conn);
 	}
-	broker_url_clear(&m->url);
+	cqrs_broker_url_clear(&m->url);
 	free(m);
 }
 
@@ -260,7 +260,7 @@ mq_declare(struct mq *m, const struct mq_topology *t, struct cqrs_err *err)
 
 	if ((rc = check_usable(m, "declare", err)) < 0)
 		return rc;
-	/* as broker_declare_topology(): durable, not auto-delete, not internal */
+	/* as cqrs_broker_declare_topology(): durable, not auto-delete, not internal */
 	amqp_exchange_declare(m->conn, CH_CONSUME, amqp_cstring_bytes(BROKER_EXCHANGE),
 			      amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
 	if ((rc = check_reply(m, amqp_get_rpc_reply(m->conn), CH_CONSUME,
@@ -735,7 +735,7 @@ mq_publish(struct mq *m, const struct mq_out *o, struct cqrs_err *err)
 		h[n++] = entry_i64("position", o->position);
 	}
 	if (o->reason != NULL) {
-		envelope_now(failed_at, sizeof(failed_at));
+		cqrs_envelope_now(failed_at, sizeof(failed_at));
 		h[n++] = entry_str(CONSUMER_H_REASON, o->reason);
 		h[n++] = entry_str(CONSUMER_H_FAILED_AT, failed_at);
 	}

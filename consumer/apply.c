@@ -151,7 +151,7 @@ consumer_exec(struct consumer *c, const char *what, const char *sql, int n,
 		return cqrs_err_set(err, CQRS_EUNAVAILABLE, "%s: not connected to PostgreSQL", what);
 	res = PQexecParams(c->pg, sql, n, NULL, params, NULL, NULL, 0);
 	if (res == NULL || PQresultStatus(res) != want) {
-		rc = store_result_error(res, c->pg, what, err);
+		rc = cqrs_store_result_error(res, c->pg, what, err);
 		PQclear(res);
 		if (rc == CQRS_EUNAVAILABLE) {
 			consumer_pg_close(c);
@@ -219,7 +219,7 @@ pipeline(struct consumer *c, struct step *steps, size_t n, struct cqrs_err *err)
 		if (res == NULL)
 			goto lost;
 		if (rc == 0 && PQresultStatus(res) != steps[i].want) {
-			rc = store_result_error(res, pg, steps[i].what, err);
+			rc = cqrs_store_result_error(res, pg, steps[i].what, err);
 			PQclear(res);
 		} else if (rc == 0 && steps[i].keep) {
 			steps[i].res = res;
@@ -246,7 +246,7 @@ lost:
 		PQclear(steps[i].res);
 		steps[i].res = NULL;
 	}
-	rc = store_result_error(NULL, pg, steps[0].what, err);
+	rc = cqrs_store_result_error(NULL, pg, steps[0].what, err);
 	consumer_pg_close(c);
 	c->pg_lost = true;
 	return rc == CQRS_EUNAVAILABLE ? rc : CQRS_EUNAVAILABLE;
@@ -308,7 +308,7 @@ struct streams {
 static void
 streams_free(struct streams *s)
 {
-	hmap_free(s->index);
+	cqrs_hmap_free(s->index);
 	free(s->name);
 	free(s->version);
 	free(s->dirty);
@@ -319,7 +319,7 @@ streams_free(struct streams *s)
 static long
 streams_find(const struct streams *s, const char *stream)
 {
-	void *v = hmap_get(s->index, stream);
+	void *v = cqrs_hmap_get(s->index, stream);
 
 	return v != NULL ? (long)((intptr_t)v - 1) : -1;
 }
@@ -329,7 +329,7 @@ streams_add(struct streams *s, const char *stream)
 {
 	if (streams_find(s, stream) >= 0)
 		return 0;
-	if (hmap_put(s->index, stream, (void *)(intptr_t)(s->n + 1)) < 0)
+	if (cqrs_hmap_put(s->index, stream, (void *)(intptr_t)(s->n + 1)) < 0)
 		return -1;
 	s->name[s->n] = stream;
 	s->version[s->n] = 0;
@@ -473,7 +473,7 @@ begin(struct consumer *c, enum apply_mode mode, struct streams *s,
 		PGresult *res = steps[i_known].res;
 
 		for (int i = 0; i < PQntuples(res); i++)
-			if (hmap_put(known, PQgetvalue(res, i, 0), known) < 0) {
+			if (cqrs_hmap_put(known, PQgetvalue(res, i, 0), known) < 0) {
 				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 				goto out;
 			}
@@ -597,15 +597,15 @@ run_handlers(struct consumer *c, const struct cqrs_event *ev, char *reason, size
 		struct cqrs_event_ctx ctx;
 		int r;
 
-		if (!routing_match(h->pattern, key))
+		if (!cqrs_routing_match(h->pattern, key))
 			continue;
-		event_ctx_init(&ctx, h, &log, (struct pg_conn *)c->pg, ev, &c->ops);
+		cqrs_event_ctx_init(&ctx, h, &log, (struct pg_conn *)c->pg, ev, &c->ops);
 		{
 			struct timespec t0, t1;
 			clock_gettime(CLOCK_MONOTONIC, &t0);
 			r = h->fn(&ctx, ev);
 			clock_gettime(CLOCK_MONOTONIC, &t1);
-			httpd_hist_observe_us(&c->stats.handler_time,
+			cqrs_httpd_hist_observe_us(&c->stats.handler_time,
 					      (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 +
 							 (t1.tv_nsec - t0.tv_nsec) / 1000));
 		}
@@ -655,7 +655,7 @@ handled_types(const struct consumer *c, const struct cqrs_event *ev, char **out)
 	struct buf b = { 0 };
 
 	*out = NULL;
-	if (envelope_stream_type(ev->stream, agg, sizeof(agg)) < 0)
+	if (cqrs_envelope_stream_type(ev->stream, agg, sizeof(agg)) < 0)
 		return 0;
 	alen = strlen(agg);
 	buf_add(&b, "{", 1);
@@ -719,7 +719,7 @@ handle_missing(struct consumer *c, const struct cqrs_event *ev, int64_t after, c
 	free(types);
 	if (rc < 0)
 		return rc;
-	rc = store_events_parse(res, &evs, err);
+	rc = cqrs_store_events_parse(res, &evs, err);
 	PQclear(res);
 	if (rc < 0)
 		return rc;
@@ -744,7 +744,7 @@ handle_missing(struct consumer *c, const struct cqrs_event *ev, int64_t after, c
 			break;
 		}
 	}
-	store_events_clear(&evs);
+	cqrs_store_events_clear(&evs);
 	return rc;
 }
 
@@ -760,7 +760,7 @@ is_known(const struct hmap *known, const char *id)
 	for (i = 0; id[i] != '\0' && i < sizeof(low) - 1; i++)
 		low[i] = (char)tolower((unsigned char)id[i]);
 	low[i] = '\0';
-	return hmap_get(known, low) != NULL;
+	return cqrs_hmap_get(known, low) != NULL;
 }
 
 int
@@ -775,8 +775,8 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 
 	*at = 0;
 	mine = calloc(n > 0 ? n : 1, sizeof(*mine));
-	known = hmap_new();
-	s.index = hmap_new();
+	known = cqrs_hmap_new();
+	s.index = cqrs_hmap_new();
 	s.name = calloc(n > 0 ? n : 1, sizeof(*s.name));
 	s.version = calloc(n > 0 ? n : 1, sizeof(*s.version));
 	s.dirty = calloc(n > 0 ? n : 1, sizeof(*s.dirty));
@@ -883,7 +883,7 @@ undo:
 			items[i].outcome = APPLY_PENDING;
 out:
 	free(mine);
-	hmap_free(known);
+	cqrs_hmap_free(known);
 	streams_free(&s);
 	return rc;
 }
@@ -939,7 +939,7 @@ apply_reset(struct consumer *c, struct cqrs_err *err)
 			       c->handlers[j]->plugin_state == h->plugin_state;
 		if (seen)
 			continue;
-		event_ctx_init(&ctx, h, &c->log, (struct pg_conn *)c->pg, NULL, &c->ops);
+		cqrs_event_ctx_init(&ctx, h, &c->log, (struct pg_conn *)c->pg, NULL, &c->ops);
 		r = h->reset(&ctx);
 		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
 			consumer_pg_close(c);

@@ -162,7 +162,7 @@ lock_exclusive(struct consumer *c, const struct catchup_hooks *hooks, struct cqr
 			bool timeout = state != NULL && strcmp(state, "55P03") == 0;
 
 			if (!timeout) {
-				rc = store_result_error(res, c->pg, "take the consumer's exclusive lock",
+				rc = cqrs_store_result_error(res, c->pg, "take the consumer's exclusive lock",
 							err);
 				PQclear(res);
 				if (rc == CQRS_EUNAVAILABLE) {
@@ -229,11 +229,11 @@ read_batch(struct consumer *c, const struct store_checkpoint *after, struct stor
 	snprintf(xid, sizeof(xid), "%" PRIu64, after->xid);
 	snprintf(pos, sizeof(pos), "%" PRId64, after->position);
 	snprintf(lim, sizeof(lim), "%d", c->cfg->catchup_batch);
-	rc = consumer_exec(c, "read the store", store_read_all_sql, 3, params, PGRES_TUPLES_OK,
+	rc = consumer_exec(c, "read the store", cqrs_store_read_all_sql, 3, params, PGRES_TUPLES_OK,
 			   &res, err);
 	if (rc < 0)
 		return rc;
-	rc = store_events_parse(res, out, err);
+	rc = cqrs_store_events_parse(res, out, err);
 	PQclear(res);
 	return rc;
 }
@@ -247,7 +247,7 @@ struct blocked {
 static void
 blocked_free(struct blocked *b)
 {
-	hmap_free(b->streams);
+	cqrs_hmap_free(b->streams);
 	for (size_t i = 0; i < b->n; i++)
 		free(b->ids[i]);
 	free(b->ids);
@@ -259,7 +259,7 @@ blocked_add(struct blocked *b, const char *stream, const char *id)
 {
 	char **v;
 
-	if (hmap_get(b->streams, stream) != NULL)
+	if (cqrs_hmap_get(b->streams, stream) != NULL)
 		return 0;
 	v = realloc(b->ids, (b->n + 1) * sizeof(*v));
 	if (v == NULL)
@@ -268,7 +268,7 @@ blocked_add(struct blocked *b, const char *stream, const char *id)
 	if ((b->ids[b->n] = strdup(id)) == NULL)
 		return -1;
 	b->n++;
-	return hmap_put(b->streams, stream, b->ids[b->n - 1]);
+	return cqrs_hmap_put(b->streams, stream, b->ids[b->n - 1]);
 }
 
 /* Dead-letters item i, and marks its stream blocked for the rest. */
@@ -308,10 +308,10 @@ handle_batch(struct consumer *c, const struct catchup_hooks *hooks, struct store
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	for (size_t i = 0; i < evs->n; i++) {
 		items[i].ev = evs->ev[i];
-		if (hmap_get(b->streams, evs->ev[i]->stream) != NULL) {
+		if (cqrs_hmap_get(b->streams, evs->ev[i]->stream) != NULL) {
 			snprintf(items[i].reason, sizeof(items[i].reason),
 				 "an earlier event of stream %s (%s) is dead-lettered",
-				 evs->ev[i]->stream, (const char *)hmap_get(b->streams,
+				 evs->ev[i]->stream, (const char *)cqrs_hmap_get(b->streams,
 									    evs->ev[i]->stream));
 			if ((rc = dead(c, hooks, &items[i], b, err)) < 0)
 				goto out;
@@ -395,7 +395,7 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 		rc = 0;
 		goto out;
 	}
-	b.streams = hmap_new();
+	b.streams = cqrs_hmap_new();
 	if (b.streams == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto out;
@@ -423,12 +423,12 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 			cqrs_log_info(&c->log, "catching up: %" PRIu64 " events so far, at %" PRIu64
 					       ":%" PRId64,
 				      total, cp.xid, cp.position);
-			sdnotify_status("catching up: %" PRIu64 " events read from the store", total);
+			cqrs_sdnotify_status("catching up: %" PRIu64 " events read from the store", total);
 			next_log = consumer_now_ms() + PROGRESS_LOG_MS;
 		}
 		if (evs.n < (size_t)c->cfg->catchup_batch)
 			break;
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 	}
 	if ((rc = consumer_exec(c, "mark the consumer live", SQL_LIVE, 1, params, PGRES_COMMAND_OK,
 				NULL, err)) < 0)
@@ -438,7 +438,7 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 		      total, (double)(consumer_now_ms() - started) / 1000.0);
 	rc = 0;
 out:
-	store_events_clear(&evs);
+	cqrs_store_events_clear(&evs);
 	blocked_free(&b);
 	unlock_exclusive(c);
 	return rc;

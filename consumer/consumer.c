@@ -163,7 +163,7 @@ split_groups(const char *list, struct consumer_config *c, struct cqrs_err *err)
 		c->groups[c->n_groups] = strndup(p, len);
 		if (c->groups[c->n_groups] == NULL)
 			return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
-		if (envelope_check_type("handler group", c->groups[c->n_groups], NULL) < 0) {
+		if (cqrs_envelope_check_type("handler group", c->groups[c->n_groups], NULL) < 0) {
 			c->n_groups++;
 			return cqrs_err_set(err, CQRS_ECONFIG,
 					    "[consumer.%s] groups: \"%.100s\" is not a group name "
@@ -194,13 +194,13 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 	if ((rc = check_name(name, err)) < 0)
 		return rc;
 	snprintf(section, sizeof(section), "consumer.%s", name);
-	if ((rc = config_check_keys(cfg, section, consumer_keys, err)) < 0)
+	if ((rc = cqrs_config_check_keys(cfg, section, consumer_keys, err)) < 0)
 		return rc;
 	out->name = strdup(name);
 	if (out->name == NULL)
 		goto nomem;
 
-	v = config_get(cfg, "store", "conninfo", NULL);
+	v = cqrs_config_get(cfg, "store", "conninfo", NULL);
 	if (v == NULL || v[0] == '\0') {
 		rc = cqrs_err_set(err, CQRS_ECONFIG,
 				  "store.conninfo is not set ([store] conninfo, or CQRS_STORE_CONNINFO)");
@@ -208,7 +208,7 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 	}
 	if ((out->conninfo = strdup(v)) == NULL)
 		goto nomem;
-	v = config_get(cfg, "broker", "url", NULL);
+	v = cqrs_config_get(cfg, "broker", "url", NULL);
 	if (v == NULL || v[0] == '\0') {
 		rc = cqrs_err_set(err, CQRS_ECONFIG,
 				  "broker.url is not set ([broker] url, or CQRS_BROKER_URL)");
@@ -216,19 +216,19 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 	}
 	if ((out->broker_url = strdup(v)) == NULL)
 		goto nomem;
-	if ((rc = config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &i64, err)) < 0)
 		goto bad;
 	out->heartbeat_s = (int)i64;
-	out->cacert = dup_or_null(config_get(cfg, "broker", "cacert", NULL));
-	out->cert = dup_or_null(config_get(cfg, "broker", "cert", NULL));
-	out->key = dup_or_null(config_get(cfg, "broker", "key", NULL));
-	if ((rc = config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
+	out->cacert = dup_or_null(cqrs_config_get(cfg, "broker", "cacert", NULL));
+	out->cert = dup_or_null(cqrs_config_get(cfg, "broker", "cert", NULL));
+	out->key = dup_or_null(cqrs_config_get(cfg, "broker", "key", NULL));
+	if ((rc = cqrs_config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
 		goto bad;
-	out->cmd_socket = strdup(config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
+	out->cmd_socket = strdup(cqrs_config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
 	if (out->cmd_socket == NULL)
 		goto nomem;
 
-	v = config_get(cfg, section, "plugins", NULL);
+	v = cqrs_config_get(cfg, section, "plugins", NULL);
 	if (v == NULL || strspn(v, " \t") == strlen(v)) {
 		rc = cqrs_err_set(err, CQRS_ECONFIG,
 				  "[%s] plugins is not set: which plugins hold the handlers?", section);
@@ -236,9 +236,9 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 	}
 	if ((out->plugins = strdup(v)) == NULL)
 		goto nomem;
-	if ((rc = split_groups(config_get(cfg, section, "groups", name), out, err)) < 0)
+	if ((rc = split_groups(cqrs_config_get(cfg, section, "groups", name), out, err)) < 0)
 		goto bad;
-	v = config_get(cfg, section, "queue", NULL);
+	v = cqrs_config_get(cfg, section, "queue", NULL);
 	if (v != NULL && v[0] != '\0') {
 		if (strlen(v) > 200) {
 			rc = cqrs_err_set(err, CQRS_ECONFIG, "[%s] queue: longer than 200 bytes",
@@ -255,39 +255,39 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 		out->dead_queue = NULL;
 		goto nomem;
 	}
-	if ((rc = config_get_enum(cfg, section, "queue_type", "quorum", queue_types, &idx, err)) < 0)
+	if ((rc = cqrs_config_get_enum(cfg, section, "queue_type", "quorum", queue_types, &idx, err)) < 0)
 		goto bad;
 	out->quorum = idx == 0;
-	if ((rc = config_get_int(cfg, section, "delivery_limit", 5, 0, 1000000, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, section, "delivery_limit", 5, 0, 1000000, &i64, err)) < 0)
 		goto bad;
 	out->delivery_limit = (int)i64;
-	if ((rc = config_get_int(cfg, section, "prefetch", 200, 1, 65535, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, section, "prefetch", 200, 1, 65535, &i64, err)) < 0)
 		goto bad;
 	out->prefetch = (int)i64;
-	if ((rc = config_get_int(cfg, section, "batch_size", 100, 1, 10000, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, section, "batch_size", 100, 1, 10000, &i64, err)) < 0)
 		goto bad;
 	out->batch_size = (int)i64;
-	if ((rc = config_get_int(cfg, section, "catchup_batch", 1000, 1, 10000, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, section, "catchup_batch", 1000, 1, 10000, &i64, err)) < 0)
 		goto bad;
 	out->catchup_batch = (int)i64;
-	if ((rc = config_get_enum(cfg, section, "from", "beginning", froms, &idx, err)) < 0)
+	if ((rc = cqrs_config_get_enum(cfg, section, "from", "beginning", froms, &idx, err)) < 0)
 		goto bad;
 	out->from_beginning = idx == 0;
-	if ((rc = config_get_int(cfg, section, "retry_limit", 10, 0, 1000000, &i64, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, section, "retry_limit", 10, 0, 1000000, &i64, err)) < 0)
 		goto bad;
 	out->retry_limit = (int)i64;
-	if ((rc = config_get_ms(cfg, section, "retry_backoff", 500, 1, 3600000,
+	if ((rc = cqrs_config_get_ms(cfg, section, "retry_backoff", 500, 1, 3600000,
 				&out->retry_backoff_ms, err)) < 0 ||
-	    (rc = config_get_ms(cfg, section, "retry_backoff_max", 30000, 1, 86400000,
+	    (rc = cqrs_config_get_ms(cfg, section, "retry_backoff_max", 30000, 1, 86400000,
 				&out->retry_backoff_max_ms, err)) < 0 ||
-	    (rc = config_get_ms(cfg, section, "cmd_timeout", 10000, 100, 3600000,
+	    (rc = cqrs_config_get_ms(cfg, section, "cmd_timeout", 10000, 100, 3600000,
 				&out->cmd_timeout_ms, err)) < 0 ||
-	    (rc = config_get_ms(cfg, section, "status_interval", 5000, 100, 3600000,
+	    (rc = cqrs_config_get_ms(cfg, section, "status_interval", 5000, 100, 3600000,
 				&out->status_ms, err)) < 0)
 		goto bad;
 	if (out->retry_backoff_max_ms < out->retry_backoff_ms)
 		out->retry_backoff_max_ms = out->retry_backoff_ms;
-	if ((rc = httpd_config_load(cfg, section, &out->http, err)) < 0)
+	if ((rc = cqrs_httpd_config_load(cfg, section, &out->http, err)) < 0)
 		goto bad;
 	return 0;
 nomem:
@@ -348,21 +348,21 @@ consumer_new(const struct consumer_config *cfg, struct consumer **out, struct cq
 	c->log.consumer = cfg->name;
 	atomic_init(&c->stop, 0);
 
-	c->reg = registry_new();
+	c->reg = cqrs_registry_new();
 	if (c->reg == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto bad;
 	}
-	if ((rc = registry_load_list(c->reg, cfg->plugins, err)) < 0)
+	if ((rc = cqrs_registry_load_list(c->reg, cfg->plugins, err)) < 0)
 		goto bad;
-	n = registry_handler_count(c->reg);
+	n = cqrs_registry_handler_count(c->reg);
 	c->handlers = calloc(n > 0 ? n : 1, sizeof(*c->handlers));
 	if (c->handlers == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto bad;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const struct reg_handler *h = registry_handler(c->reg, i);
+		const struct reg_handler *h = cqrs_registry_handler(c->reg, i);
 
 		if (!in_groups(cfg, h->group))
 			continue;
@@ -389,8 +389,8 @@ consumer_new(const struct consumer_config *cfg, struct consumer **out, struct cq
 		goto bad;
 	c->ops.send = send_command;
 	c->ops.arg = c->sender;
-	if (sdnotify_watchdog_usec() > 0)
-		c->watchdog_ms = (int64_t)(sdnotify_watchdog_usec() / 2000);
+	if (cqrs_sdnotify_watchdog_usec() > 0)
+		c->watchdog_ms = (int64_t)(cqrs_sdnotify_watchdog_usec() / 2000);
 	*out = c;
 	return 0;
 bad:
@@ -409,7 +409,7 @@ consumer_free(struct consumer *c)
 		free(c->bindings[i]);
 	free(c->bindings);
 	free(c->handlers);
-	registry_free(c->reg);
+	cqrs_registry_free(c->reg);
 	free(c);
 }
 
@@ -429,7 +429,7 @@ bool
 consumer_wants(const struct consumer *c, const char *routing_key)
 {
 	for (size_t i = 0; i < c->n_handlers; i++)
-		if (routing_match(c->handlers[i]->pattern, routing_key))
+		if (cqrs_routing_match(c->handlers[i]->pattern, routing_key))
 			return true;
 	return false;
 }
@@ -442,7 +442,7 @@ consumer_routing_key(const struct cqrs_event *ev, char *buf, size_t size)
 	/* The routing key is derived from the event, not taken from the
 	 * delivery: a dead letter put back goes through the default exchange
 	 * with the queue's name as its key. */
-	if (envelope_stream_type(ev->stream, type, sizeof(type)) < 0)
+	if (cqrs_envelope_stream_type(ev->stream, type, sizeof(type)) < 0)
 		snprintf(type, sizeof(type), "%.*s", (int)(sizeof(type) - 1), ev->stream);
 	snprintf(buf, size, "%s.%s", type, ev->type);
 }
@@ -457,6 +457,6 @@ consumer_watchdog(struct consumer *c)
 	now = consumer_now_ms();
 	if (now < c->next_watchdog)
 		return;
-	sdnotify_watchdog();
+	cqrs_sdnotify_watchdog();
 	c->next_watchdog = now + c->watchdog_ms;
 }

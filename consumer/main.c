@@ -92,14 +92,14 @@ main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	if (config_load(path, &cfg, &err) < 0) {
+	if (cqrs_config_load(path, &cfg, &err) < 0) {
 		fprintf(stderr, "cqrs-consumer: %s\n", err.msg);
 		return 1;
 	}
-	level = cqrs_log_level_parse(config_get(cfg, "log", "level", "info"));
+	level = cqrs_log_level_parse(cqrs_config_get(cfg, "log", "level", "info"));
 	if (level < 0) {
 		fprintf(stderr, "cqrs-consumer: log.level: \"%s\" is not error, warn, info or debug\n",
-			config_get(cfg, "log", "level", ""));
+			cqrs_config_get(cfg, "log", "level", ""));
 		goto out;
 	}
 	cqrs_log_set_level(level);
@@ -132,6 +132,6 @@ main(int argc, char **argv)
 out:
 	consumer_free(c);
 	consumer_config_clear(&ccfg);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	return rc;
 }

@@ -52,8 +52,8 @@ static void
 series(struct evbuffer *out, const char *labels, const char *name, const char *type,
        const char *help, uint64_t v)
 {
-	httpd_metric_header(out, name, type, help);
-	httpd_metric_u64(out, name, labels, v);
+	cqrs_httpd_metric_header(out, name, type, help);
+	cqrs_httpd_metric_u64(out, name, labels, v);
 }
 
 static void
@@ -63,7 +63,7 @@ metrics(void *arg, struct evbuffer *out)
 	struct consumer_stats *s = &c->stats;
 	char name[200], labels[260];
 
-	httpd_label_escape(c->cfg->name, name, sizeof(name));
+	cqrs_httpd_label_escape(c->cfg->name, name, sizeof(name));
 	snprintf(labels, sizeof(labels), "consumer=\"%s\"", name);
 	series(out, labels, "cqrs_consumer_events_handled_total", "counter",
 	       "Events whose handlers ran and committed.",
@@ -95,10 +95,10 @@ metrics(void *arg, struct evbuffer *out)
 	       "1 while the PostgreSQL session is up.", atomic_load(&s->pg_up));
 	series(out, labels, "cqrs_consumer_rabbitmq_up", "gauge",
 	       "1 while the AMQP connection is up.", atomic_load(&s->mq_up));
-	httpd_hist_write(out, "cqrs_consumer_batch_seconds",
+	cqrs_httpd_hist_write(out, "cqrs_consumer_batch_seconds",
 			 "Live batches, from BEGIN to COMMIT (acks not included).", labels,
 			 &s->batch_time);
-	httpd_hist_write(out, "cqrs_consumer_handler_seconds",
+	cqrs_httpd_hist_write(out, "cqrs_consumer_handler_seconds",
 			 "One handler on one event (live, catch-up and replay).", labels,
 			 &s->handler_time);
 }
@@ -111,16 +111,16 @@ consumer_metrics_start(struct consumer *c, struct cqrs_err *err)
 
 	if (c->cfg->http.len == 0)
 		return 0;
-	if ((rc = httpd_new(NULL, &c->cfg->http, &h, &c->httpd, err)) < 0)
+	if ((rc = cqrs_httpd_new(NULL, &c->cfg->http, &h, &c->httpd, err)) < 0)
 		return rc;
 	cqrs_log_info(&c->log, "serving /health and /metrics on http://%s/",
-		      httpd_address(c->httpd));
+		      cqrs_httpd_address(c->httpd));
 	return 0;
 }
 
 void
 consumer_metrics_stop(struct consumer *c)
 {
-	httpd_free(c->httpd);
+	cqrs_httpd_free(c->httpd);
 	c->httpd = NULL;
 }

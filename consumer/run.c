@@ -122,7 +122,7 @@ hand_add(struct live *L, struct mq_msg *msg)
 		return -1;
 	}
 	mq_msg_move(&d->msg, msg);
-	if (envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
+	if (cqrs_envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
 		d->ev = NULL;
 		snprintf(d->decode_err, sizeof(d->decode_err), "%.200s", err.msg);
 	} else if (cqrs_log_enabled(CQRS_LOG_DEBUG)) {
@@ -434,7 +434,7 @@ handle(struct live *L, const size_t *idx, size_t n)
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		us = (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
 		if (rc == 0)
-			httpd_hist_observe_us(&c->stats.batch_time, us);
+			cqrs_httpd_hist_observe_us(&c->stats.batch_time, us);
 		cqrs_log_debug(&c->log, "batch of %zu events: %d in %" PRIu64 " us", m, rc, us);
 	}
 	if (rc == APPLY_BUSY || rc == APPLY_NOT_LIVE) {
@@ -569,7 +569,7 @@ hook_dead(void *arg, const struct cqrs_event *ev, const char *reason, struct cqr
 
 	if (L->mq == NULL && mq_open(L) < 0)
 		return cqrs_err_set(err, CQRS_EUNAVAILABLE, "RabbitMQ: %s", L->mq_last_err);
-	body = envelope_encode(ev);
+	body = cqrs_envelope_encode(ev);
 	if (body == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	o.body = body;
@@ -608,7 +608,7 @@ status(struct live *L, bool force)
 	}
 	if (!L->ready_sent)
 		return;
-	sdnotify_status("live: %" PRIu64 " events handled, %" PRIu64 " duplicates, %zu in hand, "
+	cqrs_sdnotify_status("live: %" PRIu64 " events handled, %" PRIu64 " duplicates, %zu in hand, "
 			"%zu held for retry, %" PRIu64 " dead-lettered%s",
 			c->stats.handled, c->stats.duplicates, L->n_hand, hand_held(L, now),
 			c->stats.dead, c->pg == NULL ? "; PostgreSQL unreachable" : "");
@@ -799,7 +799,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 				continue;
 			}
 			if (!L.ready_sent && !opts->once) {
-				sdnotify_ready(live && !replay ? "live" : "catching up from the store");
+				cqrs_sdnotify_ready(live && !replay ? "live" : "catching up from the store");
 				L.ready_sent = true;
 			}
 			if (replay || !live) {
@@ -878,7 +878,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 		}
 	}
 
-	sdnotify_stopping();
+	cqrs_sdnotify_stopping();
 	if (!opts->once)
 		drain(&L);
 	hand_drop(&L);

@@ -250,7 +250,7 @@ send_free(struct sender *s)
 {
 	if (s == NULL)
 		return;
-	cmdclient_free(s->cli);
+	cqrs_cmdclient_free(s->cli);
 	free(s->socket);
 	free(s);
 }
@@ -313,12 +313,12 @@ send_command(void *arg, const struct cqrs_event *cause, const char *key, const c
 	 * noticed when used. The same id makes the resend safe. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (s->cli == NULL &&
-		    (rc = cmdclient_connect(s->socket, s->timeout_ms, &s->cli, err)) < 0)
+		    (rc = cqrs_cmdclient_connect(s->socket, s->timeout_ms, &s->cli, err)) < 0)
 			break;
-		rc = cmdclient_call(s->cli, line, s->timeout_ms, &answer, err);
+		rc = cqrs_cmdclient_call(s->cli, line, s->timeout_ms, &answer, err);
 		if (rc == 0)
 			break;
-		cmdclient_free(s->cli);
+		cqrs_cmdclient_free(s->cli);
 		s->cli = NULL;
 	}
 	free(line);

@@ -112,7 +112,7 @@ ctl_wants_help(int argc, char **argv)
 const char *
 ctl_conninfo(struct ctl *ctl)
 {
-	const char *ci = config_get(ctl->cfg, "store", "conninfo", NULL);
+	const char *ci = cqrs_config_get(ctl->cfg, "store", "conninfo", NULL);
 
 	if (ci == NULL || ci[0] == '\0') {
 		ctl_fail(ctl, "store.conninfo is not set (in the config file's [store] "

@@ -216,7 +216,7 @@ reply_fail(struct ctl *ctl, struct conn *cn, amqp_rpc_reply_t r, const char *ste
 static int
 conn_open(struct ctl *ctl, struct conn *cn)
 {
-	const char *url = config_get(ctl->cfg, "broker", "url", NULL);
+	const char *url = cqrs_config_get(ctl->cfg, "broker", "url", NULL);
 	struct cqrs_err err = { 0 };
 	struct timeval tv = { TIMEOUT_S, 0 };
 	amqp_socket_t *sock;
@@ -224,7 +224,7 @@ conn_open(struct ctl *ctl, struct conn *cn)
 	int st;
 
 	memset(cn, 0, sizeof(*cn));
-	if (broker_url_parse(url, &cn->url, &err) < 0)
+	if (cqrs_broker_url_parse(url, &cn->url, &err) < 0)
 		return ctl_fail(ctl, "%s", err.msg);
 	cn->c = amqp_new_connection();
 	if (cn->c == NULL)
@@ -233,12 +233,12 @@ conn_open(struct ctl *ctl, struct conn *cn)
 	if (sock == NULL)
 		return ctl_fail(ctl, "out of memory");
 	if (cn->url.tls) {
-		const char *ca = config_get(ctl->cfg, "broker", "cacert", NULL);
-		const char *cert = config_get(ctl->cfg, "broker", "cert", NULL);
-		const char *key = config_get(ctl->cfg, "broker", "key", NULL);
+		const char *ca = cqrs_config_get(ctl->cfg, "broker", "cacert", NULL);
+		const char *cert = cqrs_config_get(ctl->cfg, "broker", "cert", NULL);
+		const char *key = cqrs_config_get(ctl->cfg, "broker", "key", NULL);
 		bool verify = true;
 
-		if (config_get_bool(ctl->cfg, "broker", "verify", true, &verify, &err) < 0)
+		if (cqrs_config_get_bool(ctl->cfg, "broker", "verify", true, &verify, &err) < 0)
 			return ctl_fail(ctl, "%s", err.msg);
 		if (ca == NULL && access(SYSTEM_CA_BUNDLE, R_OK) == 0)
 			ca = SYSTEM_CA_BUNDLE;
@@ -274,7 +274,7 @@ conn_close(struct conn *cn)
 		(void)amqp_connection_close(cn->c, AMQP_REPLY_SUCCESS);
 		amqp_destroy_connection(cn->c);
 	}
-	broker_url_clear(&cn->url);
+	cqrs_broker_url_clear(&cn->url);
 }
 
 /* ---- the verb ---------------------------------------------------------------------- */
@@ -384,7 +384,7 @@ ctl_dead(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage(ctl, verb);
 	name = argv[optind];
 	snprintf(section, sizeof(section), "consumer.%s", name);
-	if (asprintf(&queue, "%s", config_get(ctl->cfg, section, "queue", "")) < 0)
+	if (asprintf(&queue, "%s", cqrs_config_get(ctl->cfg, section, "queue", "")) < 0)
 		return ctl_fail(ctl, "out of memory");
 	if (queue[0] == '\0') {
 		free(queue);

@@ -86,11 +86,11 @@ ctl_migrate(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage(ctl, &ctl_verbs[0]);
 	if ((ci = ctl_conninfo(ctl)) == NULL)
 		return 1;
-	if (store_connect(ci, &st, &err) < 0 || store_migrate(st, &applied, &err) < 0) {
-		store_free(st);
+	if (cqrs_store_connect(ci, &st, &err) < 0 || cqrs_store_migrate(st, &applied, &err) < 0) {
+		cqrs_store_free(st);
 		return ctl_fail(ctl, "migrate: %s", err.msg);
 	}
-	store_free(st);
+	cqrs_store_free(st);
 	fprintf(ctl->out, "migrations applied: %d\n", applied);
 	return 0;
 }
@@ -98,7 +98,7 @@ ctl_migrate(struct ctl *ctl, int argc, char **argv)
 static void
 print_result(struct ctl *ctl, const char *stream, const struct store_append_result *r)
 {
-	json_object *o = store_append_result_json(NULL, stream, r);
+	json_object *o = cqrs_store_append_result_json(NULL, stream, r);
 
 	fprintf(ctl->out, "%s\n", json_object_to_json_string_ext(o,
 		JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -213,11 +213,11 @@ ctl_append(struct ctl *ctl, int argc, char **argv)
 	}
 	if ((ci = ctl_conninfo(ctl)) == NULL)
 		goto out;
-	if (store_connect(ci, &st, &err) < 0) {
+	if (cqrs_store_connect(ci, &st, &err) < 0) {
 		rc = ctl_fail(ctl, "%s", err.msg);
 		goto out;
 	}
-	rc = store_append(st, stream, expected, in, n, command_id, &r, &err);
+	rc = cqrs_store_append(st, stream, expected, in, n, command_id, &r, &err);
 	if (rc == 0) {
 		print_result(ctl, stream, &r);
 	} else {
@@ -225,8 +225,8 @@ ctl_append(struct ctl *ctl, int argc, char **argv)
 		rc = rc == CQRS_ECONFLICT ? 3 : 1;
 	}
 out:
-	store_append_result_clear(&r);
-	store_free(st);
+	cqrs_store_append_result_clear(&r);
+	cqrs_store_free(st);
 	free(in);
 	json_object_put(root);
 	json_tokener_free(tok);
@@ -238,7 +238,7 @@ static void
 print_events(struct ctl *ctl, const struct store_events *evs)
 {
 	for (size_t i = 0; i < evs->n; i++) {
-		char *s = envelope_encode(evs->ev[i]);
+		char *s = cqrs_envelope_encode(evs->ev[i]);
 		fprintf(ctl->out, "%s\n", s ? s : "");
 		free(s);
 	}
@@ -290,12 +290,12 @@ ctl_read(struct ctl *ctl, int argc, char **argv)
 	stream = argv[optind];
 	if ((ci = ctl_conninfo(ctl)) == NULL)
 		return 1;
-	if (store_connect(ci, &st, &err) < 0)
+	if (cqrs_store_connect(ci, &st, &err) < 0)
 		return ctl_fail(ctl, "%s", err.msg);
 	while (limit > 0) {
 		struct store_events evs;
 		int chunk = limit > 1000 ? 1000 : limit;
-		if (store_read_stream(st, stream, from, chunk, &evs, &err) < 0) {
+		if (cqrs_store_read_stream(st, stream, from, chunk, &evs, &err) < 0) {
 			rc = ctl_fail(ctl, "read: %s", err.msg);
 			break;
 		}
@@ -304,12 +304,12 @@ ctl_read(struct ctl *ctl, int argc, char **argv)
 		if (evs.n > 0)
 			from = evs.ev[evs.n - 1]->version + 1;
 		if ((int)evs.n < chunk) {
-			store_events_clear(&evs);
+			cqrs_store_events_clear(&evs);
 			break;
 		}
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 	}
-	store_free(st);
+	cqrs_store_free(st);
 	return rc;
 }
 
@@ -332,7 +332,7 @@ ctl_read_all(struct ctl *ctl, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "a:l:", opts, NULL)) != -1) {
 		switch (c) {
 		case 'a':
-			if (store_checkpoint_parse(optarg, &cp, &err) < 0)
+			if (cqrs_store_checkpoint_parse(optarg, &cp, &err) < 0)
 				return ctl_fail(ctl, "--after: %s", err.msg);
 			break;
 		case 'l':
@@ -347,12 +347,12 @@ ctl_read_all(struct ctl *ctl, int argc, char **argv)
 		return ctl_usage(ctl, &ctl_verbs[3]);
 	if ((ci = ctl_conninfo(ctl)) == NULL)
 		return 1;
-	if (store_connect(ci, &st, &err) < 0)
+	if (cqrs_store_connect(ci, &st, &err) < 0)
 		return ctl_fail(ctl, "%s", err.msg);
 	while (limit > 0) {
 		struct store_events evs;
 		int chunk = limit > 1000 ? 1000 : limit;
-		if (store_read_all(st, &cp, chunk, &evs, &err) < 0) {
+		if (cqrs_store_read_all(st, &cp, chunk, &evs, &err) < 0) {
 			rc = ctl_fail(ctl, "read-all: %s", err.msg);
 			break;
 		}
@@ -361,13 +361,13 @@ ctl_read_all(struct ctl *ctl, int argc, char **argv)
 		if (evs.n > 0)
 			cp = evs.at[evs.n - 1];
 		if ((int)evs.n < chunk) {
-			store_events_clear(&evs);
+			cqrs_store_events_clear(&evs);
 			break;
 		}
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 	}
-	store_checkpoint_format(&cp, cpbuf, sizeof(cpbuf));
+	cqrs_store_checkpoint_format(&cp, cpbuf, sizeof(cpbuf));
 	fprintf(ctl->err, "checkpoint %s\n", cpbuf);
-	store_free(st);
+	cqrs_store_free(st);
 	return rc;
 }

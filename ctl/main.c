@@ -66,20 +66,20 @@ main(int argc, char **argv)
 			return 0;
 		}
 		/* the default file may be absent: environment and defaults then */
-		rc = config_load(path ? path : DEFAULT_CONFIG, &ctl.cfg, &err);
+		rc = cqrs_config_load(path ? path : DEFAULT_CONFIG, &ctl.cfg, &err);
 		if (rc == CQRS_ENOTFOUND && path == NULL)
-			rc = config_load(NULL, &ctl.cfg, &err);
+			rc = cqrs_config_load(NULL, &ctl.cfg, &err);
 		if (rc < 0) {
 			fprintf(stderr, "cqrsctl: %s\n", err.msg);
 			return 1;
 		}
 		ctl.config_path = path;
 		{
-			int level = cqrs_log_level_parse(config_get(ctl.cfg, "log", "level", "warn"));
+			int level = cqrs_log_level_parse(cqrs_config_get(ctl.cfg, "log", "level", "warn"));
 			cqrs_log_set_level(level < 0 ? CQRS_LOG_WARN : level);
 		}
 		rc = v->run(&ctl, argc - optind, argv + optind);
-		config_free(ctl.cfg);
+		cqrs_config_free(ctl.cfg);
 		return rc;
 	}
 	fprintf(stderr, "cqrsctl: unknown verb \"%s\" (see cqrsctl --help)\n", argv[optind]);

@@ -103,7 +103,7 @@ socket_path(struct ctl *ctl, const char *opt)
 {
 	if (opt != NULL)
 		return opt;
-	return config_get(ctl->cfg, "cmd", "socket", CMDCLIENT_DEFAULT_SOCKET);
+	return cqrs_config_get(ctl->cfg, "cmd", "socket", CMDCLIENT_DEFAULT_SOCKET);
 }
 
 /* ---- one command ---------------------------------------------------------------- */
@@ -121,9 +121,9 @@ send_one(struct ctl *ctl, const char *path, json_object *req, int timeout_ms)
 						   JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (text == NULL)
 		return ctl_fail(ctl, "out of memory");
-	if (cmdclient_connect(path, timeout_ms, &c, &err) < 0)
+	if (cqrs_cmdclient_connect(path, timeout_ms, &c, &err) < 0)
 		return ctl_fail(ctl, "%s", err.msg);
-	if (cmdclient_call(c, text, timeout_ms, &answer, &err) < 0) {
+	if (cqrs_cmdclient_call(c, text, timeout_ms, &answer, &err) < 0) {
 		rc = ctl_fail(ctl, "%s (the command's outcome is unknown: resend it with the "
 				   "same --id to learn it)", err.msg);
 		goto out;
@@ -132,7 +132,7 @@ send_one(struct ctl *ctl, const char *path, json_object *req, int timeout_ms)
 	rc = answer_ok(answer, strlen(answer)) ? 0 : 1;
 out:
 	free(answer);
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	return rc;
 }
 
@@ -172,7 +172,7 @@ queue_input(struct pipe_state *ps, const char *buf, size_t n, struct cqrs_err *e
 		}
 		nl = memchr(buf + i, '\n', n - i);
 		end = nl ? (size_t)(nl - buf) + 1 : n;
-		rc = cmdclient_queue(ps->c, buf + i, end - i, err);
+		rc = cqrs_cmdclient_queue(ps->c, buf + i, end - i, err);
 		if (rc < 0)
 			return rc;
 		i = end;
@@ -192,7 +192,7 @@ take_answers(struct pipe_state *ps, struct cqrs_err *err)
 	size_t len;
 	int rc;
 
-	while ((rc = cmdclient_next_line(ps->c, &line, &len, err)) == 1) {
+	while ((rc = cqrs_cmdclient_next_line(ps->c, &line, &len, err)) == 1) {
 		fwrite(line, 1, len, ps->ctl->out);
 		fputc('\n', ps->ctl->out);
 		if (!answer_ok(line, len))
@@ -212,7 +212,7 @@ send_pipelined(struct ctl *ctl, const char *path, int timeout_ms)
 	char *buf = NULL;
 	int rc = 1;
 
-	if (cmdclient_connect(path, timeout_ms, &ps.c, &err) < 0)
+	if (cqrs_cmdclient_connect(path, timeout_ms, &ps.c, &err) < 0)
 		return ctl_fail(ctl, "%s", err.msg);
 	buf = malloc(65536);
 	if (buf == NULL) {
@@ -224,14 +224,14 @@ send_pipelined(struct ctl *ctl, const char *path, int timeout_ms)
 		int n, sock_i;
 		nfds_t nfds = 0;
 
-		if (!stdin_open && cmdclient_queued(ps.c) == 0 && ps.answered >= ps.sent)
+		if (!stdin_open && cqrs_cmdclient_queued(ps.c) == 0 && ps.answered >= ps.sent)
 			break;
-		if (stdin_open && can_write && cmdclient_queued(ps.c) < SEND_HIGH_WATER)
+		if (stdin_open && can_write && cqrs_cmdclient_queued(ps.c) < SEND_HIGH_WATER)
 			pfd[nfds++] = (struct pollfd){ .fd = STDIN_FILENO, .events = POLLIN };
 		sock_i = (int)nfds;
 		pfd[nfds++] = (struct pollfd){
-			.fd = cmdclient_fd(ps.c),
-			.events = (short)(POLLIN | (can_write && cmdclient_queued(ps.c) > 0
+			.fd = cqrs_cmdclient_fd(ps.c),
+			.events = (short)(POLLIN | (can_write && cqrs_cmdclient_queued(ps.c) > 0
 							    ? POLLOUT : 0)),
 		};
 		n = poll(pfd, nfds, timeout_ms);
@@ -265,23 +265,23 @@ send_pipelined(struct ctl *ctl, const char *path, int timeout_ms)
 				goto out;
 			}
 		}
-		if (can_write && cmdclient_queued(ps.c) > 0 &&
+		if (can_write && cqrs_cmdclient_queued(ps.c) > 0 &&
 		    (pfd[sock_i].revents & (POLLOUT | POLLERR | POLLHUP))) {
-			if (cmdclient_flush(ps.c, &err) < 0) {
+			if (cqrs_cmdclient_flush(ps.c, &err) < 0) {
 				/* keep reading: the answers sent before the close are ours */
 				can_write = false;
 				snprintf(write_error, sizeof(write_error), "%s", err.msg);
 			}
 		}
 		if (pfd[sock_i].revents & (POLLIN | POLLHUP | POLLERR)) {
-			int frc = cmdclient_fill(ps.c, &err);
+			int frc = cqrs_cmdclient_fill(ps.c, &err);
 			int trc = take_answers(&ps, &err);
 			if (trc < 0) {
 				rc = ctl_fail(ctl, "%s", err.msg);
 				goto out;
 			}
 			if (frc < 0) {
-				if (!stdin_open && cmdclient_queued(ps.c) == 0 &&
+				if (!stdin_open && cqrs_cmdclient_queued(ps.c) == 0 &&
 				    ps.answered >= ps.sent)
 					break;
 				rc = ctl_fail(ctl, "%s after %zu of %zu answers%s%s", err.msg,
@@ -295,7 +295,7 @@ send_pipelined(struct ctl *ctl, const char *path, int timeout_ms)
 out:
 	fflush(ctl->out);
 	free(buf);
-	cmdclient_free(ps.c);
+	cqrs_cmdclient_free(ps.c);
 	return rc;
 }
 
@@ -360,7 +360,7 @@ ctl_send(struct ctl *ctl, int argc, char **argv)
 			return 2;
 		}
 	}
-	if (id != NULL && !uuid_valid(id)) {
+	if (id != NULL && !cqrs_uuid_valid(id)) {
 		ctl_fail(ctl, "--id \"%s\" is not a UUID", id);
 		return 2;
 	}

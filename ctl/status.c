@@ -173,7 +173,7 @@ ctl_status(struct ctl *ctl, int argc, char **argv)
 	for (const struct ctl_verb *v = ctl_verbs; v->name != NULL; v++)
 		if (strcmp(v->name, "status") == 0)
 			verb = v;
-	name = config_get(ctl->cfg, "tracker", "name", "tracker");
+	name = cqrs_config_get(ctl->cfg, "tracker", "name", "tracker");
 	optind = 0;		/* glibc: start over, this is a new argv */
 	while ((c = getopt_long(argc, argv, "n:j", opts, NULL)) != -1) {
 		switch (c) {

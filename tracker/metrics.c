@@ -48,16 +48,16 @@ static void
 series_u64(struct evbuffer *out, const char *labels, const char *name, const char *type,
 	   const char *help, uint64_t v)
 {
-	httpd_metric_header(out, name, type, help);
-	httpd_metric_u64(out, name, labels, v);
+	cqrs_httpd_metric_header(out, name, type, help);
+	cqrs_httpd_metric_u64(out, name, labels, v);
 }
 
 static void
 series_double(struct evbuffer *out, const char *labels, const char *name, const char *help,
 	      double v)
 {
-	httpd_metric_header(out, name, "gauge", help);
-	httpd_metric_double(out, name, labels, v);
+	cqrs_httpd_metric_header(out, name, "gauge", help);
+	cqrs_httpd_metric_double(out, name, labels, v);
 }
 
 static void
@@ -68,7 +68,7 @@ metrics(void *arg, struct evbuffer *out)
 	char name[420], labels[460];
 
 	tracker_get_stats(t, &s);
-	httpd_label_escape(t->cfg->name, name, sizeof(name));
+	cqrs_httpd_label_escape(t->cfg->name, name, sizeof(name));
 	snprintf(labels, sizeof(labels), "tracker=\"%s\"", name);
 	series_u64(out, labels, "cqrs_tracker_published_total", "counter",
 		   "Events published, confirmed by the broker and checkpointed.", s.published);
@@ -103,16 +103,16 @@ tracker_metrics_start(struct tracker *t, struct cqrs_err *err)
 
 	if (t->cfg->http.len == 0)
 		return 0;
-	if ((rc = httpd_new(NULL, &t->cfg->http, &h, &t->httpd, err)) < 0)
+	if ((rc = cqrs_httpd_new(NULL, &t->cfg->http, &h, &t->httpd, err)) < 0)
 		return rc;
 	cqrs_log_info(&t->log, "serving /health and /metrics on http://%s/",
-		      httpd_address(t->httpd));
+		      cqrs_httpd_address(t->httpd));
 	return 0;
 }
 
 void
 tracker_metrics_stop(struct tracker *t)
 {
-	httpd_free(t->httpd);
+	cqrs_httpd_free(t->httpd);
 	t->httpd = NULL;
 }

@@ -21,8 +21,8 @@
 #include "tracker_int.h"
 
 /*
- * store_read_all_sql with ORDER BY on the table's column: in
- * store_read_all_sql, "ORDER BY xid" names the output column xid::text (an
+ * cqrs_store_read_all_sql with ORDER BY on the table's column: in
+ * cqrs_store_read_all_sql, "ORDER BY xid" names the output column xid::text (an
  * output name wins in ORDER BY), so it sorts as text and "1001" comes
  * before "995".
  */
@@ -62,7 +62,7 @@ pipeline_pending(const struct tracker *t)
 bool
 pipeline_settleable(const struct tracker *t)
 {
-	return t->qlen > 0 && t->mq != NULL && broker_confirmed(t->mq) >= t->q[0].last_tag;
+	return t->qlen > 0 && t->mq != NULL && cqrs_broker_confirmed(t->mq) >= t->q[0].last_tag;
 }
 
 static bool
@@ -165,7 +165,7 @@ put_compact(struct buf *b, const char *json)
 
 /*
  * The envelope of row i of pipeline_read_sql, byte for byte what
- * envelope_encode() makes of the event, without parsing data and metadata
+ * cqrs_envelope_encode() makes of the event, without parsing data and metadata
  * into json-c objects and writing them out again (which was most of the
  * tracker's CPU time).
  */
@@ -266,7 +266,7 @@ pipeline_fill(struct tracker *t, size_t *n)
 			cqrs_log_error(&t->log, "out of memory");
 			return -1;
 		}
-		broker_routing_key(PQgetvalue(res, i, 1), PQgetvalue(res, i, 4), key, sizeof(key));
+		cqrs_broker_routing_key(PQgetvalue(res, i, 1), PQgetvalue(res, i, 4), key, sizeof(key));
 		memset(&m, 0, sizeof(m));
 		m.routing_key = key;
 		m.body = body.p;
@@ -276,7 +276,7 @@ pipeline_fill(struct tracker *t, size_t *n)
 		m.stream = PQgetvalue(res, i, 1);
 		m.version = strtoll(PQgetvalue(res, i, 2), NULL, 10);
 		m.position = at.position;
-		if (broker_publish(t->mq, &m, &tag, &err) < 0) {
+		if (cqrs_broker_publish(t->mq, &m, &tag, &err) < 0) {
 			t->body = body.p;
 			t->body_cap = body.cap;
 			PQclear(res);
@@ -313,13 +313,13 @@ pipeline_settle(struct tracker *t)
 
 	if (t->qlen == 0 || t->mq == NULL)
 		return 0;
-	while (k < t->qlen && t->q[k].last_tag <= broker_confirmed(t->mq))
+	while (k < t->qlen && t->q[k].last_tag <= cqrs_broker_confirmed(t->mq))
 		n += t->q[k++].n;
 	if (k == 0) {
 		if (tracker_now_ms() - t->q[0].sent_ms > t->cfg->confirm_timeout_ms) {
 			char msg[128];
 			snprintf(msg, sizeof(msg), "no confirm for %zu messages within %" PRId64 " ms",
-				 broker_unconfirmed(t->mq), t->cfg->confirm_timeout_ms);
+				 cqrs_broker_unconfirmed(t->mq), t->cfg->confirm_timeout_ms);
 			tracker_mq_lost(t, "RabbitMQ: waiting for confirms", msg);
 			return -1;
 		}
@@ -356,7 +356,7 @@ pipeline_flush(struct tracker *t)
 
 	if (t->qlen == 0 || t->mq == NULL || t->pg == NULL)
 		return;
-	if (broker_wait_confirms(t->mq, t->q[t->qlen - 1].last_tag,
+	if (cqrs_broker_wait_confirms(t->mq, t->q[t->qlen - 1].last_tag,
 				 (int)t->cfg->confirm_timeout_ms, &err) < 0) {
 		tracker_mq_lost(t, "RabbitMQ: waiting for the last confirms", err.msg);
 		return;

@@ -113,15 +113,15 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	if ((rc = config_check_keys(cfg, "tracker", tracker_keys, err)) < 0)
+	if ((rc = cqrs_config_check_keys(cfg, "tracker", tracker_keys, err)) < 0)
 		return rc;
-	out->conninfo = dup_opt(config_get(cfg, "store", "conninfo", NULL));
+	out->conninfo = dup_opt(cqrs_config_get(cfg, "store", "conninfo", NULL));
 	if (out->conninfo == NULL) {
 		rc = cqrs_err_set(err, CQRS_ECONFIG, "store.conninfo is not set (config [store] "
 				  "conninfo, or CQRS_STORE_CONNINFO)");
 		goto bad;
 	}
-	out->broker_url = dup_opt(config_get(cfg, "broker", "url", NULL));
+	out->broker_url = dup_opt(cqrs_config_get(cfg, "broker", "url", NULL));
 	if (out->broker_url == NULL) {
 		rc = cqrs_err_set(err, CQRS_ECONFIG, "broker.url is not set (config [broker] url, "
 				  "or CQRS_BROKER_URL)");
@@ -130,11 +130,11 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 	{
 		/* refuse a bad URL now rather than retrying it forever */
 		struct broker_url u;
-		if ((rc = broker_url_parse(out->broker_url, &u, err)) < 0)
+		if ((rc = cqrs_broker_url_parse(out->broker_url, &u, err)) < 0)
 			goto bad;
-		broker_url_clear(&u);
+		cqrs_broker_url_clear(&u);
 	}
-	out->name = strdup(config_get(cfg, "tracker", "name", "tracker"));
+	out->name = strdup(cqrs_config_get(cfg, "tracker", "name", "tracker"));
 	if (out->name == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto bad;
@@ -143,34 +143,34 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 		rc = cqrs_err_set(err, CQRS_ECONFIG, "tracker.name must be 1 to 200 bytes");
 		goto bad;
 	}
-	if ((rc = config_get_int(cfg, "tracker", "batch_size", 500, 1, 10000, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "tracker", "batch_size", 500, 1, 10000, &v, err)) < 0)
 		goto bad;
 	out->batch_size = (int)v;
-	if ((rc = config_get_int(cfg, "tracker", "inflight", 4, 1, 64, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "tracker", "inflight", 4, 1, 64, &v, err)) < 0)
 		goto bad;
 	out->inflight = (int)v;
-	if ((rc = config_get_ms(cfg, "tracker", "poll_ms", 1000, POLL_MIN_MS, 3600000,
+	if ((rc = cqrs_config_get_ms(cfg, "tracker", "poll_ms", 1000, POLL_MIN_MS, 3600000,
 				&out->poll_ms, err)) < 0)
 		goto bad;
-	if ((rc = config_get_ms(cfg, "tracker", "lag_warn", 30000, 0, 86400000,
+	if ((rc = cqrs_config_get_ms(cfg, "tracker", "lag_warn", 30000, 0, 86400000,
 				&out->lag_warn_ms, err)) < 0)
 		goto bad;
-	if ((rc = config_get_ms(cfg, "tracker", "confirm_timeout", 30000, 100, 3600000,
+	if ((rc = cqrs_config_get_ms(cfg, "tracker", "confirm_timeout", 30000, 100, 3600000,
 				&out->confirm_timeout_ms, err)) < 0)
 		goto bad;
-	if ((rc = config_get_ms(cfg, "tracker", "status_interval", 5000, 100, 3600000,
+	if ((rc = cqrs_config_get_ms(cfg, "tracker", "status_interval", 5000, 100, 3600000,
 				&out->status_ms, err)) < 0)
 		goto bad;
-	if ((rc = httpd_config_load(cfg, "tracker", &out->http, err)) < 0)
+	if ((rc = cqrs_httpd_config_load(cfg, "tracker", &out->http, err)) < 0)
 		goto bad;
-	if ((rc = config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &v, err)) < 0)
 		goto bad;
 	out->heartbeat_s = (int)v;
-	if ((rc = config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
+	if ((rc = cqrs_config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
 		goto bad;
-	out->cacert = dup_opt(config_get(cfg, "broker", "cacert", NULL));
-	out->cert = dup_opt(config_get(cfg, "broker", "cert", NULL));
-	out->key = dup_opt(config_get(cfg, "broker", "key", NULL));
+	out->cacert = dup_opt(cqrs_config_get(cfg, "broker", "cacert", NULL));
+	out->cert = dup_opt(cqrs_config_get(cfg, "broker", "cert", NULL));
+	out->key = dup_opt(cqrs_config_get(cfg, "broker", "key", NULL));
 	if ((out->cert == NULL) != (out->key == NULL)) {
 		rc = cqrs_err_set(err, CQRS_ECONFIG, "broker.cert and broker.key go together");
 		goto bad;
@@ -365,7 +365,7 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	t->log.comp = "tracker";
 	atomic_init(&t->stop, 0);
 	pthread_mutex_init(&t->mu, NULL);
-	broker_options_default(&t->bopt);
+	cqrs_broker_options_default(&t->bopt);
 	t->bopt.heartbeat_s = cfg->heartbeat_s;
 	t->bopt.connection_name = t->app;
 	t->bopt.cacert = cfg->cacert;
@@ -374,7 +374,7 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	t->bopt.verify = cfg->verify;
 	t->pg_backoff = t->mq_backoff = BACKOFF_MIN_MS;
 	t->poll_interval = POLL_MIN_MS;
-	wd = sdnotify_watchdog_usec();
+	wd = cqrs_sdnotify_watchdog_usec();
 	t->watchdog_ms = (int64_t)(wd / 2000);	/* ping at half the interval */
 	if (wd > 0 && t->watchdog_ms == 0)
 		t->watchdog_ms = 1;
@@ -388,7 +388,7 @@ tracker_free(struct tracker *t)
 {
 	if (t == NULL)
 		return;
-	broker_free(t->mq);
+	cqrs_broker_free(t->mq);
 	PQfinish(t->pg);
 	pipeline_free(t);
 	pthread_mutex_destroy(&t->mu);
@@ -416,7 +416,7 @@ note_error(struct tracker *t, char *last, int64_t *last_log, const char *what, c
 
 	if (strcmp(last, msg) != 0 || now - *last_log >= REPEAT_LOG_MS) {
 		cqrs_log_error(&t->log, "%s: %s (retrying in %" PRId64 " ms)", what, msg, retry_ms);
-		sdnotify_status("%s: %s", what, msg);
+		cqrs_sdnotify_status("%s: %s", what, msg);
 		*last_log = now;
 		snprintf(last, CQRS_ERR_MSG_MAX, "%s", msg);
 	}
@@ -462,7 +462,7 @@ tracker_mq_lost(struct tracker *t, const char *what, const char *msg)
 	int64_t delay = backoff_next(&t->mq_backoff);
 
 	note_error(t, t->mq_last_err, &t->mq_last_log, what, msg, delay);
-	broker_free(t->mq);
+	cqrs_broker_free(t->mq);
 	t->mq = NULL;
 	pipeline_reset(t);	/* what was not confirmed goes out again */
 	t->mq_retry_at = tracker_now_ms() + delay;
@@ -507,15 +507,15 @@ mq_open(struct tracker *t)
 {
 	struct cqrs_err err = { 0 };
 
-	if (broker_connect(t->cfg->broker_url, &t->bopt, &t->mq, &err) < 0 ||
-	    broker_declare_topology(t->mq, &err) < 0) {
+	if (cqrs_broker_connect(t->cfg->broker_url, &t->bopt, &t->mq, &err) < 0 ||
+	    cqrs_broker_declare_topology(t->mq, &err) < 0) {
 		tracker_mq_lost(t, "cannot connect to RabbitMQ", err.msg);
 		return -1;
 	}
 	if (t->mq_last_err[0] != '\0')
-		cqrs_log_info(&t->log, "connected to RabbitMQ %s again", broker_name(t->mq));
+		cqrs_log_info(&t->log, "connected to RabbitMQ %s again", cqrs_broker_name(t->mq));
 	else
-		cqrs_log_info(&t->log, "connected to RabbitMQ %s", broker_name(t->mq));
+		cqrs_log_info(&t->log, "connected to RabbitMQ %s", cqrs_broker_name(t->mq));
 	t->mq_last_err[0] = '\0';
 	t->mq_backoff = BACKOFF_MIN_MS;
 	t->mq_blocked_logged = false;
@@ -575,7 +575,7 @@ note_holder(struct tracker *t)
 		cqrs_log_info(&t->log, "standby: tracker \"%s\" is active at %s", t->cfg->name, holder);
 		snprintf(t->holder, sizeof(t->holder), "%s", holder);
 	}
-	sdnotify_status("standby: tracker \"%s\" is active at %s", t->cfg->name, holder);
+	cqrs_sdnotify_status("standby: tracker \"%s\" is active at %s", t->cfg->name, holder);
 }
 
 /* Tries the lock; when won, loads the checkpoint and starts listening. */
@@ -618,7 +618,7 @@ try_activate(struct tracker *t)
 	pipeline_reset(t);
 	t->wake = true;		/* read at once */
 	t->next_status = 0;
-	store_checkpoint_format(&cp, cpbuf, sizeof(cpbuf));
+	cqrs_store_checkpoint_format(&cp, cpbuf, sizeof(cpbuf));
 	cqrs_log_info(&t->log, "active: holding the lock of tracker \"%s\", publishing after "
 			       "checkpoint %s", t->cfg->name, cpbuf);
 }
@@ -632,14 +632,14 @@ post_status(struct tracker *t)
 	char cpbuf[48];
 
 	tracker_get_stats(t, &s);
-	store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
+	cqrs_store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
 	if (t->held_events > 0)
-		sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
 				" events (%.1f s), %" PRId64 " held back by a transaction open "
 				"for %.1f s", cpbuf, s.published, t->lag_events, t->lag_seconds,
 				t->held_events, t->blocker_seconds);
 	else
-		sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
 				" events (%.1f s)", cpbuf, s.published, t->lag_events,
 				t->lag_seconds);
 }
@@ -690,7 +690,7 @@ static void
 watchdog(struct tracker *t, int64_t now)
 {
 	if (t->watchdog_ms > 0 && now >= t->next_watchdog) {
-		sdnotify_watchdog();
+		cqrs_sdnotify_watchdog();
 		t->next_watchdog = now + t->watchdog_ms;
 	}
 }
@@ -703,18 +703,18 @@ mq_service(struct tracker *t)
 
 	if (t->mq == NULL)
 		return;
-	if (broker_poll(t->mq, &err) < 0) {
+	if (cqrs_broker_poll(t->mq, &err) < 0) {
 		tracker_mq_lost(t, "RabbitMQ", err.msg);
 		return;
 	}
-	if (broker_blocked(t->mq, &reason) != t->mq_blocked_logged) {
+	if (cqrs_broker_blocked(t->mq, &reason) != t->mq_blocked_logged) {
 		t->mq_blocked_logged = !t->mq_blocked_logged;
 		if (t->mq_blocked_logged)
-			cqrs_log_warn(&t->log, "RabbitMQ %s blocks publishing: %s", broker_name(t->mq),
+			cqrs_log_warn(&t->log, "RabbitMQ %s blocks publishing: %s", cqrs_broker_name(t->mq),
 				      reason);
 		else
 			cqrs_log_info(&t->log, "RabbitMQ %s accepts publishing again",
-				      broker_name(t->mq));
+				      cqrs_broker_name(t->mq));
 	}
 	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
 }
@@ -758,8 +758,8 @@ wait_until(struct tracker *t, int64_t until)
 			fds[nfds].events = POLLIN;
 			pg_i = nfds++;
 		}
-		if (t->mq != NULL && broker_fd(t->mq) >= 0) {
-			fds[nfds].fd = broker_fd(t->mq);
+		if (t->mq != NULL && cqrs_broker_fd(t->mq) >= 0) {
+			fds[nfds].fd = cqrs_broker_fd(t->mq);
 			fds[nfds].events = POLLIN;
 			mq_i = nfds++;
 		}
@@ -818,9 +818,9 @@ tracker_run(struct tracker *t)
 		}
 		if (!t->stats.ready) {
 			stats_update(t, set_ready, NULL);
-			sdnotify_ready("connected to PostgreSQL and RabbitMQ");
+			cqrs_sdnotify_ready("connected to PostgreSQL and RabbitMQ");
 			cqrs_log_info(&t->log, "ready: connected to PostgreSQL and RabbitMQ %s",
-				      broker_name(t->mq));
+				      cqrs_broker_name(t->mq));
 		}
 		if (!is_active(t)) {
 			if (now >= t->next_lock_try) {
@@ -835,7 +835,7 @@ tracker_run(struct tracker *t)
 		mq_service(t);		/* acks, blocked/unblocked */
 		if (t->mq == NULL)
 			continue;
-		if (broker_blocked(t->mq, NULL)) {
+		if (cqrs_broker_blocked(t->mq, NULL)) {
 			/* publishing would only stall in the socket */
 			if (pipeline_settle(t) == 0)
 				wait_until(t, now + SLICE_MS);
@@ -868,17 +868,17 @@ tracker_run(struct tracker *t)
 	/* the batches in flight: their confirms, then the checkpoint */
 	if (is_active(t))
 		pipeline_flush(t);
-	sdnotify_stopping();
+	cqrs_sdnotify_stopping();
 	{
 		struct tracker_stats s;
 		char cpbuf[48];
 
 		tracker_get_stats(t, &s);
-		store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
+		cqrs_store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
 		cqrs_log_info(&t->log, "stopping: %" PRIu64 " events published, checkpoint %s",
 			      s.published, cpbuf);
 	}
-	broker_free(t->mq);
+	cqrs_broker_free(t->mq);
 	t->mq = NULL;
 	PQfinish(t->pg);	/* releases the lock */
 	t->pg = NULL;

@@ -93,8 +93,8 @@ void tracker_note_done(struct tracker *t, size_t n, size_t k, const struct store
 /* ---- pipeline.c --------------------------------------------------------------- */
 
 /*
- * The commit-safe read of tracker.c, store_read_all_sql's columns (for
- * store_events_parse()), with the sort on the table's xid column.
+ * The commit-safe read of tracker.c, cqrs_store_read_all_sql's columns (for
+ * cqrs_store_events_parse()), with the sort on the table's xid column.
  * Parameters: $1 xid8 text, $2 position, $3 limit.
  */
 extern const char pipeline_read_sql[];

@@ -146,7 +146,7 @@ new_id(void)
 	char *u = malloc(UUID_STR_LEN);
 
 	ck_assert_ptr_nonnull(u);
-	uuid_v4(u);
+	cqrs_uuid_v4(u);
 	return daemon_gc(u);
 }
 
@@ -480,7 +480,7 @@ depositor_run(void *arg)
 		char id[UUID_STR_LEN], line[256];
 		long long amount = (long long)w->idx * 1000 + i + 1;
 		char *a;
-		uuid_v4(id);
+		cqrs_uuid_v4(id);
 		snprintf(line, sizeof(line), "{\"id\":\"%s\",\"command\":\"account.deposit\","
 			 "\"aggregate_id\":\"%s\",\"data\":{\"amount\":%lld}}", id, w->agg, amount);
 		a = daemon_conn_call(c, line);
@@ -742,7 +742,7 @@ loader_run(void *arg)
 		bool timed_out;
 		json_object *o;
 
-		uuid_v4(s->id);
+		cqrs_uuid_v4(s->id);
 		s->amount = (long long)(l->n % 97) + 1;
 		snprintf(line, sizeof(line), "{\"id\":\"%s\",\"command\":\"account.deposit\","
 			 "\"aggregate_id\":\"%s\",\"data\":{\"amount\":%lld}}", s->id, l->agg,

@@ -120,7 +120,7 @@ new_id(void)
 	char *u = malloc(UUID_STR_LEN);
 
 	ck_assert_ptr_nonnull(u);
-	uuid_v4(u);
+	cqrs_uuid_v4(u);
 	return daemon_gc(u);
 }
 
@@ -183,7 +183,7 @@ START_TEST(ok_answers_have_the_documented_shape)
 	ck_assert_int_eq(daemon_answer_int(a, "events.0.version"), 1);
 	ck_assert_ptr_null(daemon_answer_str(a, "events.1.type"));
 	evid = daemon_answer_str(a, "events.0.id");
-	ck_assert_msg(evid != NULL && uuid_valid(evid), "event id: %s", a);
+	ck_assert_msg(evid != NULL && cqrs_uuid_valid(evid), "event id: %s", a);
 	pos = daemon_answer_int(a, "events.0.position");
 	ck_assert_int_gt(pos, 0);
 	ck_assert_msg(!strstr(a, "\"duplicate\":true") && !strstr(a, "\"duplicate\": true"),
@@ -205,7 +205,7 @@ START_TEST(ok_answers_have_the_documented_shape)
 				     "\"data\":{\"amount\":5}}"));
 	DAEMON_ASSERT_OK(a);
 	gen = daemon_answer_str(a, "id");
-	ck_assert_msg(gen != NULL && uuid_valid(gen), "a generated id must be a UUID: %s", a);
+	ck_assert_msg(gen != NULL && cqrs_uuid_valid(gen), "a generated id must be a UUID: %s", a);
 	evid = daemon_answer_str(a, "events.0.id");
 	ck_assert_str_eq(qstr("SELECT metadata->>'causation_id' FROM cqrs.events WHERE id = '%s'",
 			      evid), gen);
@@ -377,7 +377,7 @@ START_TEST(malformed_requests_keep_the_connection)
 			break;
 		default: {
 			char *id = daemon_answer_str(a, "id");
-			ck_assert_msg(answer_id_is(a, NULL) || (id != NULL && uuid_valid(id)),
+			ck_assert_msg(answer_id_is(a, NULL) || (id != NULL && cqrs_uuid_valid(id)),
 				      "request %s: id must be null (or a generated id): %s",
 				      bc->line, a);
 			break;
@@ -1273,69 +1273,69 @@ START_TEST(cmdclient_against_the_daemon)
 	daemon_set(d, "cmd", "max_request_bytes", "4096");
 	daemon_start(d);
 
-	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
-	ck_assert_int_eq(cmdclient_call(c, open_line(new_id(), "cc1"), 5000, &answer, &err), 0);
+	ck_assert_int_eq(cqrs_cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cqrs_cmdclient_call(c, open_line(new_id(), "cc1"), 5000, &answer, &err), 0);
 	DAEMON_ASSERT_OK(answer);
 	free(answer);
 	/* a request already ending in a newline gets no second one */
-	ck_assert_int_eq(cmdclient_call(c, daemon_fmt("%s\n", deposit_line(new_id(), "cc1", 4)),
+	ck_assert_int_eq(cqrs_cmdclient_call(c, daemon_fmt("%s\n", deposit_line(new_id(), "cc1", 4)),
 					5000, &answer, &err), 0);
 	DAEMON_ASSERT_OK(answer);
 	ck_assert_int_eq(daemon_answer_int(answer, "version"), 2);
 	free(answer);
 	/* nothing asked, nothing comes: a timeout, reported as unavailable */
-	ck_assert_int_eq(cmdclient_recv(c, 200, &line, &len, &err), CQRS_EUNAVAILABLE);
+	ck_assert_int_eq(cqrs_cmdclient_recv(c, 200, &line, &len, &err), CQRS_EUNAVAILABLE);
 	ck_assert_msg(strstr(err.msg, "timed out") != NULL, "%s", err.msg);
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	c = NULL;
 
 	/* pipelined through send/recv */
-	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cqrs_cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
 	for (int i = 0; i < 50; i++) {
 		const char *l = deposit_line(new_id(), "cc1", 1);
-		ck_assert_int_eq(cmdclient_send(c, l, strlen(l), 5000, &err), 0);
+		ck_assert_int_eq(cqrs_cmdclient_send(c, l, strlen(l), 5000, &err), 0);
 	}
 	for (int i = 0; i < 50; i++) {
-		ck_assert_int_eq(cmdclient_recv(c, 5000, &line, &len, &err), 0);
+		ck_assert_int_eq(cqrs_cmdclient_recv(c, 5000, &line, &len, &err), 0);
 		ck_assert_uint_eq(strlen(line), len);
 		ck_assert_int_eq(daemon_answer_int(line, "version"), 3 + i);
 	}
 	/* an answer over the client's limit */
-	cmdclient_set_max_line(c, 50);
-	ck_assert_int_eq(cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
+	cqrs_cmdclient_set_max_line(c, 50);
+	ck_assert_int_eq(cqrs_cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
 			 CQRS_ETOOLARGE);
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	c = NULL;
 
 	/* the daemon closes after a framing error: the client says so */
-	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
-	ck_assert_int_eq(cmdclient_call(c, padded_open(new_id(), "toolong", 5000), 5000, &answer,
+	ck_assert_int_eq(cqrs_cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cqrs_cmdclient_call(c, padded_open(new_id(), "toolong", 5000), 5000, &answer,
 					&err), 0);
 	DAEMON_ASSERT_ERROR(answer, "too_large");
 	free(answer);
-	ck_assert_int_eq(cmdclient_recv(c, 5000, &line, &len, &err), CQRS_EUNAVAILABLE);
+	ck_assert_int_eq(cqrs_cmdclient_recv(c, 5000, &line, &len, &err), CQRS_EUNAVAILABLE);
 	ck_assert_msg(strstr(err.msg, "closed") != NULL, "%s", err.msg);
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	c = NULL;
 
 	/* nobody there, and a path that cannot be a socket address */
-	ck_assert_int_eq(cmdclient_connect(daemon_fmt("%s/none.sock", daemon_dir(d)), 1000, &c, &err),
+	ck_assert_int_eq(cqrs_cmdclient_connect(daemon_fmt("%s/none.sock", daemon_dir(d)), 1000, &c, &err),
 			 CQRS_EUNAVAILABLE);
 	ck_assert_msg(strstr(err.msg, daemon_fmt("%s/none.sock", daemon_dir(d))) != NULL, "%s",
 		      err.msg);
 	memset(longpath, 'x', sizeof(longpath) - 1);
 	longpath[0] = '/';
 	longpath[sizeof(longpath) - 1] = '\0';
-	ck_assert_int_eq(cmdclient_connect(longpath, 1000, &c, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_cmdclient_connect(longpath, 1000, &c, &err), CQRS_EINVALID);
 	ck_assert_ptr_null(c);
-	cmdclient_free(NULL);
+	cqrs_cmdclient_free(NULL);
 
 	/* the daemon goes away between two calls */
-	ck_assert_int_eq(cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
+	ck_assert_int_eq(cqrs_cmdclient_connect(daemon_socket(d), 5000, &c, &err), 0);
 	ck_assert_int_eq(daemon_stop(d), 0);
-	ck_assert_int_eq(cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
+	ck_assert_int_eq(cqrs_cmdclient_call(c, deposit_line(new_id(), "cc1", 1), 5000, &answer, &err),
 			 CQRS_EUNAVAILABLE);
-	cmdclient_free(c);
+	cqrs_cmdclient_free(c);
 	daemon_free(d);
 }
 END_TEST

@@ -331,14 +331,14 @@ loader_start(struct env *e, int accounts)
 		char line[256], *answer;
 		unsigned i = 0;
 
-		if (cmdclient_connect(daemon_socket(e->cmdd), 5000, &c, &err) < 0)
+		if (cqrs_cmdclient_connect(daemon_socket(e->cmdd), 5000, &c, &err) < 0)
 			_exit(2);
 		for (;;) {
 			snprintf(line, sizeof(line),
 				 "{\"command\":\"account.deposit\",\"aggregate_id\":\"a%u\","
 				 "\"data\":{\"amount\":%u}}",
 				 i % (unsigned)accounts, 1 + i % 97);
-			if (cmdclient_call(c, line, 10000, &answer, &err) < 0)
+			if (cqrs_cmdclient_call(c, line, 10000, &answer, &err) < 0)
 				_exit(3);
 			free(answer);
 			i++;

@@ -212,8 +212,8 @@ START_TEST(duplicates_and_out_of_order_applied_once_in_order)
 			snprintf(stream, sizeof(stream), "poison-%d", k);
 			cons_append(e.conninfo, stream, "Happened", "{}");
 		}
-	ck_assert_int_eq(store_connect(e.conninfo, &st, &err), 0);
-	ck_assert_int_eq(store_read_all(st, &STORE_CHECKPOINT_START, 1000, &evs, &err), 0);
+	ck_assert_int_eq(cqrs_store_connect(e.conninfo, &st, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_all(st, &STORE_CHECKPOINT_START, 1000, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 40);
 	cap = evs.n * 2;
 	order = calloc(cap, sizeof(*order));
@@ -231,7 +231,7 @@ START_TEST(duplicates_and_out_of_order_applied_once_in_order)
 	}
 	for (size_t i = 0; i < n; i++) {
 		const struct cqrs_event *ev = evs.ev[order[i]];
-		char *body = envelope_encode(ev);
+		char *body = cqrs_envelope_encode(ev);
 
 		cons_publish(e.queue, body, ev->id, ev->type, ev->stream, ev->version, ev->position);
 		free(body);
@@ -265,8 +265,8 @@ START_TEST(duplicates_and_out_of_order_applied_once_in_order)
 		free(log);
 	}
 	free(order);
-	store_events_clear(&evs);
-	store_free(st);
+	cqrs_store_events_clear(&evs);
+	cqrs_store_free(st);
 	env_fini(&e);
 }
 END_TEST
@@ -511,14 +511,14 @@ START_TEST(garbage_message_dead_lettered)
 		     1, 1);
 	alien = cqrs_event_new("00000000-0000-4000-8000-000000000003", "poison-1", 1, 1, "Happened",
 			       data, NULL, "2026-11-26T05:20:49.123456Z");
-	body = envelope_encode(alien);
+	body = cqrs_envelope_encode(alien);
 	cons_publish(e.queue, body, alien->id, alien->type, alien->stream, 1, 1);
 	free(body);
 	/* and the store's own poison-1 version 1, which is applied */
 	cons_append(e.conninfo, "poison-1", "Happened", "{}");
-	ck_assert_int_eq(store_connect(e.conninfo, &st, &err), 0);
-	ck_assert_int_eq(store_read_all(st, &STORE_CHECKPOINT_START, 10, &evs, &err), 0);
-	body = envelope_encode(evs.ev[0]);
+	ck_assert_int_eq(cqrs_store_connect(e.conninfo, &st, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_all(st, &STORE_CHECKPOINT_START, 10, &evs, &err), 0);
+	body = cqrs_envelope_encode(evs.ev[0]);
 	cons_publish(e.queue, body, evs.ev[0]->id, evs.ev[0]->type, evs.ev[0]->stream, 1,
 		     evs.ev[0]->position);
 	free(body);
@@ -536,8 +536,8 @@ START_TEST(garbage_message_dead_lettered)
 	ck_assert_int_eq(cons_stop(e.c), 0);
 	cqrs_event_free(alien);
 	json_object_put(data);
-	store_events_clear(&evs);
-	store_free(st);
+	cqrs_store_events_clear(&evs);
+	cqrs_store_free(st);
 	env_fini(&e);
 }
 END_TEST

@@ -22,7 +22,7 @@ conf(const char *text)
 	struct config *cfg = NULL;
 	struct cqrs_err err = { 0 };
 
-	if (config_load_string(text, "test.conf", &cfg, &err) < 0)
+	if (cqrs_config_load_string(text, "test.conf", &cfg, &err) < 0)
 		ck_abort_msg("config: %s", err.msg);
 	return cfg;
 }
@@ -90,7 +90,7 @@ START_TEST(command_ids_are_name_based)
 	ck_assert_str_ne(a, c);
 	ck_assert_str_ne(a, d);
 	ck_assert_str_ne(a, e);
-	ck_assert(uuid_valid(a));
+	ck_assert(cqrs_uuid_valid(a));
 	ck_assert_int_eq(a[14], '5');	/* version 5 */
 	ck_assert(strchr("89ab", a[19]) != NULL);	/* RFC variant */
 	/* the separator keeps ("x", "yz") apart from ("xy", "z") */
@@ -174,7 +174,7 @@ START_TEST(config_defaults)
 	ck_assert_int_eq(c.retry_backoff_max_ms, 30000);
 	ck_assert_str_eq(c.cmd_socket, "/run/cqrs/cmd.sock");
 	consumer_config_clear(&c);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	free(text);
 }
 END_TEST
@@ -208,7 +208,7 @@ START_TEST(config_values_and_environment)
 	ck_assert_int_eq(c.retry_backoff_max_ms, 2000);	/* never below the first */
 	ck_assert_str_eq(c.cmd_socket, "/tmp/s");
 	consumer_config_clear(&c);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	free(text);
 }
 END_TEST
@@ -237,7 +237,7 @@ START_TEST(config_errors_name_the_key)
 
 		ck_assert_msg(consumer_config_load(cfg, cases[i].name, &c, &err) < 0, "case %zu", i);
 		ck_assert_msg(strstr(err.msg, cases[i].needle) != NULL, "case %zu: %s", i, err.msg);
-		config_free(cfg);
+		cqrs_config_free(cfg);
 		free(text);
 	}
 	/* no broker: refused too */
@@ -249,7 +249,7 @@ START_TEST(config_errors_name_the_key)
 		unsetenv("CQRS_BROKER_URL");
 		ck_assert_int_lt(consumer_config_load(cfg, "p", &c, &err), 0);
 		ck_assert_msg(strstr(err.msg, "broker.url") != NULL, "%s", err.msg);
-		config_free(cfg);
+		cqrs_config_free(cfg);
 	}
 }
 END_TEST
@@ -285,7 +285,7 @@ START_TEST(handlers_and_routing)
 	cqrs_event_free(ev);
 	consumer_free(c);
 	consumer_config_clear(&cc);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	free(text);
 	free(section);
 
@@ -300,7 +300,7 @@ START_TEST(handlers_and_routing)
 	ck_assert_msg(strstr(err.msg, "no event handler of group \"nothing\"") != NULL, "%s",
 		      err.msg);
 	consumer_config_clear(&cc);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	free(text);
 	free(section);
 }

@@ -23,7 +23,7 @@ open_store(const char *conninfo)
 	struct store *st = NULL;
 	struct cqrs_err err = { 0 };
 
-	if (store_connect(conninfo, &st, &err) < 0)
+	if (cqrs_store_connect(conninfo, &st, &err) < 0)
 		ck_abort_msg("connect: %s", err.msg);
 	return st;
 }
@@ -42,7 +42,7 @@ append1(struct store *st, const char *stream, int64_t expected, const char *type
 	const char *data, const char *cmd, struct store_append_result *r, struct cqrs_err *err)
 {
 	struct store_event_in ev = { .type = type, .data = data };
-	return store_append(st, stream, expected, &ev, 1, cmd, r, err);
+	return cqrs_store_append(st, stream, expected, &ev, 1, cmd, r, err);
 }
 
 START_TEST(append_and_read_back)
@@ -59,9 +59,9 @@ START_TEST(append_and_read_back)
 	};
 	char id0[UUID_STR_LEN];
 
-	uuid_v4(id0);
+	cqrs_uuid_v4(id0);
 	in[0].id = id0;
-	ck_assert_int_eq(store_append(st, "account-1", STORE_ANY, in, 3, NULL, &r, &err), 0);
+	ck_assert_int_eq(cqrs_store_append(st, "account-1", STORE_ANY, in, 3, NULL, &r, &err), 0);
 	ck_assert(!r.duplicate);
 	ck_assert_int_eq(r.n, 3);
 	ck_assert_int_eq(r.version, 3);
@@ -69,9 +69,9 @@ START_TEST(append_and_read_back)
 	ck_assert_int_eq(r.events[2].version, 3);
 	ck_assert_str_eq(r.events[1].type, "MoneyDeposited");
 	ck_assert(r.events[0].position < r.events[1].position);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 
-	ck_assert_int_eq(store_read_stream(st, "account-1", 1, 100, &evs, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_stream(st, "account-1", 1, 100, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 3);
 	ck_assert_str_eq(evs.ev[0]->id, id0);
 	ck_assert_str_eq(evs.ev[0]->stream, "account-1");
@@ -89,18 +89,18 @@ START_TEST(append_and_read_back)
 	ck_assert_int_eq(strlen(evs.ev[0]->recorded_at), 27);
 	ck_assert(evs.ev[0]->recorded_at[26] == 'Z');
 	/* the envelope of a stored event validates */
-	ck_assert_int_eq(envelope_validate(evs.ev[1], &err), 0);
-	store_events_clear(&evs);
+	ck_assert_int_eq(cqrs_envelope_validate(evs.ev[1], &err), 0);
+	cqrs_store_events_clear(&evs);
 
 	/* from_version and limit */
-	ck_assert_int_eq(store_read_stream(st, "account-1", 2, 1, &evs, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_stream(st, "account-1", 2, 1, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 1);
 	ck_assert_int_eq(evs.ev[0]->version, 2);
-	store_events_clear(&evs);
+	cqrs_store_events_clear(&evs);
 	/* an unknown stream is empty, not an error */
-	ck_assert_int_eq(store_read_stream(st, "account-none", 1, 10, &evs, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_stream(st, "account-none", 1, 10, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 0);
-	store_free(st);
+	cqrs_store_free(st);
 }
 END_TEST
 
@@ -117,7 +117,7 @@ START_TEST(expected_version_cases)
 	/* must-not-exist on a new stream */
 	ck_assert_int_eq(append1(st, "a-1", STORE_NO_STREAM, "E", "{}", NULL, &r, &err), 0);
 	ck_assert_int_eq(r.version, 1);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 	/* must-not-exist on an existing stream */
 	ck_assert_int_eq(append1(st, "a-1", STORE_NO_STREAM, "E", "{}", NULL, &r, &err),
 			 CQRS_ECONFLICT);
@@ -126,7 +126,7 @@ START_TEST(expected_version_cases)
 	/* exact, right */
 	ck_assert_int_eq(append1(st, "a-1", 1, "E", "{}", NULL, &r, &err), 0);
 	ck_assert_int_eq(r.version, 2);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 	/* exact, stale */
 	ck_assert_int_eq(append1(st, "a-1", 1, "E", "{}", NULL, &r, &err), CQRS_ECONFLICT);
 	ck_assert_int_eq(r.version, 2);
@@ -135,10 +135,10 @@ START_TEST(expected_version_cases)
 	/* any */
 	ck_assert_int_eq(append1(st, "a-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
 	ck_assert_int_eq(r.version, 3);
-	store_append_result_clear(&r);
-	ck_assert_int_eq(fixture_query_int(store_pg(st),
+	cqrs_store_append_result_clear(&r);
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st),
 					   "SELECT count(*) FROM cqrs.events WHERE stream = 'a-1'"), 3);
-	store_free(st);
+	cqrs_store_free(st);
 }
 END_TEST
 
@@ -151,13 +151,13 @@ START_TEST(duplicate_command_id)
 					{ .type = "B", .data = "{\"n\":2}" } };
 	char cmd[UUID_STR_LEN];
 
-	uuid_v4(cmd);
+	cqrs_uuid_v4(cmd);
 	ck_assert_int_eq(append1(st, "s-1", STORE_ANY, "X", "{}", NULL, &r1, &err), 0);
-	store_append_result_clear(&r1);
-	ck_assert_int_eq(store_append(st, "s-1", 1, in, 2, cmd, &r1, &err), 0);
+	cqrs_store_append_result_clear(&r1);
+	ck_assert_int_eq(cqrs_store_append(st, "s-1", 1, in, 2, cmd, &r1, &err), 0);
 	ck_assert(!r1.duplicate);
 	/* same command again, even with a now-stale expected version */
-	ck_assert_int_eq(store_append(st, "s-1", 1, in, 2, cmd, &r2, &err), 0);
+	ck_assert_int_eq(cqrs_store_append(st, "s-1", 1, in, 2, cmd, &r2, &err), 0);
 	ck_assert(r2.duplicate);
 	ck_assert_int_eq(r2.n, 2);
 	ck_assert_int_eq(r2.version, 3);
@@ -166,10 +166,10 @@ START_TEST(duplicate_command_id)
 		ck_assert_int_eq(r1.events[i].position, r2.events[i].position);
 		ck_assert_int_eq(r1.events[i].version, r2.events[i].version);
 	}
-	store_append_result_clear(&r1);
-	store_append_result_clear(&r2);
-	ck_assert_int_eq(fixture_query_int(store_pg(st), "SELECT count(*) FROM cqrs.events"), 3);
-	store_free(st);
+	cqrs_store_append_result_clear(&r1);
+	cqrs_store_append_result_clear(&r2);
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st), "SELECT count(*) FROM cqrs.events"), 3);
+	cqrs_store_free(st);
 }
 END_TEST
 
@@ -184,20 +184,20 @@ START_TEST(failed_append_leaves_nothing)
 					{ .type = "C", .data = "{}" },
 					{ .id = used, .type = "D", .data = "{}" } };
 
-	uuid_v4(used);
-	uuid_v4(cmd);
-	ck_assert_int_eq(store_append(st, "t-1", STORE_ANY, &first, 1, NULL, &r, &err), 0);
-	store_append_result_clear(&r);
+	cqrs_uuid_v4(used);
+	cqrs_uuid_v4(cmd);
+	ck_assert_int_eq(cqrs_store_append(st, "t-1", STORE_ANY, &first, 1, NULL, &r, &err), 0);
+	cqrs_store_append_result_clear(&r);
 	/* the third event reuses an event id: the server refuses the whole append */
-	ck_assert_int_eq(store_append(st, "t-1", STORE_ANY, in, 3, cmd, &r, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_append(st, "t-1", STORE_ANY, in, 3, cmd, &r, &err), CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "t-1"));
-	ck_assert_int_eq(fixture_query_int(store_pg(st), "SELECT count(*) FROM cqrs.events"), 1);
-	ck_assert_int_eq(fixture_query_int(store_pg(st), "SELECT count(*) FROM cqrs.commands"), 0);
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st), "SELECT count(*) FROM cqrs.events"), 1);
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st), "SELECT count(*) FROM cqrs.commands"), 0);
 	/* and the stream goes on at version 2 */
 	ck_assert_int_eq(append1(st, "t-1", 1, "E", "{}", NULL, &r, &err), 0);
 	ck_assert_int_eq(r.version, 2);
-	store_append_result_clear(&r);
-	store_free(st);
+	cqrs_store_append_result_clear(&r);
+	cqrs_store_free(st);
 }
 END_TEST
 
@@ -209,42 +209,42 @@ START_TEST(bad_input_refused_before_the_database)
 	size_t bigsz = CQRS_EVENT_MAX_BYTES + 64;
 	struct store_event_in ev = { .type = "E", .data = "{}" };
 
-	/* store_append_prepare needs no connection: these never reach a server */
-	ck_assert_int_eq(store_append_prepare(&req, "", STORE_ANY, &ev, 1, NULL, &err),
+	/* cqrs_store_append_prepare needs no connection: these never reach a server */
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "stream"));
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, "not-a-uuid", &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, "not-a-uuid", &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "command id"));
 	ev.id = "1234";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not a UUID"));
 	ev.id = NULL;
 	ev.data = "{\"a\":";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not valid JSON"));
 	ev.data = "{\"a\":1} x";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ev.data = "[1,2]";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not a JSON object"));
 	ev.data = "{}";
 	ev.metadata = "7";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "metadata"));
 	ev.metadata = NULL;
 	ev.type = "";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "type"));
 	ev.type = "E";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", -5, &ev, 1, NULL, &err), CQRS_EINVALID);
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev,
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", -5, &ev, 1, NULL, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev,
 					      CQRS_APPEND_MAX_EVENTS + 1, NULL, &err),
 			 CQRS_EINVALID);
 	/* oversized */
@@ -254,17 +254,17 @@ START_TEST(bad_input_refused_before_the_database)
 	memcpy(big, "{\"s\":\"", 6);
 	memcpy(big + bigsz - 3, "\"}", 3);
 	ev.data = big;
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "over the limit"));
 	free(big);
 	/* and a good one builds the parameters */
 	ev.data = "{\"x\":1}";
-	ck_assert_int_eq(store_append_prepare(&req, "s-1", 4, &ev, 1, NULL, &err), 0);
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", 4, &ev, 1, NULL, &err), 0);
 	ck_assert_str_eq(req.values[1], "4");
 	ck_assert_ptr_null(req.values[2]);
 	ck_assert_ptr_nonnull(strstr(req.values[3], "\"x\":1"));
-	store_append_req_clear(&req);
+	cqrs_store_append_req_clear(&req);
 }
 END_TEST
 
@@ -276,17 +276,17 @@ START_TEST(events_are_append_only)
 	PGresult *res;
 
 	ck_assert_int_eq(append1(st, "u-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
-	store_append_result_clear(&r);
-	res = PQexec(store_pg(st), "UPDATE cqrs.events SET type = 'F'");
+	cqrs_store_append_result_clear(&r);
+	res = PQexec(cqrs_store_pg(st), "UPDATE cqrs.events SET type = 'F'");
 	ck_assert_int_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
 	ck_assert_ptr_nonnull(strstr(PQresultErrorMessage(res), "append-only"));
 	PQclear(res);
-	res = PQexec(store_pg(st), "DELETE FROM cqrs.events");
+	res = PQexec(cqrs_store_pg(st), "DELETE FROM cqrs.events");
 	ck_assert_int_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
 	PQclear(res);
-	ck_assert_int_eq(fixture_query_int(store_pg(st),
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st),
 					   "SELECT count(*) FROM cqrs.events WHERE type = 'E'"), 1);
-	store_free(st);
+	cqrs_store_free(st);
 }
 END_TEST
 
@@ -299,15 +299,15 @@ START_TEST(lost_connection_is_unavailable)
 	PGconn *killer = fixture_connect(ci);
 	char sql[128];
 
-	snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", PQbackendPID(store_pg(st)));
+	snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", PQbackendPID(cqrs_store_pg(st)));
 	fixture_exec(killer, sql);
 	ck_assert_int_eq(append1(st, "v-1", STORE_ANY, "E", "{}", NULL, &r, &err),
 			 CQRS_EUNAVAILABLE);
-	ck_assert_int_eq(store_reset(st, &err), 0);
+	ck_assert_int_eq(cqrs_store_reset(st, &err), 0);
 	ck_assert_int_eq(append1(st, "v-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 	PQfinish(killer);
-	store_free(st);
+	cqrs_store_free(st);
 	free(ci);
 }
 END_TEST
@@ -326,12 +326,12 @@ START_TEST(migrations_concurrent_and_idempotent)
 		if (kids[i] == 0) {
 			struct store *s = NULL;
 			struct cqrs_err e = { 0 };
-			int rc = store_connect(ci, &s, &e);
+			int rc = cqrs_store_connect(ci, &s, &e);
 			if (rc == 0)
-				rc = store_migrate(s, NULL, &e);
+				rc = cqrs_store_migrate(s, NULL, &e);
 			if (rc != 0)
 				fprintf(stderr, "migrate %d: %s\n", i, e.msg);
-			store_free(s);
+			cqrs_store_free(s);
 			_exit(rc == 0 ? 0 : 1);
 		}
 	}
@@ -341,12 +341,12 @@ START_TEST(migrations_concurrent_and_idempotent)
 		ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	}
 	st = open_store(ci);
-	ck_assert_int_eq(store_migrate(st, &applied, &err), 0);
+	ck_assert_int_eq(cqrs_store_migrate(st, &applied, &err), 0);
 	ck_assert_int_eq(applied, 0);
-	ck_assert_int_eq(fixture_query_int(store_pg(st),
+	ck_assert_int_eq(fixture_query_int(cqrs_store_pg(st),
 					   "SELECT count(*) - count(DISTINCT version) FROM cqrs.migrations"), 0);
-	ck_assert_int_ge(fixture_query_int(store_pg(st), "SELECT count(*) FROM cqrs.migrations"), 1);
-	store_free(st);
+	ck_assert_int_ge(fixture_query_int(cqrs_store_pg(st), "SELECT count(*) FROM cqrs.migrations"), 1);
+	cqrs_store_free(st);
 	free(ci);
 }
 END_TEST
@@ -372,7 +372,7 @@ one_stream_writer(void *arg)
 	struct store *st = NULL;
 	struct cqrs_err err = { 0 };
 
-	if (store_connect(w->conninfo, &st, &err) < 0) {
+	if (cqrs_store_connect(w->conninfo, &st, &err) < 0) {
 		w->failed = 1;
 		return NULL;
 	}
@@ -383,13 +383,13 @@ one_stream_writer(void *arg)
 			int64_t expected = STORE_ANY;
 			int rc;
 			if (w->exact) {
-				PGresult *res = PQexec(store_pg(st),
+				PGresult *res = PQexec(cqrs_store_pg(st),
 					"SELECT coalesce(max(version),0) FROM cqrs.events WHERE stream='one-1'");
 				expected = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 				PQclear(res);
 			}
-			rc = store_append(st, "one-1", expected, &ev, 1, NULL, &r, &err);
-			store_append_result_clear(&r);
+			rc = cqrs_store_append(st, "one-1", expected, &ev, 1, NULL, &r, &err);
+			cqrs_store_append_result_clear(&r);
 			if (rc == 0)
 				break;
 			if (rc != CQRS_ECONFLICT) {
@@ -400,7 +400,7 @@ one_stream_writer(void *arg)
 		}
 	}
 out:
-	store_free(st);
+	cqrs_store_free(st);
 	return NULL;
 }
 
@@ -417,7 +417,7 @@ START_TEST(concurrent_writers_one_stream)
 		ws[i].n = PER_WRITER;
 		ws[i].exact = i % 2;
 		for (int j = 0; j < PER_WRITER; j++)
-			uuid_v4(ws[i].ids[j]);
+			cqrs_uuid_v4(ws[i].ids[j]);
 		ck_assert_int_eq(pthread_create(&th[i], NULL, one_stream_writer, &ws[i]), 0);
 	}
 	for (int i = 0; i < WRITERS; i++) {
@@ -448,7 +448,7 @@ END_TEST
 
 /*
  * Commit-safe reading. Writers append in transactions that they sometimes
- * hold open and sometimes roll back; a reader loops on store_read_all from
+ * hold open and sometimes roll back; a reader loops on cqrs_store_read_all from
  * its checkpoint. A reader that went by position alone would pass over the
  * events of a transaction that commits after a later position is visible.
  */
@@ -490,12 +490,12 @@ cs_write(void *arg)
 		PGresult *res;
 		struct cqrs_err err;
 
-		uuid_v4(ids[0]);
-		uuid_v4(ids[1]);
+		cqrs_uuid_v4(ids[0]);
+		cqrs_uuid_v4(ids[1]);
 		ev[0].id = ids[0];
 		ev[1].id = ids[1];
 		snprintf(stream, sizeof(stream), "cs-%d", rand_r(&seed) % CS_STREAMS);
-		if (store_append_prepare(&req, stream, STORE_ANY, ev, 2, NULL, &err) < 0) {
+		if (cqrs_store_append_prepare(&req, stream, STORE_ANY, ev, 2, NULL, &err) < 0) {
 			w->failed = 1;
 			break;
 		}
@@ -505,7 +505,7 @@ cs_write(void *arg)
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			w->failed = 1;
 		PQclear(res);
-		store_append_req_clear(&req);
+		cqrs_store_append_req_clear(&req);
 		if (hold_ms)
 			usleep((useconds_t)hold_ms * 1000);
 		if (roll) {
@@ -549,7 +549,7 @@ START_TEST(commit_safe_read_all_skips_nothing)
 	for (;;) {
 		struct store_events evs;
 		int done = 1;
-		ck_assert_int_eq(store_read_all(reader, &cp, 7, &evs, &err), 0);
+		ck_assert_int_eq(cqrs_store_read_all(reader, &cp, 7, &evs, &err), 0);
 		reads++;
 		for (size_t i = 0; i < evs.n; i++) {
 			const struct cqrs_event *e = evs.ev[i];
@@ -567,7 +567,7 @@ START_TEST(commit_safe_read_all_skips_nothing)
 			cp = evs.at[i];
 			total_seen++;
 		}
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 		for (int i = 0; i < CS_WRITERS; i++) {
 			if (!joined[i] && pthread_tryjoin_np(th[i], NULL) == 0)
 				joined[i] = true;
@@ -593,7 +593,7 @@ START_TEST(commit_safe_read_all_skips_nothing)
 	PQfinish(pg);
 	json_object_put(seen);
 	json_object_put(last);
-	store_free(reader);
+	cqrs_store_free(reader);
 	free(ci);
 }
 END_TEST
@@ -643,34 +643,34 @@ START_TEST(read_all_orders_xids_as_numbers)
 	out[strcspn(out, "\n")] = '\0';
 	ci = out;
 	st = open_store(ci);
-	ck_assert_int_eq(store_migrate(st, NULL, &err), 0);
+	ck_assert_int_eq(cqrs_store_migrate(st, NULL, &err), 0);
 	ck_assert_int_eq(append1(st, "num-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
-	store_append_result_clear(&r);
-	xid = fixture_query_int(store_pg(st), "SELECT pg_current_xact_id()::text::bigint");
+	cqrs_store_append_result_clear(&r);
+	xid = fixture_query_int(cqrs_store_pg(st), "SELECT pg_current_xact_id()::text::bigint");
 	while (next10 <= xid)
 		next10 *= 10;
 	ck_assert_msg(next10 - xid < 20000, "xid %lld: too far from %lld", xid, next10);
 	/* burn transaction ids up to the next power of ten */
-	while (fixture_query_int(store_pg(st), "SELECT pg_current_xact_id()::text::bigint") <
+	while (fixture_query_int(cqrs_store_pg(st), "SELECT pg_current_xact_id()::text::bigint") <
 	       next10)
 		;
 	ck_assert_int_eq(append1(st, "num-1", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 	ck_assert_int_eq(append1(st, "num-2", STORE_ANY, "E", "{}", NULL, &r, &err), 0);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 	/* one event at a time, so each read starts from the checkpoint */
 	for (int i = 0; i < 3; i++) {
-		ck_assert_int_eq(store_read_all(st, &cp, 1, &evs, &err), 0);
+		ck_assert_int_eq(cqrs_store_read_all(st, &cp, 1, &evs, &err), 0);
 		ck_assert_int_eq(evs.n, 1);
 		ck_assert_msg(evs.ev[0]->position > last_pos, "position %lld after %lld",
 			      (long long)evs.ev[0]->position, (long long)last_pos);
 		last_pos = evs.ev[0]->position;
 		cp = evs.at[0];
-		store_events_clear(&evs);
+		cqrs_store_events_clear(&evs);
 	}
-	ck_assert_int_eq(store_read_all(st, &cp, 10, &evs, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_all(st, &cp, 10, &evs, &err), 0);
 	ck_assert_int_eq(evs.n, 0);
-	store_free(st);
+	cqrs_store_free(st);
 	stop_own_cluster();
 	free(out);
 	free(dir);
@@ -683,17 +683,17 @@ START_TEST(checkpoint_text)
 	struct cqrs_err err = { 0 };
 	char buf[64];
 
-	ck_assert_int_eq(store_checkpoint_parse("0", &cp, &err), 0);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("0", &cp, &err), 0);
 	ck_assert(cp.xid == 0 && cp.position == 0);
-	ck_assert_int_eq(store_checkpoint_parse("751:1234", &cp, &err), 0);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("751:1234", &cp, &err), 0);
 	ck_assert(cp.xid == 751 && cp.position == 1234);
-	store_checkpoint_format(&cp, buf, sizeof(buf));
+	cqrs_store_checkpoint_format(&cp, buf, sizeof(buf));
 	ck_assert_str_eq(buf, "751:1234");
-	ck_assert_int_eq(store_checkpoint_parse("751", &cp, &err), CQRS_EINVALID);
-	ck_assert_int_eq(store_checkpoint_parse("a:1", &cp, &err), CQRS_EINVALID);
-	ck_assert_int_eq(store_checkpoint_parse("1:-1", &cp, &err), CQRS_EINVALID);
-	ck_assert_int_eq(store_checkpoint_parse("1:2x", &cp, &err), CQRS_EINVALID);
-	ck_assert_int_eq(store_checkpoint_parse("", &cp, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("751", &cp, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("a:1", &cp, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("1:-1", &cp, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("1:2x", &cp, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_checkpoint_parse("", &cp, &err), CQRS_EINVALID);
 }
 END_TEST
 

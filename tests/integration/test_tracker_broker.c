@@ -34,9 +34,9 @@ connect_ok(const struct broker_options *opt)
 	struct broker *b = NULL;
 	struct cqrs_err err = { 0 };
 
-	if (broker_connect(fixture_broker_url(), opt, &b, &err) < 0)
-		ck_abort_msg("broker_connect: %s", err.msg);
-	if (broker_declare_topology(b, &err) < 0)
+	if (cqrs_broker_connect(fixture_broker_url(), opt, &b, &err) < 0)
+		ck_abort_msg("cqrs_broker_connect: %s", err.msg);
+	if (cqrs_broker_declare_topology(b, &err) < 0)
 		ck_abort_msg("declare: %s", err.msg);
 	return b;
 }
@@ -56,7 +56,7 @@ START_TEST(url_parsing)
 	struct broker_url u;
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(broker_url_parse("amqp://u%40x:p%3Aw@host.example:1234/%2f", &u, &err), 0);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://u%40x:p%3Aw@host.example:1234/%2f", &u, &err), 0);
 	ck_assert_str_eq(u.user, "u@x");
 	ck_assert_str_eq(u.password, "p:w");
 	ck_assert_str_eq(u.host, "host.example");
@@ -64,35 +64,35 @@ START_TEST(url_parsing)
 	ck_assert_str_eq(u.vhost, "/");
 	ck_assert(!u.tls);
 	ck_assert_str_eq(u.name, "host.example:1234/%2f");
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 
 	/* no path: vhost "/", default port and user */
-	ck_assert_int_eq(broker_url_parse("amqp://h", &u, &err), 0);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://h", &u, &err), 0);
 	ck_assert_str_eq(u.vhost, "/");
 	ck_assert_int_eq(u.port, 5672);
 	ck_assert_str_eq(u.user, "guest");
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 
-	ck_assert_int_eq(broker_url_parse("amqps://h/prod", &u, &err), 0);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqps://h/prod", &u, &err), 0);
 	ck_assert(u.tls);
 	ck_assert_int_eq(u.port, 5671);
 	ck_assert_str_eq(u.vhost, "prod");
 	ck_assert_str_eq(u.name, "h:5671/prod");
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 
 	/* "/" then nothing: the empty vhost, as the spec says */
-	ck_assert_int_eq(broker_url_parse("amqp://h/", &u, &err), 0);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://h/", &u, &err), 0);
 	ck_assert_str_eq(u.vhost, "");
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 
-	ck_assert_int_eq(broker_url_parse("http://h/", &u, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(broker_url_parse("amqp://h:port/", &u, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(broker_url_parse("amqp://h/a/b", &u, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(broker_url_parse("amqp://h/x?heartbeat=5", &u, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(broker_url_parse("amqp://u:secret@h:99999/", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("http://h/", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://h:port/", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://h/a/b", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://h/x?heartbeat=5", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("amqp://u:secret@h:99999/", &u, &err), CQRS_ECONFIG);
 	ck_assert_msg(strstr(err.msg, "secret") == NULL, "password in \"%s\"", err.msg);
-	ck_assert_int_eq(broker_url_parse("", &u, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(broker_url_parse(NULL, &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse("", &u, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_broker_url_parse(NULL, &u, &err), CQRS_ECONFIG);
 }
 END_TEST
 
@@ -100,17 +100,17 @@ START_TEST(routing_keys)
 {
 	char buf[BROKER_SHORTSTR_MAX + 1], stream[400], type[201];
 
-	broker_routing_key("account-42", "MoneyDeposited", buf, sizeof(buf));
+	cqrs_broker_routing_key("account-42", "MoneyDeposited", buf, sizeof(buf));
 	ck_assert_str_eq(buf, "account.MoneyDeposited");
-	broker_routing_key("order-a-b-c", "Placed", buf, sizeof(buf));
+	cqrs_broker_routing_key("order-a-b-c", "Placed", buf, sizeof(buf));
 	ck_assert_str_eq(buf, "order.Placed");
-	broker_routing_key("lonely", "T", buf, sizeof(buf));
+	cqrs_broker_routing_key("lonely", "T", buf, sizeof(buf));
 	ck_assert_str_eq(buf, "lonely.T");
 	memset(stream, 'a', 250);
 	strcpy(stream + 250, "-1");
 	memset(type, 'T', 200);
 	type[200] = '\0';
-	broker_routing_key(stream, type, buf, sizeof(buf));
+	cqrs_broker_routing_key(stream, type, buf, sizeof(buf));
 	ck_assert_int_eq(strlen(buf), BROKER_SHORTSTR_MAX);
 }
 END_TEST
@@ -122,7 +122,7 @@ START_TEST(connect_errors_name_broker_and_step)
 	char url[256], name[64];
 
 	/* nothing listens on port 1 */
-	ck_assert_int_eq(broker_connect("amqp://cqrs:hunter2@127.0.0.1:1/%2f", NULL, &b, &err),
+	ck_assert_int_eq(cqrs_broker_connect("amqp://cqrs:hunter2@127.0.0.1:1/%2f", NULL, &b, &err),
 			 CQRS_EUNAVAILABLE);
 	ck_assert_ptr_null(b);
 	ck_assert_msg(strstr(err.msg, "127.0.0.1:1/%2f") && strstr(err.msg, "connect"), "%s", err.msg);
@@ -131,23 +131,23 @@ START_TEST(connect_errors_name_broker_and_step)
 	/* wrong password */
 	snprintf(url, sizeof(url), "amqp://cqrs:wrongpass@127.0.0.1:%d/%%2f", fixture_rabbit_port());
 	snprintf(name, sizeof(name), "127.0.0.1:%d/%%2f", fixture_rabbit_port());
-	ck_assert_int_eq(broker_connect(url, NULL, &b, &err), CQRS_EUNAVAILABLE);
+	ck_assert_int_eq(cqrs_broker_connect(url, NULL, &b, &err), CQRS_EUNAVAILABLE);
 	ck_assert_msg(strstr(err.msg, name) && strstr(err.msg, "login") && strstr(err.msg, "\"cqrs\""),
 		      "%s", err.msg);
 	ck_assert_msg(strstr(err.msg, "wrongpass") == NULL, "%s", err.msg);
 
 	/* no such vhost */
 	snprintf(url, sizeof(url), "amqp://cqrs:cqrs@127.0.0.1:%d/nowhere", fixture_rabbit_port());
-	ck_assert_int_lt(broker_connect(url, NULL, &b, &err), 0);
+	ck_assert_int_lt(cqrs_broker_connect(url, NULL, &b, &err), 0);
 	ck_assert_msg(strstr(err.msg, "/nowhere"), "%s", err.msg);
 
 	/* TLS to a plain port: the handshake fails, with the step named */
 	snprintf(url, sizeof(url), "amqps://cqrs:cqrs@127.0.0.1:%d/%%2f", fixture_rabbit_port());
 	{
 		struct broker_options o;
-		broker_options_default(&o);
+		cqrs_broker_options_default(&o);
 		o.connect_timeout_ms = 3000;
-		ck_assert_int_lt(broker_connect(url, &o, &b, &err), 0);
+		ck_assert_int_lt(cqrs_broker_connect(url, &o, &b, &err), 0);
 		ck_assert_msg(strstr(err.msg, "TLS"), "%s", err.msg);
 	}
 }
@@ -169,21 +169,21 @@ START_TEST(publish_properties_exactly)
 	uint64_t tag = 0;
 
 	snprintf(stream, sizeof(stream), "%s-42", type);
-	uuid_v4(id);
+	cqrs_uuid_v4(id);
 	ev = cqrs_event_new(id, stream, 7, 1234567890123LL, "MoneyDeposited", data, meta,
 		       "2026-11-26T05:20:49.123456Z");
 	ck_assert_ptr_nonnull(ev);
-	ck_assert_int_eq(broker_publish_event(b, ev, &tag, &err), 0);
+	ck_assert_int_eq(cqrs_broker_publish_event(b, ev, &tag, &err), 0);
 	ck_assert_uint_eq(tag, 1);
-	ck_assert_uint_eq(broker_unconfirmed(b), 1);
-	ck_assert_msg(broker_wait_confirms(b, 0, 10000, &err) == 0, "%s", err.msg);
-	ck_assert_uint_eq(broker_unconfirmed(b), 0);
+	ck_assert_uint_eq(cqrs_broker_unconfirmed(b), 1);
+	ck_assert_msg(cqrs_broker_wait_confirms(b, 0, 10000, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(cqrs_broker_unconfirmed(b), 0);
 
 	ck_assert_uint_eq(rabbit_collector_wait(col, type, 1, 10000), 1);
 	m = rabbit_collector_msgs(col, &n);
 	while (strcmp(m->stream, stream) != 0)
 		m++;
-	body = envelope_encode(ev);
+	body = cqrs_envelope_encode(ev);
 	ck_assert_str_eq(m->exchange, "cqrs.events");
 	{
 		char key[200];
@@ -204,7 +204,7 @@ START_TEST(publish_properties_exactly)
 	/* and the body is an envelope a consumer can decode */
 	{
 		struct cqrs_event *back = NULL;
-		ck_assert_int_eq(envelope_decode(m->body, m->body_len, &back, &err), 0);
+		ck_assert_int_eq(cqrs_envelope_decode(m->body, m->body_len, &back, &err), 0);
 		ck_assert_str_eq(back->id, id);
 		cqrs_event_free(back);
 	}
@@ -213,7 +213,7 @@ START_TEST(publish_properties_exactly)
 	json_object_put(data);
 	json_object_put(meta);
 	rabbit_collector_free(col);
-	broker_free(b);
+	cqrs_broker_free(b);
 }
 END_TEST
 
@@ -234,22 +234,22 @@ START_TEST(many_in_flight_then_confirms)
 				.routing_key = key, .body = body, .message_id = id, .type = "Ping",
 				.stream = stream, .version = round * 2000 + i + 1, .position = i,
 			};
-			uuid_v4(id);
+			cqrs_uuid_v4(id);
 			m.body_len = (size_t)snprintf(body, sizeof(body), "{\"i\":%d}", i);
-			ck_assert_msg(broker_publish(b, &m, &tag, &err) == 0, "%s", err.msg);
+			ck_assert_msg(cqrs_broker_publish(b, &m, &tag, &err) == 0, "%s", err.msg);
 			if (i == 999)
 				mid = tag;
 		}
 		/* the first half, then everything */
-		ck_assert_msg(broker_wait_confirms(b, mid, 20000, &err) == 0, "%s", err.msg);
-		ck_assert_uint_le(broker_unconfirmed(b), 1000);
-		ck_assert_msg(broker_wait_confirms(b, 0, 20000, &err) == 0, "%s", err.msg);
-		ck_assert_uint_eq(broker_unconfirmed(b), 0);
+		ck_assert_msg(cqrs_broker_wait_confirms(b, mid, 20000, &err) == 0, "%s", err.msg);
+		ck_assert_uint_le(cqrs_broker_unconfirmed(b), 1000);
+		ck_assert_msg(cqrs_broker_wait_confirms(b, 0, 20000, &err) == 0, "%s", err.msg);
+		ck_assert_uint_eq(cqrs_broker_unconfirmed(b), 0);
 		ck_assert_uint_eq(tag, (uint64_t)(round + 1) * 2000);
 	}
 	ck_assert_uint_eq(rabbit_collector_wait(col, type, 6000, 30000), 6000);
 	rabbit_collector_free(col);
-	broker_free(b);
+	cqrs_broker_free(b);
 }
 END_TEST
 
@@ -300,14 +300,14 @@ START_TEST(nack_is_an_error)
 	ck_assert_int_eq(amqp_get_rpc_reply(raw).reply_type, AMQP_RESPONSE_NORMAL);
 
 	m.exchange = exch;
-	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), 0);
-	rc = broker_wait_confirms(b, 0, 10000, &err);
+	ck_assert_int_eq(cqrs_broker_publish(b, &m, NULL, &err), 0);
+	rc = cqrs_broker_wait_confirms(b, 0, 10000, &err);
 	ck_assert_int_eq(rc, CQRS_EINTERNAL);
 	ck_assert_msg(strstr(err.msg, "nack") && strstr(err.msg, "confirm"), "%s", err.msg);
-	ck_assert(!broker_ok(b));
+	ck_assert(!cqrs_broker_ok(b));
 	/* broken: everything fails at once */
-	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), CQRS_EUNAVAILABLE);
-	broker_free(b);
+	ck_assert_int_eq(cqrs_broker_publish(b, &m, NULL, &err), CQRS_EUNAVAILABLE);
+	cqrs_broker_free(b);
 
 	amqp_queue_delete(raw, 1, amqp_cstring_bytes(queue), 0, 0);
 	amqp_exchange_delete(raw, 1, amqp_cstring_bytes(exch), 0);
@@ -324,12 +324,12 @@ START_TEST(channel_close_is_an_error)
 				    .body = "{}", .body_len = 2, .message_id = "m1", .type = "T",
 				    .stream = "s-1", .version = 1, .position = 1 };
 
-	ck_assert_int_eq(broker_publish(b, &m, NULL, &err), 0);
-	ck_assert_int_eq(broker_wait_confirms(b, 0, 10000, &err), CQRS_EINTERNAL);
+	ck_assert_int_eq(cqrs_broker_publish(b, &m, NULL, &err), 0);
+	ck_assert_int_eq(cqrs_broker_wait_confirms(b, 0, 10000, &err), CQRS_EINTERNAL);
 	ck_assert_msg(strstr(err.msg, "404") && strstr(err.msg, "channel closed"), "%s", err.msg);
-	ck_assert(!broker_ok(b));
-	ck_assert_int_eq(broker_fd(b), -1);
-	broker_free(b);
+	ck_assert(!cqrs_broker_ok(b));
+	ck_assert_int_eq(cqrs_broker_fd(b), -1);
+	cqrs_broker_free(b);
 }
 END_TEST
 
@@ -338,11 +338,11 @@ START_TEST(topology_is_idempotent)
 	struct broker *b = connect_ok(NULL);
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(broker_declare_topology(b, &err), 0);
-	ck_assert_int_eq(broker_declare_topology(b, &err), 0);
-	ck_assert(broker_ok(b));
-	ck_assert_int_ge(broker_fd(b), 0);
-	broker_free(b);
+	ck_assert_int_eq(cqrs_broker_declare_topology(b, &err), 0);
+	ck_assert_int_eq(cqrs_broker_declare_topology(b, &err), 0);
+	ck_assert(cqrs_broker_ok(b));
+	ck_assert_int_ge(cqrs_broker_fd(b), 0);
+	cqrs_broker_free(b);
 }
 END_TEST
 
@@ -371,29 +371,29 @@ START_TEST(heartbeats)
 	long long start;
 	int rc = 0;
 
-	broker_options_default(&o);
+	cqrs_broker_options_default(&o);
 	o.heartbeat_s = 1;
 	b = connect_ok(&o);
 	/* idle 3 s (3 heartbeat intervals), polling: still fine */
 	for (int i = 0; i < 12; i++) {
 		usleep(250000);
-		ck_assert_msg(broker_poll(b, &err) == 0, "%s", err.msg);
+		ck_assert_msg(cqrs_broker_poll(b, &err) == 0, "%s", err.msg);
 	}
-	ck_assert(broker_ok(b));
+	ck_assert(cqrs_broker_ok(b));
 
 	/* the broker freezes: two missed heartbeats and the poll says so */
 	ck_assert_int_eq(kill(vm, SIGSTOP), 0);
 	start = proc_now_ms();
 	while (proc_now_ms() - start < 6000) {
 		usleep(100000);
-		if ((rc = broker_poll(b, &err)) < 0)
+		if ((rc = cqrs_broker_poll(b, &err)) < 0)
 			break;
 	}
 	kill(vm, SIGCONT);
 	ck_assert_int_eq(rc, CQRS_EUNAVAILABLE);
 	ck_assert_msg(strstr(err.msg, "heartbeat"), "%s", err.msg);
-	ck_assert(!broker_ok(b));
-	broker_free(b);
+	ck_assert(!cqrs_broker_ok(b));
+	cqrs_broker_free(b);
 }
 END_TEST
 

@@ -122,7 +122,7 @@ writer_main(void *arg)
 	struct store *st = NULL;
 	struct cqrs_err err = { 0 };
 
-	while (store_connect(w->e->conninfo, &st, &err) < 0)
+	while (cqrs_store_connect(w->e->conninfo, &st, &err) < 0)
 		usleep(100000);
 	for (int i = 0; i < w->appends; i++) {
 		char stream[96], data[64], cmd[UUID_STR_LEN];
@@ -134,20 +134,20 @@ writer_main(void *arg)
 		snprintf(data, sizeof(data), "{\"w\":%d,\"i\":%d}", w->id, i);
 		in[0] = (struct store_event_in){ .type = "Written", .data = data };
 		in[1] = (struct store_event_in){ .type = "AlsoWritten", .data = data };
-		uuid_v4(cmd);
+		cqrs_uuid_v4(cmd);
 		/* the same command id on a retry: appended once, whatever happened */
-		while (store_append(st, stream, STORE_ANY, in, (size_t)n, cmd, &r, &err) < 0) {
+		while (cqrs_store_append(st, stream, STORE_ANY, in, (size_t)n, cmd, &r, &err) < 0) {
 			ck_assert_msg(err.code == CQRS_EUNAVAILABLE, "writer: %s", err.msg);
 			w->retries++;
 			usleep(100000);
-			if (store_reset(st, &err) < 0)
+			if (cqrs_store_reset(st, &err) < 0)
 				continue;	/* still down: try again */
 		}
-		store_append_result_clear(&r);
+		cqrs_store_append_result_clear(&r);
 		w->done++;
 		usleep((useconds_t)w->sleep_us);
 	}
-	store_free(st);
+	cqrs_store_free(st);
 	return NULL;
 }
 
@@ -193,7 +193,7 @@ START_TEST(kill9_and_restart)
 	ck_assert(wait_received(&e, 700));
 	proc_kill(p);
 	chk.dup_after = checkpoint(&e);
-	store_checkpoint_format(&chk.dup_after, cpbuf, sizeof(cpbuf));
+	cqrs_store_checkpoint_format(&chk.dup_after, cpbuf, sizeof(cpbuf));
 
 	/* a new one resumes from the checkpoint the dead one left */
 	proc_start(p);
@@ -303,7 +303,7 @@ START_TEST(two_trackers_one_active_then_takeover)
 	proc_kill(a);
 	killed_at = proc_now_ms();
 	chk.dup_after = checkpoint(&e);
-	store_checkpoint_format(&chk.dup_after, cpbuf, sizeof(cpbuf));
+	cqrs_store_checkpoint_format(&chk.dup_after, cpbuf, sizeof(cpbuf));
 	ck_assert_msg(proc_wait_log(b, "active: holding the lock", 1, 5000),
 		      "B did not take over (A's checkpoint %s):\n%s", cpbuf, proc_log_tail(b, 10));
 	ck_assert_msg(proc_now_ms() - killed_at < 3000, "takeover took %lld ms",

@@ -67,7 +67,7 @@ open_store(const char *conninfo)
 	struct store *st = NULL;
 	struct cqrs_err err = { 0 };
 
-	if (store_connect(conninfo, &st, &err) < 0)
+	if (cqrs_store_connect(conninfo, &st, &err) < 0)
 		ck_abort_msg("store: %s", err.msg);
 	return st;
 }
@@ -88,9 +88,9 @@ append_n(struct store *st, const struct env *e, int k, int n)
 		in[i] = (struct store_event_in){ .type = i % 2 ? "Credited" : "Debited",
 						 .data = data[i] };
 	}
-	if (store_append(st, stream, STORE_ANY, in, (size_t)n, NULL, &r, &err) < 0)
+	if (cqrs_store_append(st, stream, STORE_ANY, in, (size_t)n, NULL, &r, &err) < 0)
 		ck_abort_msg("append %s: %s", stream, err.msg);
-	store_append_result_clear(&r);
+	cqrs_store_append_result_clear(&r);
 }
 
 static long long
@@ -154,8 +154,8 @@ START_TEST(every_committed_event_once_in_order)
 		struct cqrs_err err = { 0 };
 		char stream[96];
 		snprintf(stream, sizeof(stream), "%s-0", e.prefix);
-		ck_assert_int_eq(store_append(st, stream, 1, &in, 1, NULL, &r, &err), CQRS_ECONFLICT);
-		store_append_result_clear(&r);
+		ck_assert_int_eq(cqrs_store_append(st, stream, 1, &in, 1, NULL, &r, &err), CQRS_ECONFLICT);
+		cqrs_store_append_result_clear(&r);
 	}
 
 	check(&e, &chk);
@@ -174,13 +174,13 @@ START_TEST(every_committed_event_once_in_order)
 	ck_assert(proc_log_contains(p, "stopping:"));
 	ck_assert(proc_wait_notified(p, "STOPPING=1", 5000));
 	PQfinish(pg);
-	store_free(st);
+	cqrs_store_free(st);
 	proc_free(p);
 	env_fini(&e);
 }
 END_TEST
 
-/* Bodies are envelope_encode()'s bytes whatever the data holds. */
+/* Bodies are cqrs_envelope_encode()'s bytes whatever the data holds. */
 START_TEST(bodies_are_the_envelope)
 {
 	static const char *const datas[] = {
@@ -206,9 +206,9 @@ START_TEST(bodies_are_the_envelope)
 		char stream[128];
 
 		snprintf(stream, sizeof(stream), "%s-\xc3\xbc/\"q\\%zu", e.prefix, i);
-		if (store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0)
+		if (cqrs_store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0)
 			ck_abort_msg("append %zu: %s", i, err.msg);
-		store_append_result_clear(&r);
+		cqrs_store_append_result_clear(&r);
 	}
 	p = tracker_proc(&e);
 	proc_start(p);
@@ -216,7 +216,7 @@ START_TEST(bodies_are_the_envelope)
 	ck_assert_int_eq(chk.events, 3);
 	ck_assert_int_eq(proc_stop(p), 0);
 	proc_free(p);
-	store_free(st);
+	cqrs_store_free(st);
 	env_fini(&e);
 }
 END_TEST
@@ -295,7 +295,7 @@ writer_main(void *arg)
 		w->appends++;
 		usleep(7000);
 	}
-	store_free(st);
+	cqrs_store_free(st);
 	return NULL;
 }
 
@@ -441,7 +441,7 @@ START_TEST(notify_wakes_the_tracker)
 	}
 	ck_assert_int_eq(proc_stop(p), 0);
 	PQfinish(pg);
-	store_free(st);
+	cqrs_store_free(st);
 	proc_free(p);
 	env_fini(&e);
 }
@@ -465,7 +465,7 @@ START_TEST(polls_without_notify)
 	ck_assert_uint_eq(rabbit_collector_wait(e.col, e.prefix, 3, 5000), 3);
 	ck_assert_msg(proc_now_ms() - t0 < 1500, "took %lld ms", proc_now_ms() - t0);
 	ck_assert_int_eq(proc_stop(p), 0);
-	store_free(st);
+	cqrs_store_free(st);
 	proc_free(p);
 	env_fini(&e);
 }
@@ -669,7 +669,7 @@ START_TEST(ctl_status_reports)
 	free(out);
 	out = ctl_status(&e, "--bogus", 2);
 	free(out);
-	store_free(st);
+	cqrs_store_free(st);
 	proc_free(p);
 	env_fini(&e);
 }
@@ -708,7 +708,7 @@ START_TEST(in_process_run_and_stop)
 	env_init(&e);
 	snprintf(text, sizeof(text), "[store]\nconninfo = %s\n[broker]\nurl = %s\n[tracker]\n"
 		 "name = inproc\nbatch_size = 10\n", e.conninfo, fixture_broker_url());
-	ck_assert_int_eq(config_load_string(text, "test", &cfg, &err), 0);
+	ck_assert_int_eq(cqrs_config_load_string(text, "test", &cfg, &err), 0);
 	ck_assert_msg(tracker_config_load(cfg, &tcfg, &err) == 0, "%s", err.msg);
 	ck_assert_int_eq(tcfg.batch_size, 10);
 	ck_assert_int_eq(tcfg.poll_ms, 1000);
@@ -738,8 +738,8 @@ START_TEST(in_process_run_and_stop)
 	ck_assert_int_eq(chk.duplicates, 0);
 	tracker_free(r.t);
 	tracker_config_clear(&tcfg);
-	config_free(cfg);
-	store_free(st);
+	cqrs_config_free(cfg);
+	cqrs_store_free(st);
 	env_fini(&e);
 }
 END_TEST
@@ -854,7 +854,7 @@ START_TEST(metrics_and_health_scraped)
 	}
 	ck_assert_int_eq(proc_stop(p), 0);
 	PQfinish(pg);
-	store_free(st);
+	cqrs_store_free(st);
 	proc_free(p);
 	env_fini(&e);
 }

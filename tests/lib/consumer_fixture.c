@@ -530,16 +530,16 @@ cons_publish(const char *queue, const char *body, const char *message_id, const 
 
 	if (b_owner != getpid())
 		b = NULL;	/* the parent's, inherited by fork */
-	if (b != NULL && !broker_ok(b)) {
-		broker_free(b);
+	if (b != NULL && !cqrs_broker_ok(b)) {
+		cqrs_broker_free(b);
 		b = NULL;
 	}
 	if (b == NULL) {
-		if (broker_connect(fixture_broker_url(), NULL, &b, &err) < 0)
+		if (cqrs_broker_connect(fixture_broker_url(), NULL, &b, &err) < 0)
 			ck_abort_msg("publish: %s", err.msg);
 		b_owner = getpid();
 	}
-	if (broker_publish(b, &m, NULL, &err) < 0 || broker_wait_confirms(b, 0, 10000, &err) < 0)
+	if (cqrs_broker_publish(b, &m, NULL, &err) < 0 || cqrs_broker_wait_confirms(b, 0, 10000, &err) < 0)
 		ck_abort_msg("publish to %s: %s", queue, err.msg);
 }
 
@@ -555,7 +555,7 @@ open_amqp(void)
 	amqp_socket_t *sock;
 	amqp_rpc_reply_t r;
 
-	if (broker_url_parse(fixture_broker_url(), &u, &err) < 0)
+	if (cqrs_broker_url_parse(fixture_broker_url(), &u, &err) < 0)
 		return NULL;
 	conn = amqp_new_connection();
 	sock = conn != NULL ? amqp_tcp_socket_new(conn) : NULL;
@@ -567,12 +567,12 @@ open_amqp(void)
 	amqp_channel_open(conn, 1);
 	if (amqp_get_rpc_reply(conn).reply_type != AMQP_RESPONSE_NORMAL)
 		goto bad;
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 	return conn;
 bad:
 	if (conn != NULL)
 		amqp_destroy_connection(conn);
-	broker_url_clear(&u);
+	cqrs_broker_url_clear(&u);
 	return NULL;
 }
 
@@ -647,15 +647,15 @@ cons_append(const char *conninfo, const char *stream, const char *type, const ch
 	struct cqrs_err err = { 0 };
 	long v;
 
-	if (store_connect(conninfo, &st, &err) < 0)
+	if (cqrs_store_connect(conninfo, &st, &err) < 0)
 		ck_abort_msg("store: %s", err.msg);
-	if (store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0) {
-		store_free(st);
+	if (cqrs_store_append(st, stream, STORE_ANY, &in, 1, NULL, &r, &err) < 0) {
+		cqrs_store_free(st);
 		ck_abort_msg("append to %s: %s", stream, err.msg);
 	}
 	v = (long)r.version;
-	store_append_result_clear(&r);
-	store_free(st);
+	cqrs_store_append_result_clear(&r);
+	cqrs_store_free(st);
 	return v;
 }
 

@@ -189,7 +189,7 @@ fixture_db_new(bool migrate)
 	{
 		/* pids repeat across runs on a long-lived cluster: add randomness */
 		char u[UUID_STR_LEN];
-		uuid_v4(u);
+		cqrs_uuid_v4(u);
 		snprintf(name, sizeof(name), "t_%d_%d_%.8s%.4s", (int)getpid(), ++db_counter, u,
 			 u + 9);
 	}
@@ -204,9 +204,9 @@ fixture_db_new(bool migrate)
 	if (migrate) {
 		struct store *st = NULL;
 		struct cqrs_err err = { 0 };
-		if (store_connect(conninfo, &st, &err) < 0 || store_migrate(st, NULL, &err) < 0)
+		if (cqrs_store_connect(conninfo, &st, &err) < 0 || cqrs_store_migrate(st, NULL, &err) < 0)
 			ck_abort_msg("fixture: migrate %s: %s", name, err.msg);
-		store_free(st);
+		cqrs_store_free(st);
 	}
 	return conninfo;
 }

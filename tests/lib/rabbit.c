@@ -259,7 +259,7 @@ rabbit_collector_new(const char *exchange, const char *binding)
 	amqp_rpc_reply_t r;
 
 	ck_assert_ptr_nonnull(c);
-	c->seen = hmap_new();
+	c->seen = cqrs_hmap_new();
 	ck_assert_ptr_nonnull(c->seen);
 	snprintf(c->exchange, sizeof(c->exchange), "%s", exchange ? exchange : "cqrs.events");
 	snprintf(c->queue, sizeof(c->queue), "cqrs-test.%d.%d.%ld", (int)getpid(), ++counter,
@@ -327,7 +327,7 @@ rabbit_collector_free(struct rabbit_collector *c)
 	for (size_t i = 0; i < c->n; i++)
 		msg_clear(&c->msgs[i]);
 	free(c->msgs);
-	hmap_free(c->seen);
+	cqrs_hmap_free(c->seen);
 	free(c);
 }
 
@@ -412,8 +412,8 @@ record(struct rabbit_collector *c, amqp_envelope_t *env)
 	if (m->stream == NULL)
 		m->stream = dup_bytes(none);
 	/* index, not pointer: msgs moves when it grows */
-	if (hmap_get(c->seen, m->message_id) == NULL)
-		ck_assert_int_eq(hmap_put(c->seen, m->message_id, (void *)c->n), 0);
+	if (cqrs_hmap_get(c->seen, m->message_id) == NULL)
+		ck_assert_int_eq(cqrs_hmap_put(c->seen, m->message_id, (void *)c->n), 0);
 }
 
 /* Distinct ids of messages whose stream starts with prefix: counted
@@ -422,7 +422,7 @@ static size_t
 count_distinct(struct rabbit_collector *c, const char *prefix)
 {
 	if (prefix == NULL)
-		return hmap_count(c->seen);
+		return cqrs_hmap_count(c->seen);
 	if (strcmp(c->cnt_prefix, prefix) != 0) {
 		snprintf(c->cnt_prefix, sizeof(c->cnt_prefix), "%s", prefix);
 		c->cnt_idx = c->cnt_n = 0;
@@ -430,7 +430,7 @@ count_distinct(struct rabbit_collector *c, const char *prefix)
 	for (; c->cnt_idx < c->n; c->cnt_idx++) {
 		struct rabbit_msg *m = &c->msgs[c->cnt_idx];
 		if (strncmp(m->stream, prefix, strlen(prefix)) == 0 &&
-		    hmap_get(c->seen, m->message_id) == (void *)(c->cnt_idx + 1))
+		    cqrs_hmap_get(c->seen, m->message_id) == (void *)(c->cnt_idx + 1))
 			c->cnt_n++;
 	}
 	return c->cnt_n;
@@ -560,7 +560,7 @@ stream_history(struct rabbit_collector *c, struct hmap *by_id, const char *strea
 		struct seen_event *s;
 		if (strcmp(m->stream, stream) != 0)
 			continue;
-		s = hmap_get(by_id, m->message_id);
+		s = cqrs_hmap_get(by_id, m->message_id);
 		len += (size_t)snprintf(buf + len, sizeof(buf) - len, " %zu:%lld%s@%" PRIu64 ":%" PRId64,
 					i, (long long)m->version, m->redelivered ? "r" : "",
 					s ? s->at.xid : 0, s ? s->at.position : 0);
@@ -579,7 +579,7 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 	const char *params[1] = { chk->prefix };
 	struct store_events evs = { 0 };
 	struct cqrs_err err = { 0 };
-	struct hmap *by_id = hmap_new(), *last_version = hmap_new();
+	struct hmap *by_id = cqrs_hmap_new(), *last_version = cqrs_hmap_new();
 	struct seen_event *seen;
 	size_t plen = strlen(chk->prefix);
 	PGconn *pg = PQconnectdb(conninfo);
@@ -592,7 +592,7 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 	res = PQexecParams(pg, sql, 1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 		ck_abort_msg("check: read events: %s", PQerrorMessage(pg));
-	if (store_events_parse(res, &evs, &err) < 0)
+	if (cqrs_store_events_parse(res, &evs, &err) < 0)
 		ck_abort_msg("check: parse events: %s", err.msg);
 	PQclear(res);
 	PQfinish(pg);
@@ -602,14 +602,14 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 	for (size_t i = 0; i < evs.n; i++) {
 		seen[i].ev = evs.ev[i];
 		seen[i].at = evs.at[i];
-		ck_assert_int_eq(hmap_put(by_id, evs.ev[i]->id, &seen[i]), 0);
+		ck_assert_int_eq(cqrs_hmap_put(by_id, evs.ev[i]->id, &seen[i]), 0);
 	}
 	chk->events = evs.n;
 	chk->received = chk->duplicates = 0;
 	if (getenv("RABBIT_DUMP") != NULL) {
 		FILE *f = fopen(getenv("RABBIT_DUMP"), "w");
 		for (size_t i = 0; f != NULL && i < c->n; i++) {
-			struct seen_event *se = hmap_get(by_id, c->msgs[i].message_id);
+			struct seen_event *se = cqrs_hmap_get(by_id, c->msgs[i].message_id);
 			fprintf(f, "%zu %s %lld %lld %d %lld %" PRIu64 "\n", i, c->msgs[i].stream,
 				(long long)c->msgs[i].version, (long long)c->msgs[i].position,
 				c->msgs[i].redelivered, c->msgs[i].received_ms, se ? se->at.xid : 0);
@@ -626,10 +626,10 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 		if (strncmp(m->stream, chk->prefix, plen) != 0)
 			continue;
 		chk->received++;
-		s = hmap_get(by_id, m->message_id);
+		s = cqrs_hmap_get(by_id, m->message_id);
 		ck_assert_msg(s != NULL, "message %s (stream %s version %lld) is not a committed event "
 			      "of the store", m->message_id, m->stream, (long long)m->version);
-		last = (uintptr_t)hmap_get(last_version, m->stream);
+		last = (uintptr_t)cqrs_hmap_get(last_version, m->stream);
 		if (s->copies > 0) {
 			/* a repeat */
 			if (m->redelivered)
@@ -655,11 +655,11 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 				     "this stream's messages so far (index:version[r] @xid:position):%s",
 				     m->stream, (long long)m->version, (unsigned long)last, i,
 				     stream_history(c, by_id, m->stream, i));
-		ck_assert_int_eq(hmap_put(last_version, m->stream, (void *)(uintptr_t)m->version), 0);
+		ck_assert_int_eq(cqrs_hmap_put(last_version, m->stream, (void *)(uintptr_t)m->version), 0);
 
 		/* exactly DESIGN.md's message */
 		{
-			char key[300], *body = envelope_encode(s->ev);
+			char key[300], *body = cqrs_envelope_encode(s->ev);
 			snprintf(key, sizeof(key), "%.*s.%s", (int)strcspn(s->ev->stream, "-"),
 				 s->ev->stream, s->ev->type);
 			ck_assert_str_eq(m->exchange, "cqrs.events");
@@ -685,7 +685,7 @@ rabbit_check_store(struct rabbit_collector *c, const char *conninfo, struct rabb
 			      seen[i].ev->stream, (long long)seen[i].ev->version, seen[i].at.xid,
 			      seen[i].at.position, chk->received, evs.n);
 	free(seen);
-	hmap_free(by_id);
-	hmap_free(last_version);
-	store_events_clear(&evs);
+	cqrs_hmap_free(by_id);
+	cqrs_hmap_free(last_version);
+	cqrs_store_events_clear(&evs);
 }

@@ -2,7 +2,7 @@
  * test_bank.c - the bank example domain (examples/bank) through the
  * registry, the way cqrs-cmdd drives it but without a store: each test
  * keeps a stream in memory, runs commands on the state rebuilt from it, and
- * appends what they emit by applying it with aggregate_apply().
+ * appends what they emit by applying it with cqrs_aggregate_apply().
  */
 #include <check.h>
 #include <inttypes.h>
@@ -41,9 +41,9 @@ setup(void)
 	struct cqrs_err err = { 0 };
 
 	cqrs_log_set_level(CQRS_LOG_ERROR);
-	reg = registry_new();
+	reg = cqrs_registry_new();
 	ck_assert_ptr_nonnull(reg);
-	if (registry_load(reg, BANK_SO, &err) != 0)
+	if (cqrs_registry_load(reg, BANK_SO, &err) != 0)
 		ck_abort_msg("%s", err.msg);
 	memset(&ctx, 0, sizeof(ctx));
 }
@@ -51,8 +51,8 @@ setup(void)
 static void
 teardown(void)
 {
-	cmd_ctx_clear(&ctx);
-	registry_free(reg);
+	cqrs_cmd_ctx_clear(&ctx);
+	cqrs_registry_free(reg);
 	reg = NULL;
 }
 
@@ -60,7 +60,7 @@ static void
 stream_init(struct stream *s, const char *agg, const char *id)
 {
 	memset(s, 0, sizeof(*s));
-	s->agg = registry_aggregate(reg, agg);
+	s->agg = cqrs_registry_aggregate(reg, agg);
 	ck_assert_ptr_nonnull(s->agg);
 	snprintf(s->name, sizeof(s->name), "%s-%s", agg, id);
 	s->id = id;
@@ -88,7 +88,7 @@ stream_clear(struct stream *s)
 static int
 run(struct stream *s, const char *type, const char *json)
 {
-	const struct reg_command *rc = registry_command(reg, type);
+	const struct reg_command *rc = cqrs_registry_command(reg, type);
 	struct cqrs_log_ctx log = { .comp = "test", .stream = s->name };
 	struct json_object *data = json_tokener_parse(json);
 	struct cqrs_command cmd = {
@@ -102,9 +102,9 @@ run(struct stream *s, const char *type, const char *json)
 	ck_assert_msg(rc != NULL, "no command %s", type);
 	ck_assert_msg(data != NULL, "bad JSON in the test: %s", json);
 	ck_assert_ptr_eq(rc->aggregate, s->agg);
-	cmd_ctx_clear(&ctx);	/* init would forget the last command's events */
-	cmd_ctx_init(&ctx, rc, &log);
-	out = cmd_ctx_run(&ctx, rc, &cmd, s->state, s->version);
+	cqrs_cmd_ctx_clear(&ctx);	/* init would forget the last command's events */
+	cqrs_cmd_ctx_init(&ctx, rc, &log);
+	out = cqrs_cmd_ctx_run(&ctx, rc, &cmd, s->state, s->version);
 	if (out == CQRS_OUTCOME_OK) {
 		for (i = 0; i < ctx.n_events; i++) {
 			struct cqrs_event *ev = &s->ev[s->version];
@@ -115,7 +115,7 @@ run(struct stream *s, const char *type, const char *json)
 			ev->version = s->version + 1;
 			ev->type = s->types[s->version];
 			ev->data = json_object_get(ctx.events[i].data);
-			if (aggregate_apply(reg, s->agg, s->state, ev, &err) != 0)
+			if (cqrs_aggregate_apply(reg, s->agg, s->state, ev, &err) != 0)
 				ck_abort_msg("apply: %s", err.msg);
 			s->version++;
 		}
@@ -200,7 +200,7 @@ check_rebuild(const struct stream *s)
 	int64_t i;
 
 	for (i = 0; i < s->version; i++)
-		if (aggregate_apply(reg, s->agg, fresh, &s->ev[i], &err) != 0)
+		if (cqrs_aggregate_apply(reg, s->agg, fresh, &s->ev[i], &err) != 0)
 			ck_abort_msg("rebuild: %s", err.msg);
 	a = snapshot_text(s->agg, s->state);
 	b = snapshot_text(s->agg, fresh);
@@ -220,27 +220,27 @@ START_TEST(registered_commands)
 	static const char *const transfer_cmds[] = {
 		"transfer.start", "transfer.complete", "transfer.fail",
 	};
-	const struct reg_aggregate *account = registry_aggregate(reg, "account");
-	const struct reg_aggregate *transfer = registry_aggregate(reg, "transfer");
+	const struct reg_aggregate *account = cqrs_registry_aggregate(reg, "account");
+	const struct reg_aggregate *transfer = cqrs_registry_aggregate(reg, "transfer");
 	size_t i;
 
 	ck_assert_ptr_nonnull(account);
 	ck_assert_ptr_nonnull(transfer);
 	ck_assert_ptr_nonnull(account->type.snapshot_encode);
 	ck_assert_ptr_nonnull(transfer->type.snapshot_decode);
-	ck_assert_uint_eq(registry_aggregate_count(reg), 2);
-	ck_assert_uint_eq(registry_command_count(reg), 7);
+	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 2);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 7);
 	/* the read side: projections, notifications, and the transfer
 	 * process manager's two */
-	ck_assert_uint_eq(registry_handler_count(reg), 4);
+	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 4);
 	for (i = 0; i < 4; i++)
-		ck_assert_ptr_eq(registry_command(reg, account_cmds[i])->aggregate, account);
+		ck_assert_ptr_eq(cqrs_registry_command(reg, account_cmds[i])->aggregate, account);
 	for (i = 0; i < 3; i++)
-		ck_assert_ptr_eq(registry_command(reg, transfer_cmds[i])->aggregate, transfer);
-	ck_assert_ptr_nonnull(registry_applier(reg, account, "AccountOpened"));
-	ck_assert_ptr_nonnull(registry_applier(reg, account, "AccountClosed"));
-	ck_assert_ptr_nonnull(registry_applier(reg, transfer, "TransferFailed"));
-	ck_assert_ptr_null(registry_applier(reg, transfer, "MoneyDeposited"));
+		ck_assert_ptr_eq(cqrs_registry_command(reg, transfer_cmds[i])->aggregate, transfer);
+	ck_assert_ptr_nonnull(cqrs_registry_applier(reg, account, "AccountOpened"));
+	ck_assert_ptr_nonnull(cqrs_registry_applier(reg, account, "AccountClosed"));
+	ck_assert_ptr_nonnull(cqrs_registry_applier(reg, transfer, "TransferFailed"));
+	ck_assert_ptr_null(cqrs_registry_applier(reg, transfer, "MoneyDeposited"));
 }
 END_TEST
 
@@ -470,7 +470,7 @@ START_TEST(account_snapshots)
 		"{\"status\":\"open\",\"owner\":\"\",\"balance\":0,\"overdraft_limit\":0}",
 		"{\"status\":\"closed\",\"owner\":\"A\",\"balance\":0,\"overdraft_limit\":-1}",
 	};
-	const struct reg_aggregate *agg = registry_aggregate(reg, "account");
+	const struct reg_aggregate *agg = cqrs_registry_aggregate(reg, "account");
 	struct stream s;
 	char *before;
 	char *after;
@@ -536,7 +536,7 @@ START_TEST(corrupt_streams_refused)
 			.stream = s.name, .version = 9, .type = (char *)bad[i].type, .data = data,
 		};
 
-		ck_assert_int_eq(aggregate_apply(reg, s.agg, s.state, &ev, &err), CQRS_EINTERNAL);
+		ck_assert_int_eq(cqrs_aggregate_apply(reg, s.agg, s.state, &ev, &err), CQRS_EINTERNAL);
 		ck_assert_has(err.msg, bad[i].type);
 		ck_assert_has(err.msg, "account-1");
 		json_object_put(data);
@@ -547,7 +547,7 @@ START_TEST(corrupt_streams_refused)
 	{
 		struct cqrs_event ev = { .stream = s.name, .type = "OwnerRenamed" };
 
-		ck_assert_int_eq(aggregate_apply(reg, s.agg, s.state, &ev, &err), 0);
+		ck_assert_int_eq(cqrs_aggregate_apply(reg, s.agg, s.state, &ev, &err), 0);
 	}
 	stream_clear(&s);
 }
@@ -634,7 +634,7 @@ START_TEST(transfer_snapshots)
 		"{\"status\":\"done\",\"from\":\"1\",\"to\":\"2\",\"amount\":1}",
 		"{\"status\":7}",
 	};
-	const struct reg_aggregate *agg = registry_aggregate(reg, "transfer");
+	const struct reg_aggregate *agg = cqrs_registry_aggregate(reg, "transfer");
 	struct stream s;
 	size_t i;
 

@@ -49,7 +49,7 @@ load_ok(const char *text, char **path)
 	struct cqrs_err err = { 0 };
 
 	*path = write_temp(text, strlen(text));
-	ck_assert_msg(config_load(*path, &cfg, &err) == 0, "load failed: %s", err.msg);
+	ck_assert_msg(cqrs_config_load(*path, &cfg, &err) == 0, "load failed: %s", err.msg);
 	ck_assert_ptr_nonnull(cfg);
 	return cfg;
 }
@@ -64,7 +64,7 @@ load_fails(const char *text, size_t len, int code, const char *want)
 	char *path = write_temp(text, len);
 	char where[256];
 
-	ck_assert_int_eq(config_load(path, &cfg, &err), code);
+	ck_assert_int_eq(cqrs_config_load(path, &cfg, &err), code);
 	ck_assert_int_eq(err.code, code);
 	ck_assert_ptr_null(cfg);
 	snprintf(where, sizeof(where), "%s%s", path, want);
@@ -100,28 +100,28 @@ START_TEST(parses_sections_keys_and_comments)
 	char *path;
 	struct config *cfg = load_ok(sample, &path);
 
-	ck_assert_str_eq(config_path(cfg), path);
-	ck_assert_str_eq(config_get(cfg, "store", "conninfo", NULL),
+	ck_assert_str_eq(cqrs_config_path(cfg), path);
+	ck_assert_str_eq(cqrs_config_get(cfg, "store", "conninfo", NULL),
 			 "host=/run/postgresql dbname=cqrs");
-	ck_assert_str_eq(config_get(cfg, "cmd", "socket", NULL), "/run/cqrs/cmd.sock");
-	ck_assert_str_eq(config_get(cfg, "cmd", "pool_size", NULL), "8");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "socket", NULL), "/run/cqrs/cmd.sock");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "pool_size", NULL), "8");
 	/* case-sensitive: a different key */
-	ck_assert_str_eq(config_get(cfg, "cmd", "Pool_Size", NULL), "9");
-	ck_assert_ptr_null(config_get(cfg, "CMD", "pool_size", NULL));
-	ck_assert_str_eq(config_get(cfg, "cmd", "url", NULL), "amqp://u:p@h:5672/v");
-	ck_assert_str_eq(config_get(cfg, "cmd", "hash", NULL), "a#b");
-	ck_assert_str_eq(config_get(cfg, "cmd", "quoted", NULL), "\"kept\"");
-	ck_assert_str_eq(config_get(cfg, "cmd", "empty", "def"), "");
-	ck_assert(config_has(cfg, "cmd", "empty"));
-	ck_assert_str_eq(config_get(cfg, "consumer.projections", "plugins", NULL),
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "Pool_Size", NULL), "9");
+	ck_assert_ptr_null(cqrs_config_get(cfg, "CMD", "pool_size", NULL));
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "url", NULL), "amqp://u:p@h:5672/v");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "hash", NULL), "a#b");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "quoted", NULL), "\"kept\"");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "empty", "def"), "");
+	ck_assert(cqrs_config_has(cfg, "cmd", "empty"));
+	ck_assert_str_eq(cqrs_config_get(cfg, "consumer.projections", "plugins", NULL),
 			 "/usr/lib/cqrs/plugins/bank.so");
-	ck_assert_str_eq(config_get(cfg, "log", "level", NULL), "debug");
+	ck_assert_str_eq(cqrs_config_get(cfg, "log", "level", NULL), "debug");
 	/* absent: the default, and not "has" */
-	ck_assert_str_eq(config_get(cfg, "cmd", "nope", "dflt"), "dflt");
-	ck_assert_ptr_null(config_get(cfg, "nosection", "key", NULL));
-	ck_assert(!config_has(cfg, "cmd", "nope"));
-	ck_assert(!config_has(cfg, "store", "pool_size"));
-	config_free(cfg);
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "nope", "dflt"), "dflt");
+	ck_assert_ptr_null(cqrs_config_get(cfg, "nosection", "key", NULL));
+	ck_assert(!cqrs_config_has(cfg, "cmd", "nope"));
+	ck_assert(!cqrs_config_has(cfg, "store", "pool_size"));
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -131,28 +131,28 @@ START_TEST(load_string_and_null_path)
 	struct config *cfg = NULL;
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(config_load_string("[a]\r\nk = v\r\n", "inline", &cfg, &err), 0);
-	ck_assert_str_eq(config_path(cfg), "inline");
-	ck_assert_str_eq(config_get(cfg, "a", "k", NULL), "v");	/* CRLF trimmed */
-	config_free(cfg);
+	ck_assert_int_eq(cqrs_config_load_string("[a]\r\nk = v\r\n", "inline", &cfg, &err), 0);
+	ck_assert_str_eq(cqrs_config_path(cfg), "inline");
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "k", NULL), "v");	/* CRLF trimmed */
+	cqrs_config_free(cfg);
 
-	ck_assert_int_eq(config_load_string("\xEF\xBB\xBF[a]\nk=v", NULL, &cfg, &err), 0);
-	ck_assert_str_eq(config_path(cfg), "<string>");
-	ck_assert_str_eq(config_get(cfg, "a", "k", NULL), "v");	/* BOM, no final newline */
-	config_free(cfg);
+	ck_assert_int_eq(cqrs_config_load_string("\xEF\xBB\xBF[a]\nk=v", NULL, &cfg, &err), 0);
+	ck_assert_str_eq(cqrs_config_path(cfg), "<string>");
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "k", NULL), "v");	/* BOM, no final newline */
+	cqrs_config_free(cfg);
 
 	/* no continuation lines: an indented pair is a pair of its own */
-	ck_assert_int_eq(config_load_string("[a]\nk = v\n  j = w\n\tl: x\n", NULL, &cfg, &err), 0);
-	ck_assert_str_eq(config_get(cfg, "a", "k", NULL), "v");
-	ck_assert_str_eq(config_get(cfg, "a", "j", NULL), "w");
-	ck_assert_str_eq(config_get(cfg, "a", "l", NULL), "x");
-	config_free(cfg);
+	ck_assert_int_eq(cqrs_config_load_string("[a]\nk = v\n  j = w\n\tl: x\n", NULL, &cfg, &err), 0);
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "k", NULL), "v");
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "j", NULL), "w");
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "l", NULL), "x");
+	cqrs_config_free(cfg);
 
-	ck_assert_int_eq(config_load(NULL, &cfg, &err), 0);
-	ck_assert_ptr_null(config_path(cfg));
-	ck_assert_str_eq(config_get(cfg, "store", "conninfo", "d"), "d");
-	config_free(cfg);
-	config_free(NULL);
+	ck_assert_int_eq(cqrs_config_load(NULL, &cfg, &err), 0);
+	ck_assert_ptr_null(cqrs_config_path(cfg));
+	ck_assert_str_eq(cqrs_config_get(cfg, "store", "conninfo", "d"), "d");
+	cqrs_config_free(cfg);
+	cqrs_config_free(NULL);
 }
 END_TEST
 
@@ -167,12 +167,12 @@ START_TEST(env_overrides_file)
 	unsetenv("CQRS_STORE_CONNINFO");
 	unsetenv("CQRS_CONSUMER_PROJECTIONS_PLUGINS");
 	/* the environment wins, trimmed, and was copied at load time */
-	ck_assert_str_eq(config_get(cfg, "store", "conninfo", NULL), "dbname=other");
-	ck_assert_str_eq(config_get(cfg, "consumer.projections", "plugins", NULL),
+	ck_assert_str_eq(cqrs_config_get(cfg, "store", "conninfo", NULL), "dbname=other");
+	ck_assert_str_eq(cqrs_config_get(cfg, "consumer.projections", "plugins", NULL),
 			 "/x.so /y.so");
 	/* others still come from the file */
-	ck_assert_str_eq(config_get(cfg, "cmd", "socket", NULL), "/run/cqrs/cmd.sock");
-	config_free(cfg);
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "socket", NULL), "/run/cqrs/cmd.sock");
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -193,26 +193,26 @@ START_TEST(env_only_keys)
 	unsetenv("CQRS_CMD_NEW_KEY");
 
 	/* a key absent from a section that exists */
-	ck_assert(config_has(cfg, "cmd", "new_key"));
-	ck_assert(config_has(cfg, "cmd", "new-key"));	/* '-' maps to '_' too */
-	ck_assert_str_eq(config_get(cfg, "cmd", "new_key", NULL), "x");
+	ck_assert(cqrs_config_has(cfg, "cmd", "new_key"));
+	ck_assert(cqrs_config_has(cfg, "cmd", "new-key"));	/* '-' maps to '_' too */
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "new_key", NULL), "x");
 	/* a dotted section name */
-	ck_assert_str_eq(config_get(cfg, "consumer.projections", "from", NULL), "42");
+	ck_assert_str_eq(cqrs_config_get(cfg, "consumer.projections", "from", NULL), "42");
 	/* a section absent from the file */
-	ck_assert_int_eq(config_get_int(cfg, "tracker", "batch_size", 1, 1, 1 << 20, &v, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "tracker", "batch_size", 1, 1, 1 << 20, &v, &err), 0);
 	ck_assert_int_eq(v, 4096);
 	/* names must match exactly */
-	ck_assert(!config_has(cfg, "tracker", "batch"));
-	ck_assert(!config_has(cfg, "consumer", "projections_from_x"));
-	config_free(cfg);
+	ck_assert(!cqrs_config_has(cfg, "tracker", "batch"));
+	ck_assert(!cqrs_config_has(cfg, "consumer", "projections_from_x"));
+	cqrs_config_free(cfg);
 	drop_temp(path);
 
 	/* with no file at all */
 	setenv("CQRS_LOG_LEVEL", "warn", 1);
-	ck_assert_int_eq(config_load(NULL, &cfg, &err), 0);
+	ck_assert_int_eq(cqrs_config_load(NULL, &cfg, &err), 0);
 	unsetenv("CQRS_LOG_LEVEL");
-	ck_assert_str_eq(config_get(cfg, "log", "level", NULL), "warn");
-	config_free(cfg);
+	ck_assert_str_eq(cqrs_config_get(cfg, "log", "level", NULL), "warn");
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -222,7 +222,7 @@ START_TEST(get_int)
 	struct cqrs_err err = { 0 };
 	int64_t v = -7;
 
-	ck_assert_int_eq(config_load_string("[n]\n"
+	ck_assert_int_eq(cqrs_config_load_string("[n]\n"
 					    "plain = 12\n"
 					    "neg = -3\n"
 					    "plus = +5\n"
@@ -243,7 +243,7 @@ START_TEST(get_int)
 
 #define INT_OK(key, want)                                                           \
 	do {                                                                        \
-		ck_assert_msg(config_get_int(cfg, "n", key, 0, INT64_MIN, INT64_MAX, &v, \
+		ck_assert_msg(cqrs_config_get_int(cfg, "n", key, 0, INT64_MIN, INT64_MAX, &v, \
 					     &err) == 0, "%s: %s", key, err.msg);   \
 		ck_assert_int_eq(v, want);                                          \
 	} while (0)
@@ -259,37 +259,37 @@ START_TEST(get_int)
 #undef INT_OK
 
 	/* absent: the default, even outside [min, max] it is the caller's */
-	ck_assert_int_eq(config_get_int(cfg, "n", "absent", 77, 0, 10, &v, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "absent", 77, 0, 10, &v, &err), 0);
 	ck_assert_int_eq(v, 77);
 
 	/* bounds */
-	ck_assert_int_eq(config_get_int(cfg, "n", "plain", 0, 12, 12, &v, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "plain", 0, 12, 12, &v, &err), 0);
 	v = -7;
-	ck_assert_int_eq(config_get_int(cfg, "n", "plain", 0, 1, 11, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "plain", 0, 1, 11, &v, &err), CQRS_ECONFIG);
 	ck_assert_int_eq(v, -7);	/* untouched on error */
 	ck_assert_str_eq(err.msg, "n.conf:2: [n] plain: \"12\" is out of range [1, 11]");
-	ck_assert_int_eq(config_get_int(cfg, "n", "plain", 0, 13, 100, &v, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(config_get_int(cfg, "n", "kib", 0, 0, 4095, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "plain", 0, 13, 100, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "kib", 0, 0, 4095, &v, &err), CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "n.conf:5: [n] kib: \"4k\" is out of range"));
-	ck_assert_int_eq(config_get_int(cfg, "n", "over", 0, INT64_MIN, INT64_MAX, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "over", 0, INT64_MIN, INT64_MAX, &v, &err),
 			 CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "n.conf:11: [n] over: "));
 	ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
-	ck_assert_int_eq(config_get_int(cfg, "n", "bigg", 0, INT64_MIN, INT64_MAX, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "bigg", 0, INT64_MIN, INT64_MAX, &v, &err),
 			 CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
 
 	/* not integers */
-	ck_assert_int_eq(config_get_int(cfg, "n", "ten", 0, 0, 100, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "ten", 0, 0, 100, &v, &err), CQRS_ECONFIG);
 	ck_assert_str_eq(err.msg, "n.conf:13: [n] ten: \"ten\" is not an integer");
-	ck_assert_int_eq(config_get_int(cfg, "n", "space", 0, 0, 100, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "space", 0, 0, 100, &v, &err), CQRS_ECONFIG);
 	ck_assert_str_eq(err.msg, "n.conf:14: [n] space: \"1 k\" is not an integer");
-	ck_assert_int_eq(config_get_int(cfg, "n", "frac", 0, 0, 100, &v, &err), CQRS_ECONFIG);
-	ck_assert_int_eq(config_get_int(cfg, "n", "empty", 0, 0, 100, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "frac", 0, 0, 100, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "empty", 0, 0, 100, &v, &err), CQRS_ECONFIG);
 	ck_assert_str_eq(err.msg, "n.conf:16: [n] empty: \"\" is not an integer");
-	ck_assert_int_eq(config_get_int(cfg, "n", "bad_suffix", 0, 0, 1 << 30, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "n", "bad_suffix", 0, 0, 1 << 30, &v, &err),
 			 CQRS_ECONFIG);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -302,21 +302,21 @@ START_TEST(get_int_from_file_and_env_names_the_source)
 	int64_t v;
 
 	cfg = load_ok("[cmd]\n\n# pool\npool_size = ten\n", &path);
-	ck_assert_int_eq(config_get_int(cfg, "cmd", "pool_size", 4, 1, 64, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "cmd", "pool_size", 4, 1, 64, &v, &err),
 			 CQRS_ECONFIG);
 	ck_assert_int_eq(err.code, CQRS_ECONFIG);
 	snprintf(want, sizeof(want), "%s:4: [cmd] pool_size: \"ten\" is not an integer", path);
 	ck_assert_str_eq(err.msg, want);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 
 	setenv("CQRS_CMD_POOL_SIZE", "eleventy", 1);
-	ck_assert_int_eq(config_load(path, &cfg, &err), 0);
+	ck_assert_int_eq(cqrs_config_load(path, &cfg, &err), 0);
 	unsetenv("CQRS_CMD_POOL_SIZE");
-	ck_assert_int_eq(config_get_int(cfg, "cmd", "pool_size", 4, 1, 64, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "cmd", "pool_size", 4, 1, 64, &v, &err),
 			 CQRS_ECONFIG);
 	ck_assert_str_eq(err.msg, "environment CQRS_CMD_POOL_SIZE: [cmd] pool_size: "
 			 "\"eleventy\" is not an integer");
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -329,12 +329,12 @@ START_TEST(long_bad_value_is_cut_in_message)
 	int64_t v;
 
 	snprintf(text, sizeof(text), "[a]\nk = %0300d\"x\n", 7);
-	ck_assert_int_eq(config_load_string(text, "t", &cfg, &err), 0);
-	ck_assert_int_eq(config_get_int(cfg, "a", "k", 0, 0, 1, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_load_string(text, "t", &cfg, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_int(cfg, "a", "k", 0, 0, 1, &v, &err), CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "t:2: [a] k: \"0000"));
 	ck_assert_ptr_nonnull(strstr(err.msg, "000...\" is not an integer"));
 	ck_assert_uint_lt(strlen(err.msg), 120);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -346,26 +346,26 @@ START_TEST(get_bool)
 	const char *no[] = { "f1", "f2", "f3", "f4", "f5" };
 	bool b;
 
-	ck_assert_int_eq(config_load_string("[b]\n"
+	ck_assert_int_eq(cqrs_config_load_string("[b]\n"
 					    "t1 = true\nt2 = yes\nt3 = on\nt4 = 1\nt5 = TRUE\n"
 					    "f1 = false\nf2 = no\nf3 = off\nf4 = 0\nf5 = Off\n"
 					    "bad = maybe\n",
 					    "b.conf", &cfg, &err), 0);
 	for (int i = 0; i < 5; i++) {
 		b = false;
-		ck_assert_int_eq(config_get_bool(cfg, "b", yes[i], false, &b, &err), 0);
+		ck_assert_int_eq(cqrs_config_get_bool(cfg, "b", yes[i], false, &b, &err), 0);
 		ck_assert_msg(b, "%s", yes[i]);
 		b = true;
-		ck_assert_int_eq(config_get_bool(cfg, "b", no[i], true, &b, &err), 0);
+		ck_assert_int_eq(cqrs_config_get_bool(cfg, "b", no[i], true, &b, &err), 0);
 		ck_assert_msg(!b, "%s", no[i]);
 	}
-	ck_assert_int_eq(config_get_bool(cfg, "b", "absent", true, &b, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_bool(cfg, "b", "absent", true, &b, &err), 0);
 	ck_assert(b);
-	ck_assert_int_eq(config_get_bool(cfg, "b", "absent", false, &b, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_bool(cfg, "b", "absent", false, &b, &err), 0);
 	ck_assert(!b);
-	ck_assert_int_eq(config_get_bool(cfg, "b", "bad", false, &b, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_bool(cfg, "b", "bad", false, &b, &err), CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "b.conf:12: [b] bad: \"maybe\" is not a boolean"));
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -375,14 +375,14 @@ START_TEST(get_ms)
 	struct cqrs_err err = { 0 };
 	int64_t v;
 
-	ck_assert_int_eq(config_load_string("[d]\n"
+	ck_assert_int_eq(cqrs_config_load_string("[d]\n"
 					    "a = 250ms\nb = 5s\nc = 2m\nd = 100\ne = 1h\nf = 0\n"
 					    "bad1 = 5x\nbad2 = ms\nbad3 = 5 s\nbad4 = 1.5s\n"
 					    "big = 9999999999999999h\n",
 					    "d.conf", &cfg, &err), 0);
 #define MS_OK(key, want)                                                         \
 	do {                                                                     \
-		ck_assert_msg(config_get_ms(cfg, "d", key, -1, 0, INT64_MAX, &v, &err) == 0, \
+		ck_assert_msg(cqrs_config_get_ms(cfg, "d", key, -1, 0, INT64_MAX, &v, &err) == 0, \
 			      "%s: %s", key, err.msg);                           \
 		ck_assert_int_eq(v, want);                                       \
 	} while (0)
@@ -393,25 +393,25 @@ START_TEST(get_ms)
 	MS_OK("e", 3600000);
 	MS_OK("f", 0);
 #undef MS_OK
-	ck_assert_int_eq(config_get_ms(cfg, "d", "absent", 1500, 0, 10, &v, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_ms(cfg, "d", "absent", 1500, 0, 10, &v, &err), 0);
 	ck_assert_int_eq(v, 1500);
-	ck_assert_int_eq(config_get_ms(cfg, "d", "b", 0, 0, 4999, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_ms(cfg, "d", "b", 0, 0, 4999, &v, &err), CQRS_ECONFIG);
 	ck_assert_str_eq(err.msg, "d.conf:3: [d] b: \"5s\" is out of range [0, 4999]");
-	ck_assert_int_eq(config_get_ms(cfg, "d", "a", 0, 251, 1000, &v, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_get_ms(cfg, "d", "a", 0, 251, 1000, &v, &err), CQRS_ECONFIG);
 	for (int i = 1; i <= 4; i++) {
 		char key[16];
 
 		snprintf(key, sizeof(key), "bad%d", i);
-		ck_assert_int_eq(config_get_ms(cfg, "d", key, 0, 0, INT64_MAX, &v, &err),
+		ck_assert_int_eq(cqrs_config_get_ms(cfg, "d", key, 0, 0, INT64_MAX, &v, &err),
 				 CQRS_ECONFIG);
 		ck_assert_msg(strstr(err.msg, "is not a duration") != NULL, "%s", err.msg);
 		ck_assert_ptr_nonnull(strstr(err.msg, key));
 	}
 	ck_assert_ptr_nonnull(strstr(err.msg, "d.conf:11: [d] bad4: \"1.5s\""));
-	ck_assert_int_eq(config_get_ms(cfg, "d", "big", 0, 0, INT64_MAX, &v, &err),
+	ck_assert_int_eq(cqrs_config_get_ms(cfg, "d", "big", 0, 0, INT64_MAX, &v, &err),
 			 CQRS_ECONFIG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -422,26 +422,26 @@ START_TEST(get_enum)
 	struct cqrs_err err = { 0 };
 	int idx = -5;
 
-	ck_assert_int_eq(config_load_string("[log]\nlevel = debug\nshout = WARN\n"
+	ck_assert_int_eq(cqrs_config_load_string("[log]\nlevel = debug\nshout = WARN\n"
 					    "bad = verbose\n", "e.conf", &cfg, &err), 0);
-	ck_assert_int_eq(config_get_enum(cfg, "log", "level", "info", levels, &idx, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "level", "info", levels, &idx, &err), 0);
 	ck_assert_int_eq(idx, 3);
-	ck_assert_int_eq(config_get_enum(cfg, "log", "shout", "info", levels, &idx, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "shout", "info", levels, &idx, &err), 0);
 	ck_assert_int_eq(idx, 1);
-	ck_assert_int_eq(config_get_enum(cfg, "log", "absent", "info", levels, &idx, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "absent", "info", levels, &idx, &err), 0);
 	ck_assert_int_eq(idx, 2);
-	ck_assert_int_eq(config_get_enum(cfg, "log", "absent", NULL, levels, &idx, &err), 0);
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "absent", NULL, levels, &idx, &err), 0);
 	ck_assert_int_eq(idx, -1);
 	idx = -5;
-	ck_assert_int_eq(config_get_enum(cfg, "log", "bad", "info", levels, &idx, &err),
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "bad", "info", levels, &idx, &err),
 			 CQRS_ECONFIG);
 	ck_assert_int_eq(idx, -5);
 	ck_assert_str_eq(err.msg, "e.conf:4: [log] bad: \"verbose\" is not one of: "
 			 "error, warn, info, debug");
 	/* a default outside the choices is the caller's bug */
-	ck_assert_int_eq(config_get_enum(cfg, "log", "absent", "loud", levels, &idx, &err),
+	ck_assert_int_eq(cqrs_config_get_enum(cfg, "log", "absent", "loud", levels, &idx, &err),
 			 CQRS_EINTERNAL);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -450,12 +450,12 @@ START_TEST(missing_file)
 	struct config *cfg = (struct config *)1;
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(config_load("/nonexistent/cqrs.conf", &cfg, &err), CQRS_ENOTFOUND);
+	ck_assert_int_eq(cqrs_config_load("/nonexistent/cqrs.conf", &cfg, &err), CQRS_ENOTFOUND);
 	ck_assert_ptr_null(cfg);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/cqrs.conf"));
 	ck_assert_ptr_nonnull(strstr(err.msg, "No such file"));
 	/* a directory is not a config file */
-	ck_assert_int_eq(config_load("/tmp", &cfg, &err), CQRS_EIO);
+	ck_assert_int_eq(cqrs_config_load("/tmp", &cfg, &err), CQRS_EIO);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/tmp: "));
 }
 END_TEST
@@ -495,9 +495,9 @@ START_TEST(repeated_section_header_merges)
 	char *path;
 	struct config *cfg = load_ok("[cmd]\na = 1\n[store]\nx = 1\n[cmd]\nb = 2\n", &path);
 
-	ck_assert_str_eq(config_get(cfg, "cmd", "a", NULL), "1");
-	ck_assert_str_eq(config_get(cfg, "cmd", "b", NULL), "2");
-	config_free(cfg);
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "a", NULL), "1");
+	ck_assert_str_eq(cqrs_config_get(cfg, "cmd", "b", NULL), "2");
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -518,9 +518,9 @@ START_TEST(size_limits)
 	memset(text + n, 'v', vmax);
 	strcpy(text + n + vmax, "\nafter = 1\n");
 	cfg = load_ok(text, &path);
-	ck_assert_uint_eq(strlen(config_get(cfg, "a", "plugins", "")), vmax);
-	ck_assert_str_eq(config_get(cfg, "a", "after", ""), "1");
-	config_free(cfg);
+	ck_assert_uint_eq(strlen(cqrs_config_get(cfg, "a", "plugins", "")), vmax);
+	ck_assert_str_eq(cqrs_config_get(cfg, "a", "after", ""), "1");
+	cqrs_config_free(cfg);
 	drop_temp(path);
 
 	/* one byte more is refused */
@@ -546,7 +546,7 @@ START_TEST(size_limits)
 	/* the same from a string */
 	text[n] = '\0';
 	cfg = (struct config *)1;
-	ck_assert_int_eq(config_load_string(text, "big", &cfg, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_load_string(text, "big", &cfg, &err), CQRS_ECONFIG);
 	ck_assert_ptr_null(cfg);
 	ck_assert_str_eq(err.msg, "big: file is larger than 1048576 bytes");
 
@@ -558,7 +558,7 @@ START_TEST(size_limits)
 	}
 	text[n] = '\0';
 	cfg = load_ok(text, &path);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	drop_temp(path);
 	free(text);
 }
@@ -575,8 +575,8 @@ START_TEST(long_section_names_are_kept_whole)
 	memcpy(name, "consumer.", 9);
 	snprintf(text, sizeof(text), "[ %s ]\nk = v\n", name);
 	cfg = load_ok(text, &path);
-	ck_assert_str_eq(config_get(cfg, name, "k", ""), "v");
-	config_free(cfg);
+	ck_assert_str_eq(cqrs_config_get(cfg, name, "k", ""), "v");
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -591,14 +591,14 @@ START_TEST(check_keys_reports_unknown)
 	struct cqrs_err err = { 0 };
 	char want[300];
 
-	ck_assert_int_eq(config_check_keys(cfg, "cmd", cmd_keys, &err), 0);
+	ck_assert_int_eq(cqrs_config_check_keys(cfg, "cmd", cmd_keys, &err), 0);
 	/* a section the file does not have is fine */
-	ck_assert_int_eq(config_check_keys(cfg, "tracker", typo, &err), 0);
+	ck_assert_int_eq(cqrs_config_check_keys(cfg, "tracker", typo, &err), 0);
 	/* the first unknown key in file order is reported */
-	ck_assert_int_eq(config_check_keys(cfg, "cmd", typo, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_config_check_keys(cfg, "cmd", typo, &err), CQRS_ECONFIG);
 	snprintf(want, sizeof(want), "%s:10: [cmd] Pool_Size: unknown key", path);
 	ck_assert_str_eq(err.msg, want);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -626,13 +626,13 @@ START_TEST(each_section_with_prefix)
 	struct seen s = { 0 };
 
 	/* file order, each once, empty sections included, prefix matched as is */
-	config_each_section(cfg, "consumer.", collect, &s);
+	cqrs_config_each_section(cfg, "consumer.", collect, &s);
 	ck_assert_int_eq(s.n, 2);
 	ck_assert_str_eq(s.names[0], "consumer.b");
 	ck_assert_str_eq(s.names[1], "consumer.a");
 
 	memset(&s, 0, sizeof(s));
-	config_each_section(cfg, "", collect, &s);
+	cqrs_config_each_section(cfg, "", collect, &s);
 	ck_assert_int_eq(s.n, 5);
 	ck_assert_str_eq(s.names[0], "consumer.b");
 	ck_assert_str_eq(s.names[1], "store");
@@ -641,9 +641,9 @@ START_TEST(each_section_with_prefix)
 	ck_assert_str_eq(s.names[4], "consumers.x");
 
 	memset(&s, 0, sizeof(s));
-	config_each_section(cfg, "tracker", collect, &s);
+	cqrs_config_each_section(cfg, "tracker", collect, &s);
 	ck_assert_int_eq(s.n, 0);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	drop_temp(path);
 }
 END_TEST
@@ -668,16 +668,16 @@ START_TEST(many_keys_load_quickly)
 		i++;
 	}
 	cfg = load_ok(text, &path);
-	ck_assert_str_eq(config_get(cfg, "s", "k0", ""), "0");
-	ck_assert_str_eq(config_get(cfg, "s", "k12345", ""), "12345");
+	ck_assert_str_eq(cqrs_config_get(cfg, "s", "k0", ""), "0");
+	ck_assert_str_eq(cqrs_config_get(cfg, "s", "k12345", ""), "12345");
 	{
 		char key[32], want[32];
 
 		snprintf(key, sizeof(key), "k%d", i - 1);
 		snprintf(want, sizeof(want), "%d", i - 1);
-		ck_assert_str_eq(config_get(cfg, "s", key, ""), want);
+		ck_assert_str_eq(cqrs_config_get(cfg, "s", key, ""), want);
 	}
-	config_free(cfg);
+	cqrs_config_free(cfg);
 	drop_temp(path);
 	free(text);
 }

@@ -93,7 +93,7 @@ expect_decode_error(const char *json, size_t len, const char *msg)
 	struct cqrs_event *ev = (struct cqrs_event *)1;
 	struct cqrs_err err = { 0, "" };
 
-	ck_assert_int_eq(envelope_decode(json, len, &ev, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode(json, len, &ev, &err), CQRS_EINVALID);
 	ck_assert_int_eq(err.code, CQRS_EINVALID);
 	ck_assert_ptr_null(ev);
 	ck_assert_str_eq(err.msg, msg);
@@ -106,7 +106,7 @@ expect_decode_ok(const char *json, size_t len)
 	struct cqrs_err err = { 0, "" };
 	int rc;
 
-	rc = envelope_decode(json, len, &ev, &err);
+	rc = cqrs_envelope_decode(json, len, &ev, &err);
 	ck_assert_msg(rc == 0, "decode failed: %s", err.msg);
 	ck_assert_ptr_nonnull(ev);
 	return ev;
@@ -445,7 +445,7 @@ START_TEST(test_decode_leading_zero)
 	struct cqrs_event *ev = NULL;
 	struct cqrs_err err = { 0, "" };
 
-	ck_assert_int_eq(envelope_decode(json, strlen(json), &ev, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode(json, strlen(json), &ev, &err), CQRS_EINVALID);
 	ck_assert_msg(strncmp(err.msg, "envelope: not JSON: ", 20) == 0, "%s", err.msg);
 	free(json);
 }
@@ -484,7 +484,7 @@ START_TEST(test_decode_syntax_errors)
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char *json = build("data", bad[i]);
 
-		ck_assert_int_eq(envelope_decode(json, strlen(json), &ev, &err), CQRS_EINVALID);
+		ck_assert_int_eq(cqrs_envelope_decode(json, strlen(json), &ev, &err), CQRS_EINVALID);
 		ck_assert_ptr_null(ev);
 		ck_assert_msg(strncmp(err.msg, "envelope: not JSON: ", 20) == 0 &&
 			      strstr(err.msg, " at byte ") != NULL, "%s: %s", bad[i], err.msg);
@@ -588,7 +588,7 @@ START_TEST(test_decode_fields)
 	ck_assert_str_eq(json_object_get_string(json_object_object_get(ev->metadata, "command")),
 			 "account.deposit");
 	ck_assert_str_eq(ev->recorded_at, "2026-11-26T05:20:49.123456Z");
-	ck_assert_int_eq(envelope_validate(ev, &err), 0);
+	ck_assert_int_eq(cqrs_envelope_validate(ev, &err), 0);
 	cqrs_event_free(ev);
 }
 END_TEST
@@ -597,13 +597,13 @@ START_TEST(test_round_trip_identical)
 {
 	struct cqrs_event *ev = expect_decode_ok(VALID_JSON, strlen(VALID_JSON));
 	struct cqrs_event *again;
-	char *first = envelope_encode(ev);
+	char *first = cqrs_envelope_encode(ev);
 	char *second;
 
 	ck_assert_ptr_nonnull(first);
 	ck_assert_str_eq(first, VALID_JSON);
 	again = expect_decode_ok(first, strlen(first));
-	second = envelope_encode(again);
+	second = cqrs_envelope_encode(again);
 	ck_assert_str_eq(second, first);
 	free(first);
 	free(second);
@@ -623,7 +623,7 @@ START_TEST(test_encode_field_order)
 	ev = cqrs_event_new("0190a6d2-7c5e-7b3a-8f00-1234567890ab", "account-42", 4, 1234,
 		       "MoneyDeposited", data, meta, "2026-11-26T05:20:49.123456Z");
 	ck_assert_ptr_nonnull(ev);
-	json = envelope_encode(ev);
+	json = cqrs_envelope_encode(ev);
 	ck_assert_str_eq(json, VALID_JSON);
 	free(json);
 	cqrs_event_free(ev);
@@ -663,7 +663,7 @@ START_TEST(test_round_trip_unicode_and_escapes)
 	ck_assert_int_eq(json_object_get_string_len(nul), 3);
 	ck_assert(memcmp(json_object_get_string(nul), "a\0b", 3) == 0);
 
-	enc = envelope_encode(ev);
+	enc = cqrs_envelope_encode(ev);
 	ck_assert_ptr_nonnull(enc);
 	/* UTF-8 goes out as it is, "/" unescaped, control characters escaped */
 	ck_assert_ptr_nonnull(strstr(enc, "\"raw\":\"Zo\xc3\xab \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80\""));
@@ -673,7 +673,7 @@ START_TEST(test_round_trip_unicode_and_escapes)
 	ck_assert_str_eq(data_string(again, "escaped"), data_string(ev, "escaped"));
 	ck_assert_str_eq(data_string(again, "specials"), data_string(ev, "specials"));
 	ck_assert_int_eq(json_object_get_string_len(json_object_object_get(again->data, "nul")), 3);
-	enc2 = envelope_encode(again);
+	enc2 = cqrs_envelope_encode(again);
 	ck_assert_str_eq(enc2, enc);
 	free(enc);
 	free(enc2);
@@ -697,7 +697,7 @@ START_TEST(test_round_trip_numbers)
 	ck_assert(json_object_get_int64(json_object_object_get(ev->data, "min")) == INT64_MIN);
 	ck_assert(json_object_get_uint64(json_object_object_get(ev->data, "umax")) == UINT64_MAX);
 	ck_assert(json_object_get_int64(json_object_object_get(ev->data, "neg")) == -42);
-	enc = envelope_encode(ev);
+	enc = cqrs_envelope_encode(ev);
 	/* numbers keep their text, so the re-encoded envelope is the input */
 	ck_assert_str_eq(enc, json);
 	again = expect_decode_ok(enc, strlen(enc));
@@ -735,7 +735,7 @@ START_TEST(test_decode_ignores_unknown_fields)
 			   "\"command\":\"account.deposit\"},\"more\":null,"
 			   "\"recorded_at\":\"2026-11-26T05:20:49.123456Z\"}";
 	struct cqrs_event *ev = expect_decode_ok(json, strlen(json));
-	char *enc = envelope_encode(ev);
+	char *enc = cqrs_envelope_encode(ev);
 
 	ck_assert_str_eq(enc, VALID_JSON);
 	free(enc);
@@ -784,9 +784,9 @@ START_TEST(test_decode_error_without_err)
 	struct cqrs_event *ev = NULL;
 
 	/* err may be NULL; the code still comes back */
-	ck_assert_int_eq(envelope_decode("[]", 2, &ev, NULL), CQRS_EINVALID);
-	ck_assert_int_eq(envelope_decode("{\"id\":1}", 8, &ev, NULL), CQRS_EINVALID);
-	ck_assert_int_eq(envelope_decode(json, strlen(json), &ev, NULL), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode("[]", 2, &ev, NULL), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode("{\"id\":1}", 8, &ev, NULL), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode(json, strlen(json), &ev, NULL), CQRS_EINVALID);
 	ck_assert_ptr_null(ev);
 }
 END_TEST
@@ -799,13 +799,13 @@ START_TEST(test_decode_object)
 	struct cqrs_err err = { 0, "" };
 	char *enc;
 
-	ck_assert_int_eq(envelope_decode_object(obj, &ev, &err), 0);
+	ck_assert_int_eq(cqrs_envelope_decode_object(obj, &ev, &err), 0);
 	json_object_put(obj);	/* the event holds its own references */
-	enc = envelope_encode(ev);
+	enc = cqrs_envelope_encode(ev);
 	ck_assert_str_eq(enc, VALID_JSON);
 	free(enc);
 	cqrs_event_free(ev);
-	ck_assert_int_eq(envelope_decode_object(arr, &ev, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_decode_object(arr, &ev, &err), CQRS_EINVALID);
 	ck_assert_str_eq(err.msg, "envelope: not a JSON object");
 	ck_assert_ptr_null(ev);
 	json_object_put(arr);
@@ -825,8 +825,8 @@ START_TEST(test_event_new_copies)
 	struct cqrs_err err = { 0, "" };
 	char *enc;
 
-	uuid_v7(id);
-	envelope_now(at, sizeof(at));
+	cqrs_uuid_v7(id);
+	cqrs_envelope_now(at, sizeof(at));
 	json_object_object_add(data, "amount", json_object_new_int(5));
 	ev = cqrs_event_new(id, stream, 1, 0, type, data, NULL, at);
 	ck_assert_ptr_nonnull(ev);
@@ -842,8 +842,8 @@ START_TEST(test_event_new_copies)
 	ck_assert_ptr_eq(ev->data, data);	/* a reference, not a copy */
 	ck_assert(json_object_is_type(ev->metadata, json_type_object));
 	ck_assert_int_eq(json_object_object_length(ev->metadata), 0);
-	ck_assert_int_eq(envelope_validate(ev, &err), 0);
-	enc = envelope_encode(ev);
+	ck_assert_int_eq(cqrs_envelope_validate(ev, &err), 0);
+	enc = cqrs_envelope_encode(ev);
 	ck_assert_ptr_nonnull(strstr(enc, "\"data\":{\"amount\":5},\"metadata\":{},"));
 	free(enc);
 	cqrs_event_free(ev);
@@ -853,7 +853,7 @@ END_TEST
 START_TEST(test_event_free_null)
 {
 	cqrs_event_free(NULL);
-	ck_assert_ptr_null(envelope_encode(NULL));
+	ck_assert_ptr_null(cqrs_envelope_encode(NULL));
 }
 END_TEST
 
@@ -863,7 +863,7 @@ START_TEST(test_encode_nulls)
 	char *enc;
 
 	ck_assert_ptr_nonnull(ev);
-	enc = envelope_encode(ev);
+	enc = cqrs_envelope_encode(ev);
 	ck_assert_str_eq(enc, "{\"id\":null,\"stream\":null,\"version\":0,\"position\":0,"
 			 "\"type\":null,\"data\":null,\"metadata\":{},\"recorded_at\":null}");
 	free(enc);
@@ -927,7 +927,7 @@ START_TEST(test_validate_error)
 	case 11: str = &ev->recorded_at; break;
 	case 12: str = &ev->recorded_at; value = "2026-11-26T05:20:49+01:00"; break;
 	case 13:
-		ck_assert_int_eq(envelope_validate(NULL, &err), CQRS_EINVALID);
+		ck_assert_int_eq(cqrs_envelope_validate(NULL, &err), CQRS_EINVALID);
 		ck_assert_str_eq(err.msg, c->msg);
 		cqrs_event_free(ev);
 		return;
@@ -936,7 +936,7 @@ START_TEST(test_validate_error)
 		free(*str);
 		*str = value != NULL ? strdup(value) : NULL;
 	}
-	ck_assert_int_eq(envelope_validate(ev, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_validate(ev, &err), CQRS_EINVALID);
 	ck_assert_int_eq(err.code, CQRS_EINVALID);
 	ck_assert_str_eq(err.msg, c->msg);
 	cqrs_event_free(ev);
@@ -959,28 +959,28 @@ START_TEST(test_check_stream)
 	char *max = repeat('s', CQRS_STREAM_MAX);
 	char *over = repeat('s', CQRS_STREAM_MAX + 1);
 
-	ck_assert_int_eq(envelope_check_stream("account-42", &err), 0);
-	ck_assert_int_eq(envelope_check_stream("a", &err), 0);
-	ck_assert_int_eq(envelope_check_stream("order-2026/11 #3", &err), 0);
-	ck_assert_int_eq(envelope_check_stream("konto-\xc3\xb8\xf0\x9f\x98\x80", &err), 0);
-	ck_assert_int_eq(envelope_check_stream(max, &err), 0);
-	expect_rule_error(envelope_check_stream(over, &err), &err,
+	ck_assert_int_eq(cqrs_envelope_check_stream("account-42", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_stream("a", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_stream("order-2026/11 #3", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_stream("konto-\xc3\xb8\xf0\x9f\x98\x80", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_stream(max, &err), 0);
+	expect_rule_error(cqrs_envelope_check_stream(over, &err), &err,
 			  "\"stream\" is longer than 256 bytes");
-	expect_rule_error(envelope_check_stream(NULL, &err), &err, "\"stream\" is missing");
-	expect_rule_error(envelope_check_stream("", &err), &err, "\"stream\" is empty");
-	expect_rule_error(envelope_check_stream("a\x01", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream(NULL, &err), &err, "\"stream\" is missing");
+	expect_rule_error(cqrs_envelope_check_stream("", &err), &err, "\"stream\" is empty");
+	expect_rule_error(cqrs_envelope_check_stream("a\x01", &err), &err,
 			  "\"stream\" has a control character at byte 1");
-	expect_rule_error(envelope_check_stream("a\t", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream("a\t", &err), &err,
 			  "\"stream\" has a control character at byte 1");
-	expect_rule_error(envelope_check_stream("ab\x7f", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream("ab\x7f", &err), &err,
 			  "\"stream\" has a control character at byte 2");
-	expect_rule_error(envelope_check_stream("\xc2\x9b[0m", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream("\xc2\x9b[0m", &err), &err,
 			  "\"stream\" has a control character at byte 0");
-	expect_rule_error(envelope_check_stream("a\xff", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream("a\xff", &err), &err,
 			  "\"stream\" is not valid UTF-8 at byte 1");
-	expect_rule_error(envelope_check_stream("a\xc0\xaf", &err), &err,
+	expect_rule_error(cqrs_envelope_check_stream("a\xc0\xaf", &err), &err,
 			  "\"stream\" is not valid UTF-8 at byte 1");
-	ck_assert_int_eq(envelope_check_stream("", NULL), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_check_stream("", NULL), CQRS_EINVALID);
 	free(max);
 	free(over);
 }
@@ -992,22 +992,22 @@ START_TEST(test_check_type)
 	char *max = repeat('T', CQRS_TYPE_MAX);
 	char *over = repeat('T', CQRS_TYPE_MAX + 1);
 
-	ck_assert_int_eq(envelope_check_type("type", "MoneyDeposited", &err), 0);
-	ck_assert_int_eq(envelope_check_type("command", "account.deposit", &err), 0);
-	ck_assert_int_eq(envelope_check_type("type", "v2:Money_Deposited-1.x", &err), 0);
-	ck_assert_int_eq(envelope_check_type("type", max, &err), 0);
-	expect_rule_error(envelope_check_type("type", over, &err), &err,
+	ck_assert_int_eq(cqrs_envelope_check_type("type", "MoneyDeposited", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_type("command", "account.deposit", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_type("type", "v2:Money_Deposited-1.x", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_type("type", max, &err), 0);
+	expect_rule_error(cqrs_envelope_check_type("type", over, &err), &err,
 			  "\"type\" is longer than 200 bytes");
-	expect_rule_error(envelope_check_type("command", "", &err), &err, "\"command\" is empty");
-	expect_rule_error(envelope_check_type("command", NULL, &err), &err,
+	expect_rule_error(cqrs_envelope_check_type("command", "", &err), &err, "\"command\" is empty");
+	expect_rule_error(cqrs_envelope_check_type("command", NULL, &err), &err,
 			  "\"command\" is missing");
-	expect_rule_error(envelope_check_type("command", "account deposit", &err), &err,
+	expect_rule_error(cqrs_envelope_check_type("command", "account deposit", &err), &err,
 			  "\"command\" may only have letters, digits and \"._-:\" (byte 7 is not one)");
-	expect_rule_error(envelope_check_type("type", "a/b", &err), &err,
+	expect_rule_error(cqrs_envelope_check_type("type", "a/b", &err), &err,
 			  "\"type\" may only have letters, digits and \"._-:\" (byte 1 is not one)");
-	expect_rule_error(envelope_check_type("type", "a@b", &err), &err,
+	expect_rule_error(cqrs_envelope_check_type("type", "a@b", &err), &err,
 			  "\"type\" may only have letters, digits and \"._-:\" (byte 1 is not one)");
-	expect_rule_error(envelope_check_type("type", "\xc3\xa9t\xc3\xa9", &err), &err,
+	expect_rule_error(cqrs_envelope_check_type("type", "\xc3\xa9t\xc3\xa9", &err), &err,
 			  "\"type\" may only have letters, digits and \"._-:\" (byte 0 is not one)");
 	free(max);
 	free(over);
@@ -1020,22 +1020,22 @@ START_TEST(test_check_aggregate_type)
 	char *max = repeat('a', CQRS_TYPE_MAX);
 	char *over = repeat('a', CQRS_TYPE_MAX + 1);
 
-	ck_assert_int_eq(envelope_check_aggregate_type("account", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_type("bank_account", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_type("Acc2", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_type(max, &err), 0);
-	expect_rule_error(envelope_check_aggregate_type(over, &err), &err,
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_type("account", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_type("bank_account", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_type("Acc2", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_type(max, &err), 0);
+	expect_rule_error(cqrs_envelope_check_aggregate_type(over, &err), &err,
 			  "\"aggregate type\" is longer than 200 bytes");
-	expect_rule_error(envelope_check_aggregate_type("", &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_type("", &err), &err,
 			  "\"aggregate type\" is empty");
-	expect_rule_error(envelope_check_aggregate_type(NULL, &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_type(NULL, &err), &err,
 			  "\"aggregate type\" is missing");
 	/* "-" would make the stream's type ambiguous */
-	expect_rule_error(envelope_check_aggregate_type("bank-account", &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_type("bank-account", &err), &err,
 			  "\"aggregate type\" may only have letters, digits and \"_\" (byte 4 is not one)");
-	expect_rule_error(envelope_check_aggregate_type("bank.account", &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_type("bank.account", &err), &err,
 			  "\"aggregate type\" may only have letters, digits and \"_\" (byte 4 is not one)");
-	expect_rule_error(envelope_check_aggregate_type("bank:account", &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_type("bank:account", &err), &err,
 			  "\"aggregate type\" may only have letters, digits and \"_\" (byte 4 is not one)");
 	free(max);
 	free(over);
@@ -1051,20 +1051,20 @@ START_TEST(test_check_aggregate_id)
 	size_t i;
 
 	ck_assert_uint_eq(strlen(max), 200);
-	ck_assert_int_eq(envelope_check_aggregate_id("42", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id("a-b_c.d:e@f", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id("-_.:@", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id("alice@example.com", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id("0190a6d2-7c5e-7b3a-8f00-1234567890ab", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id("AZaz09", &err), 0);
-	ck_assert_int_eq(envelope_check_aggregate_id(max, &err), 0);
-	expect_rule_error(envelope_check_aggregate_id(over, &err), &err,
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("42", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("a-b_c.d:e@f", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("-_.:@", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("alice@example.com", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("0190a6d2-7c5e-7b3a-8f00-1234567890ab", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id("AZaz09", &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_aggregate_id(max, &err), 0);
+	expect_rule_error(cqrs_envelope_check_aggregate_id(over, &err), &err,
 			  "\"aggregate_id\" is longer than 200 bytes");
-	expect_rule_error(envelope_check_aggregate_id("", &err), &err, "\"aggregate_id\" is empty");
-	expect_rule_error(envelope_check_aggregate_id(NULL, &err), &err,
+	expect_rule_error(cqrs_envelope_check_aggregate_id("", &err), &err, "\"aggregate_id\" is empty");
+	expect_rule_error(cqrs_envelope_check_aggregate_id(NULL, &err), &err,
 			  "\"aggregate_id\" is missing");
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		ck_assert_int_eq(envelope_check_aggregate_id(bad[i], &err), CQRS_EINVALID);
+		ck_assert_int_eq(cqrs_envelope_check_aggregate_id(bad[i], &err), CQRS_EINVALID);
 		ck_assert_msg(strncmp(err.msg, "\"aggregate_id\" may only have letters, digits and "
 				      "\"-_.:@\"", 56) == 0, "%s", err.msg);
 	}
@@ -1077,26 +1077,26 @@ START_TEST(test_stream_type)
 {
 	char buf[16];
 
-	ck_assert_int_eq(envelope_stream_type("account-42", buf, sizeof(buf)), 0);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-42", buf, sizeof(buf)), 0);
 	ck_assert_str_eq(buf, "account");
-	ck_assert_int_eq(envelope_stream_type("account-a-b-c", buf, sizeof(buf)), 0);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-a-b-c", buf, sizeof(buf)), 0);
 	ck_assert_str_eq(buf, "account");
-	ck_assert_int_eq(envelope_stream_type("bank_account-", buf, sizeof(buf)), 0);
+	ck_assert_int_eq(cqrs_envelope_stream_type("bank_account-", buf, sizeof(buf)), 0);
 	ck_assert_str_eq(buf, "bank_account");
 	/* no "-", nothing before it */
-	ck_assert_int_eq(envelope_stream_type("account", buf, sizeof(buf)), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account", buf, sizeof(buf)), CQRS_EINVALID);
 	ck_assert_str_eq(buf, "");
-	ck_assert_int_eq(envelope_stream_type("-42", buf, sizeof(buf)), CQRS_EINVALID);
-	ck_assert_int_eq(envelope_stream_type("", buf, sizeof(buf)), CQRS_EINVALID);
-	ck_assert_int_eq(envelope_stream_type(NULL, buf, sizeof(buf)), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("-42", buf, sizeof(buf)), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("", buf, sizeof(buf)), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type(NULL, buf, sizeof(buf)), CQRS_EINVALID);
 	/* "account" needs 8 bytes with its NUL */
-	ck_assert_int_eq(envelope_stream_type("account-42", buf, 8), 0);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-42", buf, 8), 0);
 	ck_assert_str_eq(buf, "account");
 	memcpy(buf, "junk", 5);
-	ck_assert_int_eq(envelope_stream_type("account-42", buf, 7), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-42", buf, 7), CQRS_EINVALID);
 	ck_assert_str_eq(buf, "");
-	ck_assert_int_eq(envelope_stream_type("account-42", buf, 0), CQRS_EINVALID);
-	ck_assert_int_eq(envelope_stream_type("account-42", NULL, 0), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-42", buf, 0), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_envelope_stream_type("account-42", NULL, 0), CQRS_EINVALID);
 }
 END_TEST
 
@@ -1109,18 +1109,18 @@ START_TEST(test_now)
 	time_t before = time(NULL);
 	time_t t;
 
-	envelope_now(buf, sizeof(buf));
+	cqrs_envelope_now(buf, sizeof(buf));
 	ck_assert_uint_eq(strlen(buf), ENVELOPE_TIME_SIZE - 1);
 	ck_assert_int_eq(buf[26], 'Z');
-	ck_assert_int_eq(envelope_check_recorded_at(buf, &err), 0);
+	ck_assert_int_eq(cqrs_envelope_check_recorded_at(buf, &err), 0);
 	memset(&tm, 0, sizeof(tm));
 	ck_assert_ptr_nonnull(strptime(buf, "%Y-%m-%dT%H:%M:%S", &tm));
 	t = timegm(&tm);
 	ck_assert_msg(t >= before && t <= time(NULL) + 1, "%s is not now", buf);
-	envelope_now(small, sizeof(small));
+	cqrs_envelope_now(small, sizeof(small));
 	ck_assert_uint_eq(strlen(small), sizeof(small) - 1);
 	ck_assert(strncmp(small, buf, 4) == 0);
-	envelope_now(NULL, 0);
+	cqrs_envelope_now(NULL, 0);
 }
 END_TEST
 
@@ -1128,11 +1128,11 @@ START_TEST(test_check_recorded_at_direct)
 {
 	struct cqrs_err err = { 0, "" };
 
-	ck_assert_int_eq(envelope_check_recorded_at("2026-11-26T05:20:49.123456Z", &err), 0);
-	expect_rule_error(envelope_check_recorded_at(NULL, &err), &err, "\"recorded_at\" is missing");
-	expect_rule_error(envelope_check_recorded_at("2026-11-26T05:20:49.123456Zx", &err), &err,
+	ck_assert_int_eq(cqrs_envelope_check_recorded_at("2026-11-26T05:20:49.123456Z", &err), 0);
+	expect_rule_error(cqrs_envelope_check_recorded_at(NULL, &err), &err, "\"recorded_at\" is missing");
+	expect_rule_error(cqrs_envelope_check_recorded_at("2026-11-26T05:20:49.123456Zx", &err), &err,
 			  TIME_SHAPE);
-	expect_rule_error(envelope_check_recorded_at("2026-02-30T05:20:49Z", &err), &err,
+	expect_rule_error(cqrs_envelope_check_recorded_at("2026-02-30T05:20:49Z", &err), &err,
 			  TIME_REAL);
 }
 END_TEST

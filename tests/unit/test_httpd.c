@@ -29,7 +29,7 @@ addr_ok(const char *spec, bool remote)
 {
 	struct httpd_addr a;
 	struct cqrs_err err = { 0 };
-	int rc = httpd_parse_addr(spec, remote, "[x] http", &a, &err);
+	int rc = cqrs_httpd_parse_addr(spec, remote, "[x] http", &a, &err);
 
 	ck_assert_msg(rc == 0, "\"%s\": %s", spec, err.msg);
 	return a;
@@ -40,7 +40,7 @@ addr_bad(const char *spec, bool remote, const char *want)
 {
 	struct httpd_addr a;
 	struct cqrs_err err = { 0 };
-	int rc = httpd_parse_addr(spec, remote, "[x] http", &a, &err);
+	int rc = cqrs_httpd_parse_addr(spec, remote, "[x] http", &a, &err);
 
 	ck_assert_msg(rc == CQRS_ECONFIG, "\"%s\" should be refused, rc %d", spec, rc);
 	ck_assert_msg(strncmp(err.msg, "[x] http: ", 10) == 0, "message names the key: %s", err.msg);
@@ -96,19 +96,19 @@ START_TEST(config_keys)
 	struct httpd_addr a;
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(config_load_string("[a]\nhttp = 0.0.0.0:1\n[b]\nhttp = 0.0.0.0:1\n"
+	ck_assert_int_eq(cqrs_config_load_string("[a]\nhttp = 0.0.0.0:1\n[b]\nhttp = 0.0.0.0:1\n"
 					    "http_allow_remote = yes\n[c]\nhttp_allow_remote = maybe\n",
 					    "t", &cfg, &err), 0);
-	ck_assert_int_eq(httpd_config_load(cfg, "a", &a, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_httpd_config_load(cfg, "a", &a, &err), CQRS_ECONFIG);
 	ck_assert_msg(strstr(err.msg, "[a] http: 0.0.0.0:1 is not a loopback") != NULL, "%s",
 		      err.msg);
-	ck_assert_int_eq(httpd_config_load(cfg, "b", &a, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_config_load(cfg, "b", &a, &err), 0);
 	ck_assert_int_ne(a.len, 0);
-	ck_assert_int_eq(httpd_config_load(cfg, "c", &a, &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_httpd_config_load(cfg, "c", &a, &err), CQRS_ECONFIG);
 	ck_assert_msg(strstr(err.msg, "http_allow_remote") != NULL, "%s", err.msg);
-	ck_assert_int_eq(httpd_config_load(cfg, "none", &a, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_config_load(cfg, "none", &a, &err), 0);
 	ck_assert_int_eq(a.len, 0);
-	config_free(cfg);
+	cqrs_config_free(cfg);
 }
 END_TEST
 
@@ -143,16 +143,16 @@ START_TEST(prometheus_text)
 	struct scrape *s;
 	char *text;
 
-	httpd_counter(b, "x_total", "Things\\done\nsecond line.", UINT64_MAX);
-	httpd_gauge(b, "g", "A gauge.", -2.5);
-	httpd_gauge(b, "g_inf", "Inf.", INFINITY);
-	httpd_gauge(b, "g_nan", "NaN.", NAN);
-	httpd_metric_header(b, "by_label", "counter", "Labelled.");
-	httpd_label_escape("a\"b\\c\nd", esc, sizeof(esc));
+	cqrs_httpd_counter(b, "x_total", "Things\\done\nsecond line.", UINT64_MAX);
+	cqrs_httpd_gauge(b, "g", "A gauge.", -2.5);
+	cqrs_httpd_gauge(b, "g_inf", "Inf.", INFINITY);
+	cqrs_httpd_gauge(b, "g_nan", "NaN.", NAN);
+	cqrs_httpd_metric_header(b, "by_label", "counter", "Labelled.");
+	cqrs_httpd_label_escape("a\"b\\c\nd", esc, sizeof(esc));
 	ck_assert_str_eq(esc, "a\\\"b\\\\c\\nd");
 	snprintf(labels, sizeof(labels), "k=\"%s\"", esc);
-	httpd_metric_u64(b, "by_label", labels, 7);
-	httpd_metric_u64(b, "by_label", "k=\"plain\"", 8);
+	cqrs_httpd_metric_u64(b, "by_label", labels, 7);
+	cqrs_httpd_metric_u64(b, "by_label", "k=\"plain\"", 8);
 	text = text_of(b);
 	ck_assert_msg(strstr(text, "# HELP x_total Things\\\\done\\nsecond line.\n# TYPE x_total counter\n"
 				   "x_total 18446744073709551615\n") != NULL, "%s", text);
@@ -169,7 +169,7 @@ START_TEST(prometheus_text)
 	free(text);
 
 	/* escaping stops at the buffer's end, whole escapes only */
-	httpd_label_escape("\"\"\"", esc, 4);
+	cqrs_httpd_label_escape("\"\"\"", esc, 4);
 	ck_assert_str_eq(esc, "\\\"");
 	evbuffer_free(b);
 }
@@ -217,13 +217,13 @@ START_TEST(histogram)
 	char *text;
 
 	memset(&h, 0, sizeof(h));		/* zeroed: the default buckets */
-	httpd_hist_observe_us(&h, 0);
-	httpd_hist_observe_us(&h, 500);		/* le is inclusive */
-	httpd_hist_observe_us(&h, 501);
-	httpd_hist_observe_us(&h, 10000000);
-	httpd_hist_observe_us(&h, 10000001);	/* +Inf only */
-	ck_assert_uint_eq(httpd_hist_count(&h), 5);
-	httpd_hist_write(b, "lat_seconds", "Latency.", NULL, &h);
+	cqrs_httpd_hist_observe_us(&h, 0);
+	cqrs_httpd_hist_observe_us(&h, 500);		/* le is inclusive */
+	cqrs_httpd_hist_observe_us(&h, 501);
+	cqrs_httpd_hist_observe_us(&h, 10000000);
+	cqrs_httpd_hist_observe_us(&h, 10000001);	/* +Inf only */
+	ck_assert_uint_eq(cqrs_httpd_hist_count(&h), 5);
+	cqrs_httpd_hist_write(b, "lat_seconds", "Latency.", NULL, &h);
 	text = text_of(b);
 	s = parse_ok(text);
 	ck_assert_str_eq(scrape_type(s, "lat_seconds"), "histogram");
@@ -239,15 +239,15 @@ START_TEST(histogram)
 
 	/* custom buckets, labelled series under one header */
 	evbuffer_drain(b, evbuffer_get_length(b));
-	ck_assert_int_eq(httpd_hist_init(&h, unordered, 2), CQRS_EINVALID);
-	ck_assert_int_eq(httpd_hist_init(&h, le, 0), CQRS_EINVALID);
-	ck_assert_int_eq(httpd_hist_init(&h, le, 2), 0);
-	ck_assert_uint_eq(httpd_hist_count(&h), 0);
-	httpd_hist_observe_us(&h, 1500);
-	httpd_metric_header(b, "h_seconds", "histogram", "Two series.");
-	httpd_hist_write(b, "h_seconds", NULL, "g=\"a\"", &h);
-	httpd_hist_observe_us(&h, 3000);
-	httpd_hist_write(b, "h_seconds", NULL, "g=\"b\"", &h);
+	ck_assert_int_eq(cqrs_httpd_hist_init(&h, unordered, 2), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_httpd_hist_init(&h, le, 0), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_httpd_hist_init(&h, le, 2), 0);
+	ck_assert_uint_eq(cqrs_httpd_hist_count(&h), 0);
+	cqrs_httpd_hist_observe_us(&h, 1500);
+	cqrs_httpd_metric_header(b, "h_seconds", "histogram", "Two series.");
+	cqrs_httpd_hist_write(b, "h_seconds", NULL, "g=\"a\"", &h);
+	cqrs_httpd_hist_observe_us(&h, 3000);
+	cqrs_httpd_hist_write(b, "h_seconds", NULL, "g=\"b\"", &h);
 	text = text_of(b);
 	s = parse_ok(text);
 	ck_assert(scrape_value(s, "h_seconds_bucket", "g=\"a\",le=\"0.002\"") == 1);
@@ -269,7 +269,7 @@ observer(void *arg)
 {
 	(void)arg;
 	for (int i = 0; i < 100000; i++)
-		httpd_hist_observe_us(&shared_hist, (uint64_t)(i % 3000));
+		cqrs_httpd_hist_observe_us(&shared_hist, (uint64_t)(i % 3000));
 	return NULL;
 }
 
@@ -284,7 +284,7 @@ START_TEST(histogram_threads)
 	for (int i = 0; i < 20; i++) {
 		char *text, err[300];
 		struct scrape *s;
-		httpd_hist_write(b, "c_seconds", "Concurrent.", NULL, &shared_hist);
+		cqrs_httpd_hist_write(b, "c_seconds", "Concurrent.", NULL, &shared_hist);
 		text = text_of(b);
 		s = scrape_parse(text, err, sizeof(err));
 		ck_assert_msg(s != NULL, "%s", err);	/* cumulative even mid-update */
@@ -294,7 +294,7 @@ START_TEST(histogram_threads)
 	}
 	for (int i = 0; i < 4; i++)
 		pthread_join(t[i], NULL);
-	ck_assert_uint_eq(httpd_hist_count(&shared_hist), 400000);
+	ck_assert_uint_eq(cqrs_httpd_hist_count(&shared_hist), 400000);
 	evbuffer_free(b);
 }
 END_TEST
@@ -322,7 +322,7 @@ owner_metrics(void *arg, struct evbuffer *out)
 {
 	struct owner *o = arg;
 
-	httpd_counter(out, "owner_scrapes_total", "Scrapes so far.",
+	cqrs_httpd_counter(out, "owner_scrapes_total", "Scrapes so far.",
 		      (uint64_t)atomic_fetch_add(&o->scrapes, 1) + 1);
 }
 
@@ -333,41 +333,41 @@ exercise(struct httpd *h, struct owner *o)
 	struct scrape *s;
 	int status;
 
-	ck_assert_uint_ne(httpd_port(h), 0);
-	ck_assert_msg(strncmp(httpd_address(h), "127.0.0.1:", 10) == 0, "%s", httpd_address(h));
-	status = scrape_http(httpd_port(h), "GET", "/health", &headers, &body, 5000);
+	ck_assert_uint_ne(cqrs_httpd_port(h), 0);
+	ck_assert_msg(strncmp(cqrs_httpd_address(h), "127.0.0.1:", 10) == 0, "%s", cqrs_httpd_address(h));
+	status = scrape_http(cqrs_httpd_port(h), "GET", "/health", &headers, &body, 5000);
 	ck_assert_int_eq(status, 200);
 	ck_assert_str_eq(body, "ok\n");
 	free(headers);
 	free(body);
 	atomic_store(&o->healthy, 0);
-	status = scrape_http(httpd_port(h), "GET", "/health?verbose=1", NULL, &body, 5000);
+	status = scrape_http(cqrs_httpd_port(h), "GET", "/health?verbose=1", NULL, &body, 5000);
 	ck_assert_int_eq(status, 503);
 	ck_assert_str_eq(body, "no database (0 of 8 up)\n");
 	free(body);
 	atomic_store(&o->healthy, 1);
 
-	s = scrape_metrics(httpd_port(h));
+	s = scrape_metrics(cqrs_httpd_port(h));
 	ck_assert(scrape_value(s, "owner_scrapes_total", NULL) == 1);
 	scrape_free(s);
-	s = scrape_metrics(httpd_port(h));
+	s = scrape_metrics(cqrs_httpd_port(h));
 	ck_assert(scrape_value(s, "owner_scrapes_total", NULL) == 2);
 	scrape_free(s);
 
-	status = scrape_http(httpd_port(h), "HEAD", "/metrics", &headers, &body, 5000);
+	status = scrape_http(cqrs_httpd_port(h), "HEAD", "/metrics", &headers, &body, 5000);
 	ck_assert_int_eq(status, 200);
 	ck_assert_str_eq(body, "");
 	free(headers);
 	free(body);
-	status = scrape_http(httpd_port(h), "POST", "/metrics", &headers, &body, 5000);
+	status = scrape_http(cqrs_httpd_port(h), "POST", "/metrics", &headers, &body, 5000);
 	ck_assert_int_eq(status, 405);
 	ck_assert_msg(strstr(headers, "Allow: GET, HEAD") != NULL, "%s", headers);
 	free(headers);
 	free(body);
-	status = scrape_http(httpd_port(h), "GET", "/", NULL, &body, 5000);
+	status = scrape_http(cqrs_httpd_port(h), "GET", "/", NULL, &body, 5000);
 	ck_assert_int_eq(status, 404);
 	free(body);
-	status = scrape_http(httpd_port(h), "GET", "/metricsx", NULL, &body, 5000);
+	status = scrape_http(cqrs_httpd_port(h), "GET", "/metricsx", NULL, &body, 5000);
 	ck_assert_int_eq(status, 404);
 	free(body);
 }
@@ -400,7 +400,7 @@ START_TEST(serve_on_callers_loop)
 	pthread_t t;
 	char one = 1;
 
-	ck_assert_int_eq(httpd_new(base, &a, &hd, &h, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_new(base, &a, &hd, &h, &err), 0);
 	/* the loop runs on a thread of the test: the test is the scraper */
 	ck_assert_int_eq(pipe(pipefd), 0);
 	stop = event_new(base, pipefd[0], EV_READ, stop_loop, base);
@@ -409,7 +409,7 @@ START_TEST(serve_on_callers_loop)
 	exercise(h, &o);
 	ck_assert_int_eq(write(pipefd[1], &one, 1), 1);
 	pthread_join(t, NULL);
-	httpd_free(h);
+	cqrs_httpd_free(h);
 	event_free(stop);
 	event_base_free(base);
 	close(pipefd[0]);
@@ -426,28 +426,28 @@ START_TEST(serve_on_own_thread)
 	struct cqrs_err err = { 0 };
 	char spec[32];
 
-	ck_assert_int_eq(httpd_new(NULL, &a, &hd, &h, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, &hd, &h, &err), 0);
 	exercise(h, &o);
 	/* the port is taken now: a second endpoint says so */
-	snprintf(spec, sizeof(spec), "127.0.0.1:%u", (unsigned)httpd_port(h));
+	snprintf(spec, sizeof(spec), "127.0.0.1:%u", (unsigned)cqrs_httpd_port(h));
 	taken = addr_ok(spec, false);
-	ck_assert_int_eq(httpd_new(NULL, &taken, &hd, &h2, &err), CQRS_EIO);
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &taken, &hd, &h2, &err), CQRS_EIO);
 	ck_assert_ptr_null(h2);
 	ck_assert_msg(strstr(err.msg, spec) != NULL && strstr(err.msg, "in use") != NULL, "%s",
 		      err.msg);
-	httpd_free(h);
-	httpd_free(NULL);
+	cqrs_httpd_free(h);
+	cqrs_httpd_free(NULL);
 	/* free and bound again at once (SO_REUSEADDR) */
-	ck_assert_int_eq(httpd_new(NULL, &taken, NULL, &h2, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &taken, NULL, &h2, &err), 0);
 	{
 		char *body;
-		ck_assert_int_eq(scrape_http(httpd_port(h2), "GET", "/health", NULL, &body, 5000), 200);
+		ck_assert_int_eq(scrape_http(cqrs_httpd_port(h2), "GET", "/health", NULL, &body, 5000), 200);
 		free(body);
-		ck_assert_int_eq(scrape_http(httpd_port(h2), "GET", "/metrics", NULL, &body, 5000), 200);
+		ck_assert_int_eq(scrape_http(cqrs_httpd_port(h2), "GET", "/metrics", NULL, &body, 5000), 200);
 		ck_assert_str_eq(body, "");
 		free(body);
 	}
-	httpd_free(h2);
+	cqrs_httpd_free(h2);
 }
 END_TEST
 
@@ -456,16 +456,16 @@ START_TEST(serve_ipv6_loopback)
 	struct httpd_addr a = addr_ok("[::1]:0", false);
 	struct httpd *h = NULL;
 	struct cqrs_err err = { 0 };
-	int rc = httpd_new(NULL, &a, NULL, &h, &err);
+	int rc = cqrs_httpd_new(NULL, &a, NULL, &h, &err);
 
 	if (rc != 0) {
 		/* a host without IPv6 at all says so, naming the address */
 		ck_assert_msg(strstr(err.msg, "[::1]:0") != NULL, "%s", err.msg);
 		return;
 	}
-	ck_assert_msg(strncmp(httpd_address(h), "[::1]:", 6) == 0, "%s", httpd_address(h));
-	ck_assert_uint_ne(httpd_port(h), 0);
-	httpd_free(h);
+	ck_assert_msg(strncmp(cqrs_httpd_address(h), "[::1]:", 6) == 0, "%s", cqrs_httpd_address(h));
+	ck_assert_uint_ne(cqrs_httpd_port(h), 0);
+	cqrs_httpd_free(h);
 }
 END_TEST
 

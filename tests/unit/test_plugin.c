@@ -1,7 +1,7 @@
 /*
  * test_plugin.c - the plugin host: loading and refusing plugins, the
  * registry's rollback, registration rules, routing patterns, and running
- * command handlers through cmd_ctx_run().
+ * command handlers through cqrs_cmd_ctx_run().
  */
 #include <check.h>
 #include <stdio.h>
@@ -21,7 +21,7 @@
 static struct registry *
 new_registry(void)
 {
-	struct registry *reg = registry_new();
+	struct registry *reg = cqrs_registry_new();
 
 	ck_assert_ptr_nonnull(reg);
 	return reg;
@@ -32,7 +32,7 @@ load_ok(struct registry *reg, const char *path)
 {
 	struct cqrs_err err = { 0 };
 
-	if (registry_load(reg, path, &err) != 0)
+	if (cqrs_registry_load(reg, path, &err) != 0)
 		ck_abort_msg("load %s: %s", path, err.msg);
 }
 
@@ -49,12 +49,12 @@ START_TEST(missing_file_shows_dlerror)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load(reg, PLUGIN("does_not_exist"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("does_not_exist"), &err), CQRS_ECONFIG);
 	ck_assert_int_eq(err.code, CQRS_ECONFIG);
 	ck_assert_has(err.msg, "does_not_exist.so");
 	ck_assert_has(err.msg, "cannot open shared object file");
-	ck_assert_uint_eq(registry_plugin_count(reg), 0);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 0);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -64,11 +64,11 @@ START_TEST(not_a_shared_object)
 	struct cqrs_err err = { 0 };
 
 	/* a C file is no ELF object: dlerror() says so */
-	ck_assert_int_eq(registry_load(reg, CQRS_SRCDIR "/tests/unit/test_plugin.c", &err),
+	ck_assert_int_eq(cqrs_registry_load(reg, CQRS_SRCDIR "/tests/unit/test_plugin.c", &err),
 			 CQRS_ECONFIG);
 	ck_assert_has(err.msg, "could not load plugin");
 	ck_assert_has(err.msg, "test_plugin.c");
-	registry_free(reg);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -77,13 +77,13 @@ START_TEST(bad_abi_refused)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load(reg, PLUGIN("badabi"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("badabi"), &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "badabi.so");
 	ck_assert_has(err.msg, "ABI version 999, this daemon knows 1");
 	/* register_all was never called: its own message would show */
 	ck_assert_ptr_null(strstr(err.msg, "must not run"));
-	ck_assert_uint_eq(registry_plugin_count(reg), 0);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 0);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -92,10 +92,10 @@ START_TEST(missing_entry_refused)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load(reg, PLUGIN("nosym"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("nosym"), &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "nosym.so");
 	ck_assert_has(err.msg, "exports no cqrs_plugin_entry");
-	registry_free(reg);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -104,19 +104,19 @@ START_TEST(failing_register_all_leaves_nothing)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load(reg, PLUGIN("failreg"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("failreg"), &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "failreg.so");
 	ck_assert_has(err.msg, "the required setting \"frobnicate\" is missing");
-	ck_assert_uint_eq(registry_plugin_count(reg), 0);
-	ck_assert_uint_eq(registry_aggregate_count(reg), 0);
-	ck_assert_uint_eq(registry_command_count(reg), 0);
-	ck_assert_uint_eq(registry_handler_count(reg), 0);
-	ck_assert_ptr_null(registry_aggregate(reg, "failthing"));
-	ck_assert_ptr_null(registry_command(reg, "failthing.do"));
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 0);
+	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 0);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 0);
+	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 0);
+	ck_assert_ptr_null(cqrs_registry_aggregate(reg, "failthing"));
+	ck_assert_ptr_null(cqrs_registry_command(reg, "failthing.do"));
 	/* the registry is still usable */
 	load_ok(reg, PLUGIN("bank"));
-	ck_assert_uint_eq(registry_plugin_count(reg), 1);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 1);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -126,11 +126,11 @@ START_TEST(same_file_twice_refused)
 	struct cqrs_err err = { 0 };
 
 	load_ok(reg, PLUGIN("other"));
-	ck_assert_int_eq(registry_load(reg, PLUGIN("other"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("other"), &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "already loaded");
-	ck_assert_uint_eq(registry_plugin_count(reg), 1);
-	ck_assert_uint_eq(registry_handler_count(reg), 1);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 1);
+	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 1);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -144,44 +144,44 @@ START_TEST(bank_and_other_side_by_side)
 	const struct reg_handler *h;
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load_list(reg, " " PLUGIN("bank") "  " PLUGIN("other") "\t",
+	ck_assert_int_eq(cqrs_registry_load_list(reg, " " PLUGIN("bank") "  " PLUGIN("other") "\t",
 					    &err), 0);
-	ck_assert_uint_eq(registry_plugin_count(reg), 2);
-	ck_assert_uint_eq(registry_aggregate_count(reg), 3);
-	ck_assert_uint_eq(registry_command_count(reg), 8);
-	ck_assert_uint_eq(registry_handler_count(reg), 4 + 1);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 2);
+	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 3);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 8);
+	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 4 + 1);
 
-	open = registry_command(reg, "account.open");
+	open = cqrs_registry_command(reg, "account.open");
 	ck_assert_ptr_nonnull(open);
 	ck_assert_str_eq(open->type, "account.open");
 	ck_assert_str_eq(open->aggregate->type.name, "account");
 	ck_assert_has(open->plugin, "bank.so");
-	ck_assert_ptr_eq(open->aggregate, registry_aggregate(reg, "account"));
+	ck_assert_ptr_eq(open->aggregate, cqrs_registry_aggregate(reg, "account"));
 
-	add = registry_command(reg, "counter.add");
+	add = cqrs_registry_command(reg, "counter.add");
 	ck_assert_ptr_nonnull(add);
 	ck_assert_has(add->plugin, "other.so");
 	ck_assert_ptr_nonnull(add->plugin_state);
-	ck_assert_ptr_eq(add->aggregate, registry_aggregate(reg, "counter"));
+	ck_assert_ptr_eq(add->aggregate, cqrs_registry_aggregate(reg, "counter"));
 	/* a plugin's applier is found through its own aggregate only */
-	ck_assert_ptr_nonnull(registry_applier(reg, add->aggregate, "CounterAdded"));
-	ck_assert_ptr_null(registry_applier(reg, add->aggregate, "MoneyDeposited"));
-	ck_assert_ptr_nonnull(registry_applier(reg, open->aggregate, "MoneyDeposited"));
+	ck_assert_ptr_nonnull(cqrs_registry_applier(reg, add->aggregate, "CounterAdded"));
+	ck_assert_ptr_null(cqrs_registry_applier(reg, add->aggregate, "MoneyDeposited"));
+	ck_assert_ptr_nonnull(cqrs_registry_applier(reg, open->aggregate, "MoneyDeposited"));
 
 	/* handlers in registration order: bank's four, then other's one */
-	h = registry_handler(reg, 4);
+	h = cqrs_registry_handler(reg, 4);
 	ck_assert_ptr_nonnull(h);
 	ck_assert_str_eq(h->group, "other");
 	ck_assert_str_eq(h->pattern, "counter.#");
 	ck_assert_ptr_nonnull(h->reset);
 	ck_assert_ptr_eq(h->plugin_state, add->plugin_state);
-	ck_assert_ptr_null(registry_handler(reg, 5));
-	ck_assert_str_eq(registry_handler(reg, 0)->group, "projections");
+	ck_assert_ptr_null(cqrs_registry_handler(reg, 5));
+	ck_assert_str_eq(cqrs_registry_handler(reg, 0)->group, "projections");
 
-	ck_assert_ptr_null(registry_command(reg, "account.nope"));
-	ck_assert_ptr_null(registry_command(reg, NULL));
-	ck_assert_ptr_null(registry_aggregate(reg, "nope"));
-	registry_free(reg);
+	ck_assert_ptr_null(cqrs_registry_command(reg, "account.nope"));
+	ck_assert_ptr_null(cqrs_registry_command(reg, NULL));
+	ck_assert_ptr_null(cqrs_registry_aggregate(reg, "nope"));
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -191,22 +191,22 @@ START_TEST(duplicate_command_refused_and_rolled_back)
 	struct cqrs_err err = { 0 };
 
 	load_ok(reg, PLUGIN("bank"));
-	ck_assert_int_eq(registry_load(reg, PLUGIN("dupcmd"), &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_load(reg, PLUGIN("dupcmd"), &err), CQRS_ECONFIG);
 	/* both files and the name */
 	ck_assert_has(err.msg, "dupcmd.so");
 	ck_assert_has(err.msg, "bank.so");
 	ck_assert_has(err.msg, "command \"account.open\" is already registered by");
 	/* nothing of dupcmd stays, bank is untouched */
-	ck_assert_ptr_null(registry_aggregate(reg, "dupcheck"));
-	ck_assert_ptr_null(registry_command(reg, "dupcheck.ping"));
-	ck_assert_has(registry_command(reg, "account.open")->plugin, "bank.so");
-	ck_assert_uint_eq(registry_plugin_count(reg), 1);
-	ck_assert_uint_eq(registry_aggregate_count(reg), 2);
-	ck_assert_uint_eq(registry_command_count(reg), 7);
+	ck_assert_ptr_null(cqrs_registry_aggregate(reg, "dupcheck"));
+	ck_assert_ptr_null(cqrs_registry_command(reg, "dupcheck.ping"));
+	ck_assert_has(cqrs_registry_command(reg, "account.open")->plugin, "bank.so");
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 1);
+	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 2);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 7);
 	/* and the registry still takes plugins */
 	load_ok(reg, PLUGIN("other"));
-	ck_assert_uint_eq(registry_command_count(reg), 8);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 8);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -215,20 +215,20 @@ START_TEST(load_list_stops_at_first_failure)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_load_list(reg, "", &err), 0);
-	ck_assert_int_eq(registry_load_list(reg, PLUGIN("other") " " PLUGIN("badabi") " "
+	ck_assert_int_eq(cqrs_registry_load_list(reg, "", &err), 0);
+	ck_assert_int_eq(cqrs_registry_load_list(reg, PLUGIN("other") " " PLUGIN("badabi") " "
 					    PLUGIN("bank"), &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "badabi.so");
-	ck_assert_uint_eq(registry_plugin_count(reg), 1);
-	ck_assert_ptr_null(registry_command(reg, "account.open"));
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 1);
+	ck_assert_ptr_null(cqrs_registry_command(reg, "account.open"));
+	cqrs_registry_free(reg);
 }
 END_TEST
 
 START_TEST(free_null)
 {
-	registry_free(NULL);
-	cmd_ctx_clear(NULL);
+	cqrs_registry_free(NULL);
+	cqrs_cmd_ctx_clear(NULL);
 }
 END_TEST
 
@@ -358,7 +358,7 @@ START_TEST(registration_rules)
 	int j;
 
 	fini_calls = 0;
-	ck_assert_int_eq(registry_add(reg, &rules_plugin, "rules-origin", &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_add(reg, &rules_plugin, "rules-origin", &err), CQRS_ECONFIG);
 	ck_assert_int_eq(n_calls, 25);
 	for (j = 0; j < n_calls; j++) {
 		bool ok = false;
@@ -377,10 +377,10 @@ START_TEST(registration_rules)
 	ck_assert_has(err.msg, "letters, digits");
 	/* refused even though register_all returned 0; fini ran once */
 	ck_assert_int_eq(fini_calls, 1);
-	ck_assert_uint_eq(registry_aggregate_count(reg), 0);
-	ck_assert_uint_eq(registry_handler_count(reg), 0);
-	ck_assert_ptr_null(registry_aggregate(reg, "good"));
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 0);
+	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 0);
+	ck_assert_ptr_null(cqrs_registry_aggregate(reg, "good"));
+	cqrs_registry_free(reg);
 	ck_assert_int_eq(fini_calls, 1);
 }
 END_TEST
@@ -435,15 +435,15 @@ START_TEST(registration_messages)
 
 	load_ok(reg, PLUGIN("bank"));
 	bad_case = _i;
-	ck_assert_int_eq(registry_add(reg, &one_bad_plugin, "onebad", &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_add(reg, &one_bad_plugin, "onebad", &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "could not load plugin \"onebad\"");
 	ck_assert_has(err.msg, want[_i]);
 	if (_i == 3)
 		ck_assert_has(err.msg, "bank.so");
-	ck_assert_ptr_null(registry_aggregate(reg, "good"));
-	ck_assert_ptr_null(registry_command(reg, "account.audit"));
-	ck_assert_uint_eq(registry_command_count(reg), 7);
-	registry_free(reg);
+	ck_assert_ptr_null(cqrs_registry_aggregate(reg, "good"));
+	ck_assert_ptr_null(cqrs_registry_command(reg, "account.audit"));
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 7);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -469,11 +469,11 @@ START_TEST(descriptor_checks)
 	struct registry *reg = new_registry();
 	struct cqrs_err err = { 0 };
 
-	ck_assert_int_eq(registry_add(reg, &bad_descriptors[_i], "desc", &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_add(reg, &bad_descriptors[_i], "desc", &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "\"desc\"");
 	ck_assert_has(err.msg, want[_i]);
-	ck_assert_uint_eq(registry_plugin_count(reg), 0);
-	registry_free(reg);
+	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 0);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -493,9 +493,9 @@ START_TEST(bigger_descriptor_accepted)
 
 	/* case 5: refuses without a reason, after passing the checks */
 	bad_case = 5;
-	ck_assert_int_eq(registry_add(reg, &newer.p, "newer", &err), CQRS_ECONFIG);
+	ck_assert_int_eq(cqrs_registry_add(reg, &newer.p, "newer", &err), CQRS_ECONFIG);
 	ck_assert_has(err.msg, "without a reason");
-	registry_free(reg);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -546,11 +546,11 @@ START_TEST(routing)
 	size_t i;
 
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		ck_assert_msg(routing_match(cases[i].pattern, cases[i].key) == cases[i].match,
-			      "routing_match(\"%s\", \"%s\") should be %d", cases[i].pattern,
+		ck_assert_msg(cqrs_routing_match(cases[i].pattern, cases[i].key) == cases[i].match,
+			      "cqrs_routing_match(\"%s\", \"%s\") should be %d", cases[i].pattern,
 			      cases[i].key, cases[i].match);
-	ck_assert(!routing_match(NULL, "a"));
-	ck_assert(!routing_match("a", NULL));
+	ck_assert(!cqrs_routing_match(NULL, "a"));
+	ck_assert(!cqrs_routing_match("a", NULL));
 }
 END_TEST
 
@@ -607,13 +607,13 @@ START_TEST(routing_against_reference)
 			strcat(key, i > 0 ? "." : "");
 			strcat(key, k[i]);
 		}
-		ck_assert_msg(routing_match(pattern, key) == ref_match(p, np, k, nk),
-			      "routing_match(\"%s\", \"%s\")", pattern, key);
+		ck_assert_msg(cqrs_routing_match(pattern, key) == ref_match(p, np, k, nk),
+			      "cqrs_routing_match(\"%s\", \"%s\")", pattern, key);
 	}
 }
 END_TEST
 
-/* ---- cmd_ctx_run --------------------------------------------------------- */
+/* ---- cqrs_cmd_ctx_run --------------------------------------------------------- */
 
 static int handler_mode;
 
@@ -680,10 +680,10 @@ START_TEST(cmd_ctx_outcomes)
 	struct cqrs_cmd_ctx ctx;
 
 	quiet();
-	cmd_ctx_init(&ctx, &rc, &log);
+	cqrs_cmd_ctx_init(&ctx, &rc, &log);
 
 	handler_mode = 0;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
 	ck_assert_uint_eq(ctx.n_events, 2);
 	ck_assert_str_eq(ctx.events[0].type, "A");
 	ck_assert_str_eq(ctx.events[1].type, "B.x-y:z");
@@ -692,51 +692,51 @@ START_TEST(cmd_ctx_outcomes)
 
 	/* run again on the same ctx: the earlier events are gone */
 	handler_mode = 1;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_INVALID);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_INVALID);
 	ck_assert_uint_eq(ctx.n_events, 0);
 	ck_assert_str_eq(ctx.message, "\"amount\" must be an integer > 0");
 
 	handler_mode = 2;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_REJECTED);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_REJECTED);
 	ck_assert_uint_eq(ctx.n_events, 0);
 	ck_assert_str_eq(ctx.message, "insufficient funds");
 
 	handler_mode = 3;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
 	ck_assert_has(ctx.message, "returned 7");
 	ck_assert_has(ctx.message, "test.cmd");
 
 	handler_mode = 4;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
 	ck_assert_has(ctx.message, "event type");
 	ck_assert_uint_eq(ctx.n_events, 0);
 
 	handler_mode = 5;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
 	ck_assert_has(ctx.message, "not a JSON object");
 
 	handler_mode = 6;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), -1);
 	ck_assert_has(ctx.message, "more than 1000 events");
 	ck_assert_uint_eq(ctx.n_events, 0);
 
 	handler_mode = 7;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_REJECTED);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_REJECTED);
 	ck_assert_str_ne(ctx.message, "");
 	handler_mode = 8;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_INVALID);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_INVALID);
 	ck_assert_str_ne(ctx.message, "");
 
 	handler_mode = 9;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
 	ck_assert_uint_eq(ctx.n_events, 0);
 
 	handler_mode = 10;
-	ck_assert_int_eq(cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, &rc, &cmd, NULL, 0), CQRS_OUTCOME_OK);
 
-	ck_assert_int_eq(cmd_ctx_run(&ctx, NULL, &cmd, NULL, 0), -1);
-	cmd_ctx_clear(&ctx);
-	cmd_ctx_clear(&ctx);
+	ck_assert_int_eq(cqrs_cmd_ctx_run(&ctx, NULL, &cmd, NULL, 0), -1);
+	cqrs_cmd_ctx_clear(&ctx);
+	cqrs_cmd_ctx_clear(&ctx);
 	json_object_put(data);
 }
 END_TEST
@@ -750,7 +750,7 @@ START_TEST(emit_without_ctx_consumes)
 }
 END_TEST
 
-/* ---- aggregate_apply ----------------------------------------------------- */
+/* ---- cqrs_aggregate_apply ----------------------------------------------------- */
 
 START_TEST(apply_through_registry)
 {
@@ -765,23 +765,23 @@ START_TEST(apply_through_registry)
 
 	quiet();
 	load_ok(reg, PLUGIN("other"));
-	counter = registry_aggregate(reg, "counter");
+	counter = cqrs_registry_aggregate(reg, "counter");
 	ck_assert_ptr_nonnull(counter);
 	state = counter->type.state_new(counter->plugin_state);
 	/* the applier refuses an event without "by": a corrupt stream */
-	ck_assert_int_eq(aggregate_apply(reg, counter, state, &ev, &err), CQRS_EINTERNAL);
+	ck_assert_int_eq(cqrs_aggregate_apply(reg, counter, state, &ev, &err), CQRS_EINTERNAL);
 	ck_assert_has(err.msg, "CounterAdded");
 	ck_assert_has(err.msg, "counter-1");
 	json_object_object_add(data, "by", json_object_new_int(3));
-	ck_assert_int_eq(aggregate_apply(reg, counter, state, &ev, &err), 0);
+	ck_assert_int_eq(cqrs_aggregate_apply(reg, counter, state, &ev, &err), 0);
 	ck_assert_int_eq(*(int64_t *)state, 3);
 	/* no applier: skipped */
 	ev.type = "SomethingElse";
-	ck_assert_int_eq(aggregate_apply(reg, counter, state, &ev, &err), 0);
+	ck_assert_int_eq(cqrs_aggregate_apply(reg, counter, state, &ev, &err), 0);
 	ck_assert_int_eq(*(int64_t *)state, 3);
 	counter->type.state_free(state);
 	json_object_put(data);
-	registry_free(reg);
+	cqrs_registry_free(reg);
 }
 END_TEST
 
@@ -823,11 +823,11 @@ START_TEST(event_ctx_and_send)
 
 	quiet();
 	load_ok(reg, PLUGIN("other"));
-	h = registry_handler(reg, 0);
-	ck_assert(routing_match(h->pattern, "counter.CounterAdded"));
+	h = cqrs_registry_handler(reg, 0);
+	ck_assert(cqrs_routing_match(h->pattern, "counter.CounterAdded"));
 
 	/* no ops: refused, data consumed */
-	event_ctx_init(&ctx, h, &log, NULL, &ev, NULL);
+	cqrs_event_ctx_init(&ctx, h, &log, NULL, &ev, NULL);
 	ck_assert_ptr_eq(cqrs_event_plugin_state(&ctx), h->plugin_state);
 	ck_assert_str_eq(cqrs_event_log(&ctx)->event_id, "ev-1");
 	ck_assert_ptr_null(cqrs_event_pg(&ctx));
@@ -835,14 +835,14 @@ START_TEST(event_ctx_and_send)
 	ck_assert_int_eq(cqrs_send(&ctx, "k", "counter.add", "2", json_object_new_object(), &err),
 			 CQRS_EUNAVAILABLE);
 	ck_assert_str_eq(err.msg, "no command socket");
-	event_ctx_init(&ctx, h, &log, NULL, &ev, &no_send);
+	cqrs_event_ctx_init(&ctx, h, &log, NULL, &ev, &no_send);
 	ck_assert_int_eq(cqrs_send(&ctx, "k", "counter.add", "2", json_object_new_object(), &err),
 			 CQRS_EUNAVAILABLE);
 	ck_assert_int_eq(cqrs_send(NULL, "k", "counter.add", "2", json_object_new_object(), &err),
 			 CQRS_EUNAVAILABLE);
 
 	/* with ops: passed on with the cause */
-	event_ctx_init(&ctx, h, &log, NULL, &ev, &ops);
+	cqrs_event_ctx_init(&ctx, h, &log, NULL, &ev, &ops);
 	ck_assert_int_eq(cqrs_send(&ctx, "debit", "account.deposit", "7",
 				   json_object_new_object(), &err), 0);
 	ck_assert_int_eq(sent.calls, 1);
@@ -855,7 +855,7 @@ START_TEST(event_ctx_and_send)
 			 CQRS_EINVALID);
 
 	/* a reset has no event to derive a command id from */
-	event_ctx_init(&ctx, h, &log, NULL, NULL, &ops);
+	cqrs_event_ctx_init(&ctx, h, &log, NULL, NULL, &ops);
 	ck_assert_int_eq(h->reset(&ctx), CQRS_HANDLED_OK);
 	ck_assert_int_eq(cqrs_send(&ctx, "k", "counter.add", "2", json_object_new_object(), &err),
 			 CQRS_EINVALID);
@@ -865,7 +865,7 @@ START_TEST(event_ctx_and_send)
 			 CQRS_HANDLED_RETRY);
 	ck_assert_str_eq(ctx.reason, "db down: timeout");
 	ck_assert_int_eq(cqrs_event_fail(NULL, CQRS_HANDLED_FAIL, "x"), CQRS_HANDLED_FAIL);
-	registry_free(reg);
+	cqrs_registry_free(reg);
 }
 END_TEST
 

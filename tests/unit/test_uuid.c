@@ -1,4 +1,4 @@
-/* test_uuid.c - UUID v4/v7 generation and uuid_valid(). */
+/* test_uuid.c - UUID v4/v7 generation and cqrs_uuid_valid(). */
 #include <check.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -72,7 +72,7 @@ assert_shape(const char *id, int version)
 	ck_assert_msg(hex_value(id[14]) == version, "%s: version nibble is not %d", id, version);
 	variant = hex_value(id[19]);
 	ck_assert_msg(variant >= 8 && variant <= 0xb, "%s: variant nibble is not 8..b", id);
-	ck_assert(uuid_valid(id));
+	ck_assert(cqrs_uuid_valid(id));
 }
 
 static uint64_t
@@ -105,7 +105,7 @@ START_TEST(test_v4_shape)
 	int i;
 
 	for (i = 0; i < 1000; i++) {
-		uuid_v4(id);
+		cqrs_uuid_v4(id);
 		assert_shape(id, 4);
 	}
 }
@@ -117,7 +117,7 @@ START_TEST(test_v7_shape)
 	int i;
 
 	for (i = 0; i < 1000; i++) {
-		uuid_v7(id);
+		cqrs_uuid_v7(id);
 		assert_shape(id, 7);
 	}
 }
@@ -132,9 +132,9 @@ START_TEST(test_v4_random_bits_vary)
 	int i;
 	size_t j;
 
-	uuid_v4(first);
+	cqrs_uuid_v4(first);
 	for (i = 0; i < 200; i++) {
-		uuid_v4(id);
+		cqrs_uuid_v4(id);
 		for (j = 0; j < 36; j++)
 			differs[j] |= id[j] != first[j];
 	}
@@ -153,7 +153,7 @@ START_TEST(test_v4_unique)
 	size_t i;
 
 	for (i = 0; i < MANY; i++)
-		uuid_v4(ids[i].s);
+		cqrs_uuid_v4(ids[i].s);
 	assert_unique(ids, MANY);
 	free(ids);
 }
@@ -166,7 +166,7 @@ START_TEST(test_v7_strictly_increasing)
 
 	/* a tight loop: thousands of ids share each millisecond */
 	for (i = 0; i < MANY; i++)
-		uuid_v7(ids[i].s);
+		cqrs_uuid_v7(ids[i].s);
 	for (i = 1; i < MANY; i++)
 		ck_assert_msg(strcmp(ids[i - 1].s, ids[i].s) < 0, "id %zu: %s is not after %s",
 			      i, ids[i].s, ids[i - 1].s);
@@ -183,7 +183,7 @@ START_TEST(test_v7_timestamp_is_now)
 
 	for (i = 0; i < 100; i++) {
 		before = wall_ms();
-		uuid_v7(id);
+		cqrs_uuid_v7(id);
 		after = wall_ms();
 		ms = v7_ms(id);
 		/* ids may run ahead of the clock only when the counter runs out */
@@ -203,8 +203,8 @@ START_TEST(test_v7_random_tail)
 	int i;
 
 	for (i = 0; i < 100; i++) {
-		uuid_v7(a);
-		uuid_v7(b);
+		cqrs_uuid_v7(a);
+		cqrs_uuid_v7(b);
 		/* the last 11 hex digits are random bits below the counter */
 		same_tail += strcmp(a + 25, b + 25) == 0;
 	}
@@ -225,9 +225,9 @@ make_ids(void *arg)
 
 	for (i = 0; i < PER_THREAD; i++) {
 		if (t->v7)
-			uuid_v7(t->ids[i].s);
+			cqrs_uuid_v7(t->ids[i].s);
 		else
-			uuid_v4(t->ids[i].s);
+			cqrs_uuid_v4(t->ids[i].s);
 	}
 	return NULL;
 }
@@ -285,24 +285,24 @@ START_TEST(test_fork_reseeds)
 	ssize_t n;
 	int i, j;
 
-	uuid_v4(warm);	/* the pool now holds unused bytes */
-	uuid_v7(warm);
+	cqrs_uuid_v4(warm);	/* the pool now holds unused bytes */
+	cqrs_uuid_v7(warm);
 	ck_assert_int_eq(pipe(fds), 0);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		close(fds[0]);
 		for (i = 0; i < N; i++) {
-			uuid_v4(child[i]);
-			uuid_v7(child[N + i]);
+			cqrs_uuid_v4(child[i]);
+			cqrs_uuid_v7(child[N + i]);
 		}
 		n = write(fds[1], child, sizeof(child));
 		_exit(n == (ssize_t)sizeof(child) ? 0 : 1);
 	}
 	close(fds[1]);
 	for (i = 0; i < N; i++) {
-		uuid_v4(parent[i]);
-		uuid_v7(parent[N + i]);
+		cqrs_uuid_v4(parent[i]);
+		cqrs_uuid_v7(parent[N + i]);
 	}
 	while (got < sizeof(child)) {
 		n = read(fds[0], (char *)child + got, sizeof(child) - got);
@@ -327,43 +327,43 @@ START_TEST(test_valid_accepts)
 {
 	char id[UUID_STR_LEN];
 
-	ck_assert(uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950e"));
-	ck_assert(uuid_valid("0F8FAD5B-D9CB-469F-A165-70867728950E"));
-	ck_assert(uuid_valid("0f8fAD5b-d9cb-469F-a165-70867728950E"));
-	ck_assert(uuid_valid("00000000-0000-0000-0000-000000000000"));
-	ck_assert(uuid_valid("ffffffff-ffff-ffff-ffff-ffffffffffff"));
+	ck_assert(cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950e"));
+	ck_assert(cqrs_uuid_valid("0F8FAD5B-D9CB-469F-A165-70867728950E"));
+	ck_assert(cqrs_uuid_valid("0f8fAD5b-d9cb-469F-a165-70867728950E"));
+	ck_assert(cqrs_uuid_valid("00000000-0000-0000-0000-000000000000"));
+	ck_assert(cqrs_uuid_valid("ffffffff-ffff-ffff-ffff-ffffffffffff"));
 	/* any version and variant */
-	ck_assert(uuid_valid("0f8fad5b-d9cb-169f-c165-70867728950e"));
-	uuid_v4(id);
-	ck_assert(uuid_valid(id));
-	uuid_v7(id);
-	ck_assert(uuid_valid(id));
+	ck_assert(cqrs_uuid_valid("0f8fad5b-d9cb-169f-c165-70867728950e"));
+	cqrs_uuid_v4(id);
+	ck_assert(cqrs_uuid_valid(id));
+	cqrs_uuid_v7(id);
+	ck_assert(cqrs_uuid_valid(id));
 }
 END_TEST
 
 START_TEST(test_valid_rejects)
 {
-	ck_assert(!uuid_valid(NULL));
-	ck_assert(!uuid_valid(""));
+	ck_assert(!cqrs_uuid_valid(NULL));
+	ck_assert(!cqrs_uuid_valid(""));
 	/* length */
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950ee"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950e "));
-	ck_assert(!uuid_valid(" 0f8fad5b-d9cb-469f-a165-70867728950e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950ee"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950e "));
+	ck_assert(!cqrs_uuid_valid(" 0f8fad5b-d9cb-469f-a165-70867728950e"));
 	/* hyphens missing, moved or extra */
-	ck_assert(!uuid_valid("0f8fad5bd9cb469fa16570867728950e"));
-	ck_assert(!uuid_valid("0f8fad5bd-9cb-469f-a165-70867728950e"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a16570867728950e-"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165_70867728950e"));
-	ck_assert(!uuid_valid("------------------------------------"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5bd9cb469fa16570867728950e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5bd-9cb-469f-a165-70867728950e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a16570867728950e-"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165_70867728950e"));
+	ck_assert(!cqrs_uuid_valid("------------------------------------"));
 	/* not hex */
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950g"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-7086772895 e"));
-	ck_assert(!uuid_valid("{0f8fad5b-d9cb-469f-a165-70867728950e}"));
-	ck_assert(!uuid_valid("urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e"));
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165-70867728\xc3\xa9" "0e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728950g"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-7086772895 e"));
+	ck_assert(!cqrs_uuid_valid("{0f8fad5b-d9cb-469f-a165-70867728950e}"));
+	ck_assert(!cqrs_uuid_valid("urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165-70867728\xc3\xa9" "0e"));
 	/* a NUL inside stops it short */
-	ck_assert(!uuid_valid("0f8fad5b-d9cb-469f-a165\0-70867728950e"));
+	ck_assert(!cqrs_uuid_valid("0f8fad5b-d9cb-469f-a165\0-70867728950e"));
 }
 END_TEST
 
