@@ -93,15 +93,6 @@ fix_path(const struct env *e, const char *name)
 	return p;
 }
 
-static void
-touch(const char *path)
-{
-	FILE *f = fopen(path, "w");
-
-	ck_assert_ptr_nonnull(f);
-	fclose(f);
-}
-
 static long long
 applied(const struct env *e)
 {
@@ -309,7 +300,7 @@ START_TEST(failing_event_dead_lettered_then_retried)
 	ck_assert(cons_log_count(e.c, "dead-lettered poison-2 version 3") == 1);
 
 	/* the fix, then v3 alone, then the rest */
-	touch(fix);
+	fixture_touch(fix);
 	{
 		char args[200];
 
@@ -404,7 +395,7 @@ START_TEST(crashing_event_dead_lettered_after_delivery_limit)
 		      "%s", out);
 	free(out);
 
-	touch(fix);
+	fixture_touch(fix);
 	rc = cons_ctl(e.c, "dead poison --all", &out);
 	ck_assert_msg(rc == 0, "%s", out);
 	free(out);

@@ -132,20 +132,32 @@ END_TEST
 START_TEST(kill9_midstream_then_restart)
 {
 	struct env e;
+	char *dir, barrier[256], data[300];
 
+	/* The first 10 events go through; the 11th blocks its handler on a
+	 * file the test creates only after the kill, so the kill is sure to
+	 * land mid-stream, with events in hand and in the queue. */
+	dir = fixture_tmpdir();
+	snprintf(barrier, sizeof(barrier), "%s/barrier", dir);
+	snprintf(data, sizeof(data), "{\"wait\":\"%s\"}", barrier);
 	env_init(&e, "delivery_limit = 20\n");
 	cons_start(e.c);
 	proc_start(e.tracker);
-	append(&e, 60, "{\"sleep_ms\":10}");
+	append(&e, 10, "{}");
+	append(&e, 50, data);
 	ck_assert_int_ge(cons_wait_query(e.conninfo, "SELECT count(*) FROM poison_applied", 10,
-					 10000),
+					 30000),
 			 10);
 	cons_kill(e.c);
-	ck_assert_int_lt(cons_poison_count(e.conninfo), 60);
+	ck_assert_int_eq(cons_poison_count(e.conninfo), 10);
+	fixture_touch(barrier);
 	append(&e, 20, "{}");
 	cons_start(e.c);
 	finish(&e);
 	env_fini(&e);
+	unlink(barrier);
+	rmdir(dir);
+	free(dir);
 }
 END_TEST
 

@@ -313,3 +313,13 @@ fixture_tmpdir(void)
 	chmod(tmpl, 0755);
 	return strdup(tmpl);
 }
+
+void
+fixture_touch(const char *path)
+{
+	FILE *f = fopen(path, "w");
+
+	if (f == NULL)
+		ck_abort_msg("fixture: %s: %s", path, strerror(errno));
+	fclose(f);
+}

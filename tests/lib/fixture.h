@@ -57,4 +57,7 @@ char *fixture_file_tail(const char *path, int n);
 /* A fresh temporary directory with a short path (for sockets). */
 char *fixture_tmpdir(void);
 
+/* Create the (empty) file path: opens a barrier a test plugin waits on. */
+void fixture_touch(const char *path);
+
 #endif

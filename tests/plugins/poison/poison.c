@@ -7,6 +7,8 @@
  *   "abort": PATH    abort() the process, unless the file PATH exists
  *   "retry": N       CQRS_HANDLED_RETRY the first N times this process sees it
  *   "sleep_ms": N    sleep first
+ *   "wait": PATH     block until the file PATH exists (a barrier the test
+ *                    opens; given up after two minutes)
  *
  * The record, in the consumer's transaction:
  *   poison_applied (seq bigserial, stream, version, event_id, pid)
@@ -94,6 +96,9 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 
 	if ((n = int_field(ev, "sleep_ms")) > 0)
 		usleep((useconds_t)n * 1000);
+	if ((path = str_field(ev, "wait")) != NULL)
+		for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
+			usleep(10 * 1000);
 	if ((path = str_field(ev, "abort")) != NULL && access(path, F_OK) != 0) {
 		cqrs_log_warn(cqrs_event_log(ctx), "poison: aborting on %s version %lld", ev->stream,
 			      (long long)ev->version);
