@@ -1,13 +1,13 @@
 /*
- * broker.c - RabbitMQ through librabbitmq: connect, declare, publish with
- * publisher confirms.
+ * broker.c - the AMQP connection on librabbitmq: URL, TCP or TLS, login,
+ * channels, errors, the frames that are not deliveries, topology.
  *
  * librabbitmq is blocking and keeps no background thread: heartbeats are
- * sent and checked only inside its calls, which is why cqrs_broker_poll() exists.
- * Confirms are read with amqp_simple_wait_frame_noblock() rather than through
- * an RPC call, because acks for many messages arrive as they come (multiple or
- * one by one, in any order), interleaved with heartbeats and, under a
- * resource alarm, connection.blocked.
+ * sent and checked only inside its calls, which is why cqrs_broker_poll()
+ * exists. Frames other than RPC replies and deliveries (acks of publisher
+ * confirms, closes, connection.blocked, a cancel of our consumer) are read
+ * with amqp_simple_wait_frame_noblock() and handled in one place,
+ * handle_method(), for every caller.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -15,49 +15,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#if defined(__has_include)
-#if __has_include(<rabbitmq-c/amqp.h>)
-#define BROKER_NEW_HEADERS 1
-#endif
-#endif
+#include "broker_int.h"
+
 #ifdef BROKER_NEW_HEADERS
-#include <rabbitmq-c/amqp.h>
 #include <rabbitmq-c/ssl_socket.h>
 #include <rabbitmq-c/tcp_socket.h>
 #else
-#include <amqp.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #endif
 
-#include "broker.h"
-#include "envelope.h"
-
-#define CHANNEL 1
-#define DELIVERY_PERSISTENT 2
+#define CH_STATUS BROKER_CHANNEL_MAX	/* passive declares only: no deliveries, no confirms */
 #define FRAME_MAX 131072
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
-
-struct broker {
-	amqp_connection_state_t conn;
-	struct broker_url url;
-	bool broken;
-	bool blocked;
-	char blocked_reason[128];
-	/*
-	 * Confirms: every tag below `low` is acked; acked[i] says whether tag
-	 * base + i is (for tags low..published). Tags are numbered by the
-	 * server from 1 in the order of publishing on the channel.
-	 */
-	uint64_t published;
-	uint64_t low;
-	uint64_t base;
-	uint8_t *acked;
-	size_t acked_cap;
-};
 
 /* ---- URL ----------------------------------------------------------------- */
 
@@ -179,12 +151,9 @@ cqrs_broker_reply_text(const amqp_rpc_reply_t *rp, char *buf, size_t size)
 	}
 }
 
-/* Marks b broken and fills err: "broker HOST:PORT/VHOST: STEP: WHY". */
-static int fail(struct broker *b, struct cqrs_err *err, int code, const char *step,
-		const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int
-fail(struct broker *b, struct cqrs_err *err, int code, const char *step, const char *fmt, ...)
+int
+cqrs_broker_fail(struct broker *b, struct cqrs_err *err, int code, const char *step,
+		 const char *fmt, ...)
 {
 	char why[CQRS_ERR_MSG_MAX];
 	va_list ap;
@@ -196,9 +165,23 @@ fail(struct broker *b, struct cqrs_err *err, int code, const char *step, const c
 	return cqrs_err_set(err, code, "broker %s: %s: %s", b->url.name, step, why);
 }
 
-/* An RPC's reply: 0, or the broker broken with the reason. */
-static int
-check_reply(struct broker *b, amqp_rpc_reply_t r, const char *step, struct cqrs_err *err)
+/* The server closed channel ch or the connection: answer it, so that it
+ * does not wait for us, and note that the channel is gone. */
+static void
+answer_close(struct broker *b, amqp_method_number_t id, int ch)
+{
+	if (id == AMQP_CONNECTION_CLOSE_METHOD) {
+		amqp_connection_close_ok_t ok = { 0 };
+		(void)amqp_send_method(b->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+	} else if (id == AMQP_CHANNEL_CLOSE_METHOD) {
+		amqp_channel_close_ok_t ok = { 0 };
+		(void)amqp_send_method(b->conn, (amqp_channel_t)ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+	}
+}
+
+int
+cqrs_broker_check_reply(struct broker *b, amqp_rpc_reply_t r, int ch, const char *step,
+			struct cqrs_err *err)
 {
 	char why[CQRS_ERR_MSG_MAX];
 	int code = CQRS_EUNAVAILABLE;
@@ -207,17 +190,20 @@ check_reply(struct broker *b, amqp_rpc_reply_t r, const char *step, struct cqrs_
 		return 0;
 	cqrs_broker_reply_text(&r, why, sizeof(why));
 	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
-		/* answer the close, so the server does not wait for it */
-		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-			amqp_connection_close_ok_t ok = { 0 };
-			(void)amqp_send_method(b->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-		} else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-			amqp_channel_close_ok_t ok = { 0 };
-			(void)amqp_send_method(b->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+		answer_close(b, r.reply.id, ch);
+		if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
 			code = CQRS_EINTERNAL;
-		}
 	}
-	return fail(b, err, code, step, "%s", why);
+	return cqrs_broker_fail(b, err, code, step, "%s", why);
+}
+
+int
+cqrs_broker_check_usable(struct broker *b, const char *step, struct cqrs_err *err)
+{
+	if (b->broken)
+		return cqrs_err_set(err, CQRS_EUNAVAILABLE,
+				    "broker %s: %s: the connection failed earlier", b->url.name, step);
+	return 0;
 }
 
 /* ---- connection ---------------------------------------------------------- */
@@ -228,6 +214,7 @@ cqrs_broker_options_default(struct broker_options *o)
 	memset(o, 0, sizeof(*o));
 	o->heartbeat_s = 30;
 	o->connect_timeout_ms = 10000;
+	o->confirms = true;
 	o->verify = true;
 }
 
@@ -242,14 +229,45 @@ setup_tls(struct broker *b, amqp_socket_t *sock, const struct broker_options *op
 	amqp_ssl_socket_set_verify_peer(sock, opt->verify);
 	amqp_ssl_socket_set_verify_hostname(sock, opt->verify);
 	if (ca != NULL && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK)
-		return fail(b, err, CQRS_ECONFIG, "TLS", "cannot load CA certificates from \"%s\"", ca);
+		return cqrs_broker_fail(b, err, CQRS_ECONFIG, "TLS",
+					"cannot load CA certificates from \"%s\"", ca);
 	if ((opt->cert == NULL) != (opt->key == NULL))
-		return fail(b, err, CQRS_ECONFIG, "TLS",
-			    "a client certificate needs both broker.cert and broker.key");
+		return cqrs_broker_fail(b, err, CQRS_ECONFIG, "TLS",
+					"a client certificate needs both broker.cert and broker.key");
 	if (opt->cert != NULL && amqp_ssl_socket_set_key(sock, opt->cert, opt->key) != AMQP_STATUS_OK)
-		return fail(b, err, CQRS_ECONFIG, "TLS",
-			    "cannot load the client certificate \"%s\" and key \"%s\"",
-			    opt->cert, opt->key);
+		return cqrs_broker_fail(b, err, CQRS_ECONFIG, "TLS",
+					"cannot load the client certificate \"%s\" and key \"%s\"",
+					opt->cert, opt->key);
+	return 0;
+}
+
+/* TCP or TLS, then the socket open within the connect timeout. */
+static int
+open_socket(struct broker *b, const struct broker_options *opt, struct timeval *tv,
+	    struct cqrs_err *err)
+{
+	amqp_socket_t *sock;
+	int rc;
+
+	b->conn = amqp_new_connection();
+	if (b->conn == NULL)
+		return cqrs_broker_fail(b, err, CQRS_ENOMEM, "connect", "out of memory");
+	sock = b->url.tls ? amqp_ssl_socket_new(b->conn) : amqp_tcp_socket_new(b->conn);
+	if (sock == NULL)
+		return cqrs_broker_fail(b, err, CQRS_ENOMEM, "connect", "cannot create a %s socket",
+					b->url.tls ? "TLS" : "TCP");
+	if (b->url.tls && (rc = setup_tls(b, sock, opt, err)) < 0)
+		return rc;
+	tv->tv_sec = opt->connect_timeout_ms / 1000;
+	tv->tv_usec = (opt->connect_timeout_ms % 1000) * 1000;
+	rc = amqp_socket_open_noblock(sock, b->url.host, b->url.port, tv);
+	if (rc != AMQP_STATUS_OK)
+		return cqrs_broker_fail(b, err, CQRS_EUNAVAILABLE,
+					b->url.tls ? "TLS connect" : "connect", "%s",
+					amqp_error_string2(rc));
+	/* the handshake and every RPC (declare, tx.commit, close) give up after this */
+	(void)amqp_set_handshake_timeout(b->conn, tv);
+	(void)amqp_set_rpc_timeout(b->conn, tv);
 	return 0;
 }
 
@@ -259,7 +277,6 @@ cqrs_broker_connect(const char *url, const struct broker_options *opt, struct br
 {
 	struct broker_options defaults;
 	struct broker *b = NULL;
-	amqp_socket_t *sock;
 	struct timeval tv;
 	amqp_table_entry_t caps[1], props[2];
 	amqp_table_t client_props;
@@ -274,34 +291,13 @@ cqrs_broker_connect(const char *url, const struct broker_options *opt, struct br
 	if (b == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker: out of memory");
 	b->low = b->base = 1;
+	b->confirms = opt->confirms;
 	if ((rc = cqrs_broker_url_parse(url, &b->url, err)) < 0) {
 		free(b);
 		return rc;
 	}
-	b->conn = amqp_new_connection();
-	if (b->conn == NULL) {
-		rc = fail(b, err, CQRS_ENOMEM, "connect", "out of memory");
+	if ((rc = open_socket(b, opt, &tv, err)) < 0)
 		goto bad;
-	}
-	sock = b->url.tls ? amqp_ssl_socket_new(b->conn) : amqp_tcp_socket_new(b->conn);
-	if (sock == NULL) {
-		rc = fail(b, err, CQRS_ENOMEM, "connect", "cannot create a %s socket",
-			  b->url.tls ? "TLS" : "TCP");
-		goto bad;
-	}
-	if (b->url.tls && (rc = setup_tls(b, sock, opt, err)) < 0)
-		goto bad;
-	tv.tv_sec = opt->connect_timeout_ms / 1000;
-	tv.tv_usec = (opt->connect_timeout_ms % 1000) * 1000;
-	rc = amqp_socket_open_noblock(sock, b->url.host, b->url.port, &tv);
-	if (rc != AMQP_STATUS_OK) {
-		rc = fail(b, err, CQRS_EUNAVAILABLE, b->url.tls ? "TLS connect" : "connect", "%s",
-			  amqp_error_string2(rc));
-		goto bad;
-	}
-	/* the handshake and every RPC (declare, close) give up after this */
-	(void)amqp_set_handshake_timeout(b->conn, &tv);
-	(void)amqp_set_rpc_timeout(b->conn, &tv);
 
 	/* Ask for connection.blocked: a resource alarm then tells us why
 	 * publishing stalls instead of leaving us waiting in silence. */
@@ -321,21 +317,24 @@ cqrs_broker_connect(const char *url, const struct broker_options *opt, struct br
 	}
 	client_props.num_entries = n;
 	client_props.entries = props;
-	rc = check_reply(b, amqp_login_with_properties(b->conn, b->url.vhost, 0, FRAME_MAX,
-						       opt->heartbeat_s, &client_props,
-						       AMQP_SASL_METHOD_PLAIN, b->url.user,
-						       b->url.password),
-			 "login", err);
+	rc = cqrs_broker_check_reply(b, amqp_login_with_properties(b->conn, b->url.vhost, 0, FRAME_MAX,
+								   opt->heartbeat_s, &client_props,
+								   AMQP_SASL_METHOD_PLAIN, b->url.user,
+								   b->url.password),
+				     0, "login", err);
 	if (rc < 0) {
 		cqrs_err_prefix(err, "user \"%s\"", b->url.user);
 		goto bad;
 	}
-	amqp_channel_open(b->conn, CHANNEL);
-	if ((rc = check_reply(b, amqp_get_rpc_reply(b->conn), "channel.open", err)) < 0)
+	if ((rc = cqrs_broker_channel(b, BROKER_CHANNEL, err)) < 0)
 		goto bad;
-	amqp_confirm_select(b->conn, CHANNEL);
-	if ((rc = check_reply(b, amqp_get_rpc_reply(b->conn), "confirm.select", err)) < 0)
-		goto bad;
+	if (b->confirms) {
+		amqp_confirm_select(b->conn, BROKER_CHANNEL);
+		rc = cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), BROKER_CHANNEL,
+					     "confirm.select", err);
+		if (rc < 0)
+			goto bad;
+	}
 	*out = b;
 	return 0;
 bad:
@@ -349,12 +348,10 @@ cqrs_broker_free(struct broker *b)
 	if (b == NULL)
 		return;
 	if (b->conn != NULL) {
-		if (!b->broken) {
-			/* polite close: the server then logs no "client unexpectedly
-			 * closed TCP connection" */
-			(void)amqp_channel_close(b->conn, CHANNEL, AMQP_REPLY_SUCCESS);
+		/* polite close: the server then logs no "client unexpectedly
+		 * closed TCP connection"; it closes the channels with it */
+		if (!b->broken)
 			(void)amqp_connection_close(b->conn, AMQP_REPLY_SUCCESS);
-		}
 		amqp_destroy_connection(b->conn);
 	}
 	cqrs_broker_url_clear(&b->url);
@@ -390,99 +387,36 @@ cqrs_broker_blocked(const struct broker *b, const char **reason)
 	return b->blocked;
 }
 
-static int
-check_usable(struct broker *b, const char *step, struct cqrs_err *err)
-{
-	if (b->broken)
-		return cqrs_err_set(err, CQRS_EUNAVAILABLE,
-				    "broker %s: %s: the connection failed earlier", b->url.name, step);
-	return 0;
-}
-
 int
-cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
+cqrs_broker_channel(struct broker *b, int ch, struct cqrs_err *err)
 {
+	char step[40];
 	int rc;
 
-	if ((rc = check_usable(b, "declare", err)) < 0)
+	if (ch < 1 || ch > BROKER_CHANNEL_MAX)
+		return cqrs_err_set(err, CQRS_EINVALID, "broker %s: no channel %d (1 to %d)",
+				    b->url.name, ch, BROKER_CHANNEL_MAX);
+	if (b->open & (1u << ch))
+		return 0;
+	if (ch == BROKER_CHANNEL)
+		snprintf(step, sizeof(step), "channel.open");
+	else
+		snprintf(step, sizeof(step), "channel.open (%d)", ch);
+	amqp_channel_open(b->conn, (amqp_channel_t)ch);
+	if ((rc = cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), ch, step, err)) < 0)
 		return rc;
-	/* durable, not auto-delete, not internal: DESIGN.md's exchange */
-	amqp_exchange_declare(b->conn, CHANNEL, amqp_cstring_bytes(BROKER_EXCHANGE),
-			      amqp_cstring_bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-	return check_reply(b, amqp_get_rpc_reply(b->conn),
-			   "declare exchange \"" BROKER_EXCHANGE "\" (durable topic)", err);
-}
-
-/* ---- confirms ------------------------------------------------------------ */
-
-/* Room to record tag `published + 1`. */
-static int
-track_publish(struct broker *b)
-{
-	size_t need = (size_t)(b->published + 1 - b->base) + 1;
-
-	if (b->low > b->published) {
-		/* everything settled: start over at the next tag */
-		b->base = b->published + 1;
-		need = 1;
-	} else if (b->low - b->base > b->acked_cap / 2) {
-		/* drop the settled front */
-		size_t drop = (size_t)(b->low - b->base);
-		memmove(b->acked, b->acked + drop, (size_t)(b->published + 1 - b->low));
-		b->base = b->low;
-		need -= drop;
-	}
-	if (need > b->acked_cap) {
-		size_t cap = b->acked_cap ? b->acked_cap * 2 : 1024;
-		uint8_t *p;
-		while (cap < need)
-			cap *= 2;
-		p = realloc(b->acked, cap);
-		if (p == NULL)
-			return -1;
-		b->acked = p;
-		b->acked_cap = cap;
-	}
-	b->acked[need - 1] = 0;
+	b->open |= 1u << ch;
 	return 0;
-}
-
-static int
-settle(struct broker *b, uint64_t tag, bool multiple, struct cqrs_err *err)
-{
-	if (tag > b->published || (tag < b->low && !multiple) || tag == 0)
-		return fail(b, err, CQRS_EINTERNAL, "confirm",
-			    "ack for delivery tag %" PRIu64 ", which is not outstanding (%" PRIu64
-			    " published, all below %" PRIu64 " acked)", tag, b->published, b->low);
-	if (multiple) {
-		if (tag >= b->low)
-			memset(b->acked + (b->low - b->base), 1, (size_t)(tag - b->low + 1));
-	} else {
-		b->acked[tag - b->base] = 1;
-	}
-	while (b->low <= b->published && b->acked[b->low - b->base])
-		b->low++;
-	return 0;
-}
-
-size_t
-cqrs_broker_unconfirmed(const struct broker *b)
-{
-	size_t n = 0;
-
-	for (uint64_t t = b->low; t <= b->published; t++)
-		n += b->acked[t - b->base] == 0;
-	return n;
-}
-
-uint64_t
-cqrs_broker_confirmed(const struct broker *b)
-{
-	return b->low - 1;
 }
 
 /* ---- frames -------------------------------------------------------------- */
 
+/*
+ * A method that is neither an RPC reply nor a delivery. With publisher
+ * confirms (the tracker) anything but acks, blocks and closes is a protocol
+ * error; a consumer's connection also sees what follows a cancelled
+ * consumer or a delivery's leftovers, which are not ours to judge.
+ */
 static int
 handle_method(struct broker *b, amqp_frame_t *f, struct cqrs_err *err)
 {
@@ -491,13 +425,13 @@ handle_method(struct broker *b, amqp_frame_t *f, struct cqrs_err *err)
 	switch (m->id) {
 	case AMQP_BASIC_ACK_METHOD: {
 		amqp_basic_ack_t *a = m->decoded;
-		return settle(b, a->delivery_tag, a->multiple != 0, err);
+		return cqrs_broker_settle(b, a->delivery_tag, a->multiple != 0, err);
 	}
 	case AMQP_BASIC_NACK_METHOD: {
 		amqp_basic_nack_t *a = m->decoded;
-		return fail(b, err, CQRS_EINTERNAL, "confirm",
-			    "the broker refused (nack) delivery tag %" PRIu64 "%s", a->delivery_tag,
-			    a->multiple ? " and every tag before it" : "");
+		return cqrs_broker_fail(b, err, CQRS_EINTERNAL, "confirm",
+					"the broker refused (nack) delivery tag %" PRIu64 "%s",
+					a->delivery_tag, a->multiple ? " and every tag before it" : "");
 	}
 	case AMQP_BASIC_RETURN_METHOD: {
 		amqp_basic_return_t *r = m->decoded;
@@ -510,27 +444,29 @@ handle_method(struct broker *b, amqp_frame_t *f, struct cqrs_err *err)
 		/* the returned content follows: read it off the wire */
 		if (amqp_read_message(b->conn, f->channel, &msg, 0).reply_type == AMQP_RESPONSE_NORMAL)
 			amqp_destroy_message(&msg);
-		return fail(b, err, CQRS_EINTERNAL, "publish", "%s", why);
+		return cqrs_broker_fail(b, err, CQRS_EINTERNAL, "publish", "%s", why);
 	}
+	case AMQP_BASIC_CANCEL_METHOD:
+		/* the queue was deleted under us */
+		return cqrs_broker_fail(b, err, CQRS_EUNAVAILABLE, "receive",
+					"the broker cancelled our consumer (was the queue deleted?)");
 	case AMQP_CHANNEL_CLOSE_METHOD: {
 		amqp_channel_close_t *c = m->decoded;
-		amqp_channel_close_ok_t ok = { 0 };
 		char why[CQRS_ERR_MSG_MAX];
 
 		snprintf(why, sizeof(why), "channel closed by the broker: %u %.*s", c->reply_code,
 			 (int)c->reply_text.len, (char *)c->reply_text.bytes);
-		(void)amqp_send_method(b->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-		return fail(b, err, CQRS_EINTERNAL, "channel", "%s", why);
+		answer_close(b, m->id, f->channel);
+		return cqrs_broker_fail(b, err, CQRS_EINTERNAL, "channel", "%s", why);
 	}
 	case AMQP_CONNECTION_CLOSE_METHOD: {
 		amqp_connection_close_t *c = m->decoded;
-		amqp_connection_close_ok_t ok = { 0 };
 		char why[CQRS_ERR_MSG_MAX];
 
 		snprintf(why, sizeof(why), "connection closed by the broker: %u %.*s", c->reply_code,
 			 (int)c->reply_text.len, (char *)c->reply_text.bytes);
-		(void)amqp_send_method(b->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-		return fail(b, err, CQRS_EUNAVAILABLE, "connection", "%s", why);
+		answer_close(b, m->id, 0);
+		return cqrs_broker_fail(b, err, CQRS_EUNAVAILABLE, "connection", "%s", why);
 	}
 	case AMQP_CONNECTION_BLOCKED_METHOD: {
 		amqp_connection_blocked_t *c = m->decoded;
@@ -544,15 +480,15 @@ handle_method(struct broker *b, amqp_frame_t *f, struct cqrs_err *err)
 		b->blocked_reason[0] = '\0';
 		return 0;
 	default:
-		return fail(b, err, CQRS_EINTERNAL, "read", "unexpected %s on channel %u",
-			    amqp_method_name(m->id), f->channel);
+		if (!b->confirms)
+			return 0;
+		return cqrs_broker_fail(b, err, CQRS_EINTERNAL, "read", "unexpected %s on channel %u",
+					amqp_method_name(m->id), f->channel);
 	}
 }
 
-/* Reads and handles one frame, waiting up to *tv. 1 when one was handled,
- * 0 on timeout, or an error. */
-static int
-read_one(struct broker *b, struct timeval *tv, const char *step, struct cqrs_err *err)
+int
+cqrs_broker_read_frame(struct broker *b, struct timeval *tv, const char *step, struct cqrs_err *err)
 {
 	amqp_frame_t f;
 	int rc = amqp_simple_wait_frame_noblock(b->conn, &f, tv);
@@ -560,10 +496,14 @@ read_one(struct broker *b, struct timeval *tv, const char *step, struct cqrs_err
 	if (rc == AMQP_STATUS_TIMEOUT)
 		return 0;
 	if (rc != AMQP_STATUS_OK)
-		return fail(b, err, CQRS_EUNAVAILABLE, step, "%s", amqp_error_string2(rc));
-	if (f.frame_type != AMQP_FRAME_METHOD)
-		return fail(b, err, CQRS_EINTERNAL, step, "unexpected frame of type %u on channel %u",
-			    f.frame_type, f.channel);
+		return cqrs_broker_fail(b, err, CQRS_EUNAVAILABLE, step, "%s", amqp_error_string2(rc));
+	if (f.frame_type != AMQP_FRAME_METHOD) {
+		if (!b->confirms)
+			return 1;
+		return cqrs_broker_fail(b, err, CQRS_EINTERNAL, step,
+					"unexpected frame of type %u on channel %u", f.frame_type,
+					f.channel);
+	}
 	rc = handle_method(b, &f, err);
 	return rc < 0 ? rc : 1;
 }
@@ -574,147 +514,114 @@ cqrs_broker_poll(struct broker *b, struct cqrs_err *err)
 	struct timeval zero = { 0, 0 };
 	int rc;
 
-	if ((rc = check_usable(b, "poll", err)) < 0)
+	if ((rc = cqrs_broker_check_usable(b, "poll", err)) < 0)
 		return rc;
+	/* Deliveries are only read through cqrs_broker_next(): with a consumer
+	 * running, or deliveries queued by the library, leave the frames to it
+	 * (heartbeats are sent on the way). */
+	if (b->consuming || (!b->confirms && amqp_frames_enqueued(b->conn)))
+		return 0;
 	/* everything already received, without blocking; this is also where
 	 * librabbitmq sends a heartbeat that is due and notices a missed one */
-	while ((rc = read_one(b, &zero, "read", err)) > 0)
+	while ((rc = cqrs_broker_read_frame(b, &zero, "read", err)) > 0)
 		;
 	amqp_maybe_release_buffers(b->conn);
 	return rc;
 }
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
+/* ---- topology ------------------------------------------------------------ */
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+int
+cqrs_broker_declare_exchange(struct broker *b, const char *name, const char *type,
+			     struct cqrs_err *err)
+{
+	char step[400];
+	int rc;
+
+	if ((rc = cqrs_broker_check_usable(b, "declare", err)) < 0)
+		return rc;
+	snprintf(step, sizeof(step), "declare exchange \"%.200s\" (durable %.80s)", name, type);
+	/* durable, not auto-delete, not internal */
+	amqp_exchange_declare(b->conn, BROKER_CHANNEL, amqp_cstring_bytes(name),
+			      amqp_cstring_bytes(type), 0, 1, 0, 0, amqp_empty_table);
+	return cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), BROKER_CHANNEL, step, err);
 }
 
 int
-cqrs_broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
+cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
 {
-	int64_t deadline = now_ms() + timeout_ms;
-	int rc;
+	return cqrs_broker_declare_exchange(b, BROKER_EXCHANGE, "topic", err);
+}
 
-	if ((rc = check_usable(b, "confirm", err)) < 0)
+int
+cqrs_broker_declare_queue(struct broker *b, const struct broker_queue *q, struct cqrs_err *err)
+{
+	amqp_table_entry_t args[4];
+	amqp_table_t table;
+	char step[400];
+	int n = 0, rc;
+
+	if ((rc = cqrs_broker_check_usable(b, "declare", err)) < 0)
 		return rc;
-	if (upto == 0 || upto > b->published)
-		upto = b->published;
-	while (b->low <= upto) {
-		int64_t left = deadline - now_ms();
-		struct timeval tv;
-
-		if (left <= 0)
-			return fail(b, err, CQRS_EUNAVAILABLE, "confirm",
-				    "no confirm for %zu messages within %d ms", cqrs_broker_unconfirmed(b),
-				    timeout_ms);
-		tv.tv_sec = left / 1000;
-		tv.tv_usec = (left % 1000) * 1000;
-		if ((rc = read_one(b, &tv, "confirm", err)) < 0)
-			return rc;
+	if (q->type != NULL)
+		args[n++] = broker_entry_str("x-queue-type", q->type);
+	if (q->dead_exchange != NULL)
+		args[n++] = broker_entry_str("x-dead-letter-exchange", q->dead_exchange);
+	if (q->dead_routing_key != NULL)
+		args[n++] = broker_entry_str("x-dead-letter-routing-key", q->dead_routing_key);
+	if (q->delivery_limit > 0) {
+		args[n].key = amqp_cstring_bytes("x-delivery-limit");
+		args[n].value.kind = AMQP_FIELD_KIND_I64;
+		args[n++].value.value.i64 = q->delivery_limit;
 	}
-	amqp_maybe_release_buffers(b->conn);
-	return 0;
-}
-
-/* ---- publishing ---------------------------------------------------------- */
-
-static amqp_bytes_t
-bytes_of(const char *s)
-{
-	return amqp_cstring_bytes(s ? s : "");
+	table.num_entries = n;
+	table.entries = args;
+	snprintf(step, sizeof(step), "declare queue \"%.200s\"%s%.20s%s%s", q->name,
+		 q->type != NULL ? " (" : "", q->type != NULL ? q->type : "",
+		 q->type != NULL && q->delivery_limit > 0 ? ", x-delivery-limit" : "",
+		 q->type != NULL ? ")" : "");
+	/* not passive, durable, not exclusive, not auto-delete */
+	amqp_queue_declare(b->conn, BROKER_CHANNEL, amqp_cstring_bytes(q->name), 0, 1, 0, 0, table);
+	return cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), BROKER_CHANNEL, step, err);
 }
 
 int
-cqrs_broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
-	       struct cqrs_err *err)
+cqrs_broker_bind(struct broker *b, const char *queue, const char *exchange,
+		 const char *routing_key, struct cqrs_err *err)
 {
-	amqp_basic_properties_t p;
-	amqp_table_entry_t h[3];
-	amqp_bytes_t body;
+	char step[400];
 	int rc;
 
-	if ((rc = check_usable(b, "publish", err)) < 0)
+	if ((rc = cqrs_broker_check_usable(b, "bind", err)) < 0)
 		return rc;
-	if (m->routing_key == NULL || strlen(m->routing_key) > BROKER_SHORTSTR_MAX ||
-	    (m->message_id != NULL && strlen(m->message_id) > BROKER_SHORTSTR_MAX) ||
-	    (m->type != NULL && strlen(m->type) > BROKER_SHORTSTR_MAX))
-		return cqrs_err_set(err, CQRS_EINVALID,
-				    "broker %s: publish: routing key, message id or type missing or "
-				    "over %d bytes", b->url.name, BROKER_SHORTSTR_MAX);
-	if (track_publish(b) < 0)
-		return cqrs_err_set(err, CQRS_ENOMEM, "broker %s: publish: out of memory", b->url.name);
-
-	memset(&p, 0, sizeof(p));
-	p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-		   AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_HEADERS_FLAG;
-	p.content_type = amqp_cstring_bytes("application/json");
-	p.delivery_mode = DELIVERY_PERSISTENT;
-	p.message_id = bytes_of(m->message_id);
-	p.type = bytes_of(m->type);
-	h[0].key = amqp_cstring_bytes("stream");
-	h[0].value.kind = AMQP_FIELD_KIND_UTF8;
-	h[0].value.value.bytes = bytes_of(m->stream);
-	h[1].key = amqp_cstring_bytes("version");
-	h[1].value.kind = AMQP_FIELD_KIND_I64;
-	h[1].value.value.i64 = m->version;
-	h[2].key = amqp_cstring_bytes("position");
-	h[2].value.kind = AMQP_FIELD_KIND_I64;
-	h[2].value.value.i64 = m->position;
-	p.headers.num_entries = 3;
-	p.headers.entries = h;
-	body.len = m->body_len;
-	body.bytes = (void *)m->body;
-
-	rc = amqp_basic_publish(b->conn, CHANNEL, bytes_of(m->exchange ? m->exchange : BROKER_EXCHANGE),
-				amqp_cstring_bytes(m->routing_key), 0, 0, &p, body);
-	if (rc != AMQP_STATUS_OK)
-		return fail(b, err, CQRS_EUNAVAILABLE, "publish", "%s", amqp_error_string2(rc));
-	b->published++;
-	if (tag != NULL)
-		*tag = b->published;
-	return 0;
+	snprintf(step, sizeof(step), "bind \"%.120s\" to %.120s with \"%.120s\"", queue, exchange,
+		 routing_key);
+	amqp_queue_bind(b->conn, BROKER_CHANNEL, amqp_cstring_bytes(queue),
+			amqp_cstring_bytes(exchange), amqp_cstring_bytes(routing_key),
+			amqp_empty_table);
+	return cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), BROKER_CHANNEL, step, err);
 }
 
-void
-cqrs_broker_routing_key(const char *stream, const char *type, char *buf, size_t size)
-{
-	size_t tlen = strcspn(stream, "-");
-
-	if (size == 0)
-		return;
-	snprintf(buf, size, "%.*s.%s", (int)tlen, stream, type);
-	if (strlen(buf) > BROKER_SHORTSTR_MAX)
-		buf[BROKER_SHORTSTR_MAX] = '\0';
-}
-
+/*
+ * A passive queue.declare on a channel of its own: deliveries on the
+ * consuming channel that arrive meanwhile are kept by librabbitmq for
+ * cqrs_broker_next().
+ */
 int
-cqrs_broker_publish_event(struct broker *b, const struct cqrs_event *ev, uint64_t *tag,
-		     struct cqrs_err *err)
+cqrs_broker_queue_depth(struct broker *b, const char *queue, uint64_t *ready, struct cqrs_err *err)
 {
-	char key[BROKER_SHORTSTR_MAX + 1];
-	struct broker_message m;
-	char *body;
+	amqp_queue_declare_ok_t *ok;
 	int rc;
 
-	body = cqrs_envelope_encode(ev);
-	if (body == NULL)
-		return cqrs_err_set(err, CQRS_ENOMEM, "broker %s: encoding event %s: out of memory",
-				    b->url.name, ev->id);
-	cqrs_broker_routing_key(ev->stream, ev->type, key, sizeof(key));
-	memset(&m, 0, sizeof(m));
-	m.routing_key = key;
-	m.body = body;
-	m.body_len = strlen(body);
-	m.message_id = ev->id;
-	m.type = ev->type;
-	m.stream = ev->stream;
-	m.version = ev->version;
-	m.position = ev->position;
-	rc = cqrs_broker_publish(b, &m, tag, err);
-	free(body);
-	return rc;
+	if ((rc = cqrs_broker_check_usable(b, "queue depth", err)) < 0)
+		return rc;
+	if ((rc = cqrs_broker_channel(b, CH_STATUS, err)) < 0)
+		return rc;
+	ok = amqp_queue_declare(b->conn, CH_STATUS, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+				amqp_empty_table);
+	rc = cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), CH_STATUS, "queue depth", err);
+	if (rc < 0)
+		return rc;
+	*ready = ok != NULL ? ok->message_count : 0;
+	return 0;
 }

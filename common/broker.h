@@ -1,26 +1,47 @@
 /*
- * broker.h - RabbitMQ through librabbitmq (DESIGN.md, "Broker").
+ * broker.h - RabbitMQ through librabbitmq (DESIGN.md, "Broker"): the one
+ * AMQP unit of cqrs-tracker, cqrs-consumer and `cqrsctl dead`.
  *
  *   struct broker *b;
  *   cqrs_broker_connect(url, &opt, &b, &err);     // TCP or TLS, login, channel 1,
- *                                            // confirm.select
+ *                                                 // confirm.select (opt.confirms)
  *   cqrs_broker_declare_topology(b, &err);        // durable topic cqrs.events
- *   for each event: cqrs_broker_publish_event(b, ev, NULL, &err);
- *   cqrs_broker_wait_confirms(b, 0, 30000, &err); // every publish acked, or an error
+ *
+ *   tracker:   for each event: cqrs_broker_publish_event(b, ev, NULL, &err);
+ *              cqrs_broker_wait_confirms(b, 0, 30000, &err);
+ *   consumer:  cqrs_broker_declare_queue(), cqrs_broker_bind(),
+ *              cqrs_broker_consume(b, queue, prefetch, &err);
+ *              cqrs_broker_next(b, timeout_ms, &msg, &err); cqrs_broker_ack(...);
+ *   dead letters: cqrs_broker_tx_select(b, ch, &err); cqrs_broker_send(b, ch, &m, &err);
+ *              cqrs_broker_tx_commit(b, ch, &err);
  *   cqrs_broker_free(b);
  *
- * A struct broker is one AMQP connection with one channel in publisher-confirm
- * mode, used from one thread. Publishing does not wait: many messages go out,
- * then cqrs_broker_wait_confirms() reads basic.ack/basic.nack (multiple or not)
- * until the ones asked for are settled. A nack, a basic.return, a channel or
- * connection close by the server, a missed heartbeat or a socket error is an
- * error, never ignored; after any error the broker is broken (cqrs_broker_ok()
- * false) and every later call fails at once: free it and connect again.
- * Reconnecting, with backoff, is the caller's loop.
+ * A struct broker is one AMQP connection used from one thread. Channel 1
+ * (BROKER_CHANNEL) is opened by cqrs_broker_connect(): the tracker publishes
+ * on it in confirm mode, the consumer and cqrsctl take messages from it
+ * (basic.get, basic.consume, acks). Other channels (2 ... BROKER_CHANNEL_MAX)
+ * open when first used; a passive declare for a queue's depth has a channel
+ * of its own. Frames that arrive during a synchronous call (a delivery
+ * during tx.commit or basic.cancel) are queued by librabbitmq and handed out
+ * later by cqrs_broker_next(), so nothing is lost between channels.
+ *
+ * Publishing with confirms does not wait: many messages go out, then
+ * cqrs_broker_wait_confirms() reads basic.ack/basic.nack (multiple or not)
+ * until the ones asked for are settled. Publishing without confirms
+ * (cqrs_broker_send()) is made safe by an AMQP transaction: tx.commit is a
+ * synchronous call with a timeout.
+ *
+ * A nack, a basic.return, a channel or connection close by the server, a
+ * consumer cancelled by the server, a missed heartbeat or a socket error is
+ * an error, never ignored; after any error the broker is broken
+ * (cqrs_broker_ok() false) and every later call fails at once: free it and
+ * connect again (deliveries not acked by then go back to their queue).
+ * Reconnecting, with backoff (backoff.h), is the caller's loop.
  *
  * Heartbeats are librabbitmq's: they are sent and checked only while the
- * library runs, so an idle caller must call cqrs_broker_poll() at least every
- * heartbeat / 2 seconds (and whenever cqrs_broker_fd() is readable).
+ * library runs, so an idle caller must call cqrs_broker_poll() (or
+ * cqrs_broker_next()) at least every heartbeat / 2 seconds (and whenever
+ * cqrs_broker_fd() is readable).
  *
  * Errors (return values, with a message in err that names the broker as
  * "host:port/vhost", never the password, and the step that failed):
@@ -28,7 +49,7 @@
  *   CQRS_EUNAVAILABLE  cannot connect, refused login, connection lost,
  *                      heartbeat missed, confirm timeout: retry later
  *   CQRS_EINTERNAL     the server refused something (nack, channel closed,
- *                      unexpected frame)
+ *                      a queue declared with other arguments, unexpected frame)
  *   CQRS_EINVALID      a message that cannot be sent (field too long)
  *   CQRS_ENOMEM
  */
@@ -48,7 +69,19 @@
 /* AMQP short strings (routing key, message id, type) are at most 255 bytes. */
 #define BROKER_SHORTSTR_MAX 255
 
+/* The channel cqrs_broker_connect() opens; channels go up to the max. */
+#define BROKER_CHANNEL 1
+#define BROKER_CHANNEL_MAX 8
+
+/* Headers of a dead letter (besides the event's stream/version/position),
+ * written by cqrs-consumer and read by `cqrsctl dead`. */
+#define BROKER_H_REASON "x-cqrs-reason"
+#define BROKER_H_CONSUMER "x-cqrs-consumer"
+#define BROKER_H_FAILED_AT "x-cqrs-failed-at"
+
 struct broker;
+
+/* ---- connection ------------------------------------------------------------ */
 
 /* A parsed broker.url (AMQP URI spec: user, password, host, port and vhost
  * percent-decoded; no path means vhost "/"). Owned strings. */
@@ -71,8 +104,10 @@ void cqrs_broker_url_clear(struct broker_url *u);
 
 struct broker_options {
 	int heartbeat_s;		/* 0: none (default 30) */
-	int connect_timeout_ms;		/* TCP, TLS handshake and login (default 10000) */
+	int connect_timeout_ms;		/* TCP, TLS handshake, login and every
+					 * synchronous call (default 10000) */
 	const char *connection_name;	/* shown by rabbitmqctl list_connections; NULL: none */
+	bool confirms;			/* channel 1 in confirm mode (default true) */
 	/* amqps only; all borrowed, may be NULL */
 	const char *cacert;		/* PEM CA bundle (default: the system's bundle,
 					 * /etc/ssl/certs/ca-certificates.crt) */
@@ -84,13 +119,15 @@ struct broker_options {
 void cqrs_broker_options_default(struct broker_options *o);
 
 /*
- * Connects, logs in, opens channel 1 and puts it in confirm mode. opt NULL:
- * defaults. On success *out is owned by the caller (cqrs_broker_free()).
+ * Connects, logs in, opens channel 1 and, with opt->confirms, puts it in
+ * confirm mode. opt NULL: defaults. On success *out is owned by the caller
+ * (cqrs_broker_free()).
  */
 int cqrs_broker_connect(const char *url, const struct broker_options *opt, struct broker **out,
 		   struct cqrs_err *err) __attribute__((warn_unused_result));
 
-/* Closes the connection (politely when it is healthy) and frees. NULL: no-op. */
+/* Closes the connection (politely when it is healthy: deliveries not acked
+ * and transactions not committed go back) and frees. NULL: no-op. */
 void cqrs_broker_free(struct broker *b);
 
 /* "host:port/vhost", borrowed. */
@@ -99,42 +136,88 @@ const char *cqrs_broker_name(const struct broker *b);
 /* The socket, for poll(); -1 when broken. */
 int cqrs_broker_fd(const struct broker *b);
 
-/* False once an error happened. */
+/* False once an error happened (and for NULL). */
 bool cqrs_broker_ok(const struct broker *b);
 
 /* Whether the server has blocked publishing (connection.blocked: a resource
  * alarm); the reason (borrowed) is in *reason when not NULL. */
 bool cqrs_broker_blocked(const struct broker *b, const char **reason);
 
-/* Declares the topology of DESIGN.md: the durable topic exchange
- * cqrs.events. Idempotent; a conflicting existing declaration is an error. */
-int cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
-	__attribute__((warn_unused_result));
-
 /*
  * Reads what the server sent without blocking: heartbeats (and sends ours
- * when due), acks, connection.blocked, closes. 0 or an error.
+ * when due), acks, connection.blocked, closes. While a consumer runs (or
+ * deliveries wait in librabbitmq's queue), frames are left to
+ * cqrs_broker_next(). 0 or an error.
  */
 int cqrs_broker_poll(struct broker *b, struct cqrs_err *err) __attribute__((warn_unused_result));
 
+/* The error of a failed RPC in words: the server's "CODE TEXT" (connection
+ * or channel closed) or the library's. For every librabbitmq caller. */
+struct amqp_rpc_reply_t_;
+void cqrs_broker_reply_text(const struct amqp_rpc_reply_t_ *r, char *buf, size_t size);
+
+/* ---- topology (all durable, idempotent; a conflicting existing declaration
+ * is CQRS_EINTERNAL naming it) ---------------------------------------------------- */
+
+/* DESIGN.md's exchange: the durable topic cqrs.events. */
+int cqrs_broker_declare_topology(struct broker *b, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+
+/* A durable exchange of this type ("topic", "direct", "x-consistent-hash"). */
+int cqrs_broker_declare_exchange(struct broker *b, const char *name, const char *type,
+				 struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* A durable queue and its arguments (all borrowed; NULL or 0: not given). */
+struct broker_queue {
+	const char *name;
+	const char *type;		/* x-queue-type: "quorum", "classic" */
+	const char *dead_exchange;	/* x-dead-letter-exchange */
+	const char *dead_routing_key;	/* x-dead-letter-routing-key */
+	int64_t delivery_limit;		/* x-delivery-limit (quorum) */
+};
+
+int cqrs_broker_declare_queue(struct broker *b, const struct broker_queue *q,
+			      struct cqrs_err *err) __attribute__((warn_unused_result));
+
+int cqrs_broker_bind(struct broker *b, const char *queue, const char *exchange,
+		     const char *routing_key, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+
+/* Messages ready (not yet delivered) in queue, by a passive queue.declare on
+ * a channel of its own. */
+int cqrs_broker_queue_depth(struct broker *b, const char *queue, uint64_t *ready,
+			    struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* ---- publishing (broker_publish.c) ------------------------------------------ */
+
+/* A string header of a message (borrowed). */
+struct broker_header {
+	const char *key;
+	const char *value;
+};
+
 /* One message. All fields borrowed for the call. */
 struct broker_message {
-	const char *exchange;		/* NULL: BROKER_EXCHANGE */
+	const char *exchange;		/* NULL: BROKER_EXCHANGE; "": the default exchange */
 	const char *routing_key;
 	const void *body;
 	size_t body_len;
-	/* properties: persistent, content_type application/json, and these */
+	/* properties: persistent, content_type application/json, and these
+	 * (NULL or "": not set) */
 	const char *message_id;		/* event id */
 	const char *type;		/* event type */
-	/* headers */
+	/* headers: stream, version and position when stream is set, then extra */
 	const char *stream;
 	int64_t version;
 	int64_t position;
+	const struct broker_header *extra;
+	size_t n_extra;			/* at most 8 */
 };
 
 /*
- * Sends one message (not mandatory) and counts it as unconfirmed; *tag (may
- * be NULL) gets its delivery tag, 1 for the first of the connection.
+ * Sends one message (not mandatory) on channel 1 in confirm mode and counts
+ * it as unconfirmed; *tag (may be NULL) gets its delivery tag, 1 for the
+ * first of the connection. CQRS_EINVALID on a connection without confirms.
  */
 int cqrs_broker_publish(struct broker *b, const struct broker_message *m, uint64_t *tag,
 		   struct cqrs_err *err) __attribute__((warn_unused_result));
@@ -172,9 +255,68 @@ uint64_t cqrs_broker_confirmed(const struct broker *b);
  */
 void cqrs_broker_routing_key(const char *stream, const char *type, char *buf, size_t size);
 
-/* The error of a failed RPC in words: the server's "CODE TEXT" (connection
- * or channel closed) or the library's. For every librabbitmq caller. */
-struct amqp_rpc_reply_t_;
-void cqrs_broker_reply_text(const struct amqp_rpc_reply_t_ *r, char *buf, size_t size);
+/* Puts channel ch (opened when needed) in transaction mode; idempotent. */
+int cqrs_broker_tx_select(struct broker *b, int ch, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+
+/* Sends m on channel ch (opened when needed), without confirm: on a channel
+ * in transaction mode it is the broker's at the next cqrs_broker_tx_commit(). */
+int cqrs_broker_send(struct broker *b, int ch, const struct broker_message *m,
+		     struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* Commits the transaction of channel ch (sends and acks): when it returns 0
+ * the broker has them. */
+int cqrs_broker_tx_commit(struct broker *b, int ch, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+
+/* ---- receiving, on channel 1 (broker_consume.c) ------------------------------ */
+
+/* A message as received. Strings are owned and NUL-terminated ("" when
+ * absent); the first of repeated headers counts. */
+struct broker_msg {
+	uint64_t tag;			/* delivery tag on channel 1 */
+	bool redelivered;
+	char *routing_key;
+	char *message_id;
+	char *type;
+	char *body;			/* body_len bytes, then a NUL */
+	size_t body_len;
+	int64_t delivery_count;		/* header x-delivery-count (quorum), else 0 */
+	char *stream;			/* header stream */
+	int64_t version, position;	/* headers, else 0 */
+	char *reason;			/* BROKER_H_REASON */
+	char *failed_at;		/* BROKER_H_FAILED_AT */
+	char *consumer;			/* BROKER_H_CONSUMER */
+	/* the first x-death entry (the latest death, by RabbitMQ) */
+	char *death_reason;		/* its reason ("rejected", "delivery_limit" ...) */
+	int64_t deaths;			/* its count, else 0 */
+	int64_t death_time;		/* its time (Unix seconds), else 0 */
+};
+
+void cqrs_broker_msg_clear(struct broker_msg *msg);
+/* Moves src into dst (src is left empty). */
+void cqrs_broker_msg_move(struct broker_msg *dst, struct broker_msg *src);
+
+/* basic.get (not acked): 1 with *msg filled, 0 when the queue is empty. */
+int cqrs_broker_get(struct broker *b, const char *queue, struct broker_msg *msg,
+		    struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* basic.qos(prefetch) and basic.consume. */
+int cqrs_broker_consume(struct broker *b, const char *queue, int prefetch, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+
+/* basic.cancel: no delivery comes after it returns; those that came before
+ * are still returned by cqrs_broker_next(). */
+int cqrs_broker_cancel(struct broker *b, struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* Waits up to timeout_ms (0: only what is buffered) for a delivery: 1 with
+ * *msg filled, 0 when none came, or an error. */
+int cqrs_broker_next(struct broker *b, int timeout_ms, struct broker_msg *msg,
+		     struct cqrs_err *err) __attribute__((warn_unused_result));
+
+int cqrs_broker_ack(struct broker *b, uint64_t tag, bool multiple, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
+int cqrs_broker_reject(struct broker *b, uint64_t tag, bool requeue, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
 
 #endif

@@ -73,6 +73,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "config.h"
 #include "consumer.h"
 #include "envelope.h"
@@ -423,6 +424,37 @@ bool
 consumer_stopping(const struct consumer *c)
 {
 	return atomic_load(&((struct consumer *)c)->stop) != 0;
+}
+
+int
+consumer_declare(struct consumer *c, struct broker *b, struct cqrs_err *err)
+{
+	const struct consumer_config *cfg = c->cfg;
+	struct broker_queue dead = { .name = cfg->dead_queue };
+	struct broker_queue q = {
+		.name = cfg->queue,
+		.type = cfg->quorum ? "quorum" : "classic",
+		.dead_exchange = CONSUMER_DEAD_EXCHANGE,
+		.dead_routing_key = cfg->queue,
+		.delivery_limit = cfg->quorum ? cfg->delivery_limit : 0,
+	};
+	int rc;
+
+	if ((rc = cqrs_broker_declare_topology(b, err)) < 0 ||
+	    (rc = cqrs_broker_declare_exchange(b, CONSUMER_DEAD_EXCHANGE, "direct", err)) < 0 ||
+	    (rc = cqrs_broker_declare_queue(b, &dead, err)) < 0 ||
+	    (rc = cqrs_broker_bind(b, cfg->dead_queue, CONSUMER_DEAD_EXCHANGE, cfg->queue, err)) < 0)
+		return rc;
+	rc = cqrs_broker_declare_queue(b, &q, err);
+	if (rc == CQRS_EINTERNAL)
+		return cqrs_err_prefix(err, "the queue exists with other arguments (queue_type, "
+					    "delivery_limit): delete it or configure it as it was");
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < c->n_bindings; i++)
+		if ((rc = cqrs_broker_bind(b, cfg->queue, BROKER_EXCHANGE, c->bindings[i], err)) < 0)
+			return rc;
+	return 0;
 }
 
 bool

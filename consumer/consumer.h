@@ -17,11 +17,11 @@
  * told in apply.c, the loop in run.c, catch-up and replay in catchup.c.
  *
  * Units and their prefixes: consumer.c (consumer_: config, plugins,
- * handlers), apply.c (apply_: one PostgreSQL transaction for a batch, and
- * the session: consumer_pg_*, consumer_exec), catchup.c (catchup_: feeding
- * the store to the handlers), run.c (the live loop), amqp.c / amqp.h (mq_:
- * the queue), send.c (send_: commands from process managers), metrics.c
- * (/health and /metrics).
+ * handlers, the queue's topology), apply.c (apply_: one PostgreSQL
+ * transaction for a batch, and the session: consumer_pg_*, consumer_exec),
+ * catchup.c (catchup_: feeding the store to the handlers), run.c (the live
+ * loop), send.c (send_: commands from process managers), metrics.c (/health
+ * and /metrics). The AMQP connection is libcqrs's (common/broker.h).
  */
 #ifndef CQRS_CONSUMER_H
 #define CQRS_CONSUMER_H
@@ -51,11 +51,8 @@ struct config;
 #define CONSUMER_DEAD_EXCHANGE "cqrs.dead"
 /* The dead-letter queue of queue Q is "Q" CONSUMER_DEAD_SUFFIX. */
 #define CONSUMER_DEAD_SUFFIX ".dead"
-
-/* Headers of a dead letter (besides the event's stream/version/position). */
-#define CONSUMER_H_REASON "x-cqrs-reason"
-#define CONSUMER_H_CONSUMER "x-cqrs-consumer"
-#define CONSUMER_H_FAILED_AT "x-cqrs-failed-at"
+/* Its headers are BROKER_H_REASON, BROKER_H_FAILED_AT and BROKER_H_CONSUMER
+ * (broker.h), besides the event's stream, version and position. */
 
 struct consumer_config {
 	char *name;			/* -n NAME: section [consumer.NAME] */
@@ -94,7 +91,7 @@ void consumer_config_clear(struct consumer_config *c);
 /* ---- the consumer ----------------------------------------------------------------- */
 
 struct sender;
-struct mq;
+struct broker;
 
 /* Atomics: the metrics endpoint reads them from its own thread. */
 struct consumer_stats {
@@ -160,6 +157,19 @@ int consumer_run(struct consumer *c, const struct consumer_run_opts *opts);
 /* Asks consumer_run() to return. Async-signal-safe. */
 void consumer_stop(struct consumer *c);
 bool consumer_stopping(const struct consumer *c);
+
+/*
+ * Declares, idempotently, on b: the topic exchange cqrs.events (as the
+ * tracker does), the direct exchange cqrs.dead, the dead-letter queue
+ * (classic, durable: `cqrsctl dead` reads it with basic.get and puts the
+ * messages back, which a quorum queue would count as failed deliveries)
+ * bound to cqrs.dead by the queue's name, and the queue (durable, quorum or
+ * classic, x-dead-letter-exchange cqrs.dead, x-dead-letter-routing-key = its
+ * name, x-delivery-limit) bound to each of the consumer's patterns. A queue
+ * that exists with other arguments is CQRS_EINTERNAL naming it.
+ */
+int consumer_declare(struct consumer *c, struct broker *b, struct cqrs_err *err)
+	__attribute__((warn_unused_result));
 
 /* Whether any handler of the consumer wants the event of this routing key. */
 bool consumer_wants(const struct consumer *c, const char *routing_key);

@@ -39,7 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "amqp.h"
+#include "backoff.h"
+#include "broker.h"
 #include "consumer.h"
 #include "envelope.h"
 #include "sdnotify.h"
@@ -50,9 +51,10 @@
 #define BUSY_WAIT_MS 200	/* a replay holds the lock: try again after this */
 #define REPEAT_LOG_MS 30000
 #define MQ_TIMEOUT_MS 10000
+#define CH_DEAD 2		/* dead letters: a channel in transaction mode */
 
 struct delivery {
-	struct mq_msg msg;
+	struct broker_msg msg;
 	struct cqrs_event *ev;		/* NULL when the body is not an envelope */
 	char decode_err[256];
 	int attempts;			/* retries so far */
@@ -63,28 +65,18 @@ struct delivery {
 struct live {
 	struct consumer *c;
 	const struct consumer_run_opts *opts;
-	struct mq *mq;
+	struct broker *mq;
 	bool consuming;
-	struct mq_topology topo;
 	struct delivery **hand;		/* unacked, in delivery order */
 	size_t n_hand, cap_hand;
-	int64_t pg_retry_at, pg_backoff;
-	int64_t mq_retry_at, mq_backoff;
+	int64_t pg_retry_at, mq_retry_at;
+	struct backoff pg_backoff, mq_backoff;
 	char mq_last_err[CQRS_ERR_MSG_MAX];
 	int64_t mq_last_log;
 	int64_t next_status;
 	bool ready_sent;
 	bool busy_logged;
 };
-
-static int64_t
-backoff_next(int64_t *b)
-{
-	int64_t d = *b;
-
-	*b = d * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : d * 2;
-	return d;
-}
 
 /* ---- hand -------------------------------------------------------------------------- */
 
@@ -93,14 +85,14 @@ delivery_free(struct delivery *d)
 {
 	if (d == NULL)
 		return;
-	mq_msg_clear(&d->msg);
+	cqrs_broker_msg_clear(&d->msg);
 	cqrs_event_free(d->ev);
 	free(d);
 }
 
 /* Takes msg over. */
 static int
-hand_add(struct live *L, struct mq_msg *msg)
+hand_add(struct live *L, struct broker_msg *msg)
 {
 	struct delivery *d = calloc(1, sizeof(*d));
 	struct cqrs_err err = { 0 };
@@ -118,10 +110,10 @@ hand_add(struct live *L, struct mq_msg *msg)
 		/* unacked, it comes again with the next session */
 		cqrs_log_error(&L->c->log, "out of memory: dropping delivery %" PRIu64, msg->tag);
 		free(d);
-		mq_msg_clear(msg);
+		cqrs_broker_msg_clear(msg);
 		return -1;
 	}
-	mq_msg_move(&d->msg, msg);
+	cqrs_broker_msg_move(&d->msg, msg);
 	if (cqrs_envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
 		d->ev = NULL;
 		snprintf(d->decode_err, sizeof(d->decode_err), "%.200s", err.msg);
@@ -211,7 +203,7 @@ mq_lost(struct live *L, const char *what, const char *msg)
 		L->mq_last_log = now;
 	}
 	snprintf(L->mq_last_err, sizeof(L->mq_last_err), "%s", msg);
-	mq_free(L->mq);
+	cqrs_broker_free(L->mq);
 	L->mq = NULL;
 	L->consuming = false;
 	atomic_store(&L->c->stats.mq_up, false);
@@ -232,11 +224,11 @@ static int
 mq_open(struct live *L)
 {
 	const struct consumer_config *cfg = L->c->cfg;
-	struct mq_options o = {
-		.url = cfg->broker_url,
+	struct broker_options o = {
 		.heartbeat_s = cfg->heartbeat_s,
-		.timeout_ms = MQ_TIMEOUT_MS,
+		.connect_timeout_ms = MQ_TIMEOUT_MS,
 		.connection_name = L->c->app,
+		.confirms = false,	/* dead letters go in transactions, on a channel of their own */
 		.cacert = cfg->cacert,
 		.cert = cfg->cert,
 		.key = cfg->key,
@@ -244,17 +236,18 @@ mq_open(struct live *L)
 	};
 	struct cqrs_err err = { 0 };
 
-	if (mq_connect(&o, &L->mq, &err) < 0 || mq_declare(L->mq, &L->topo, &err) < 0) {
+	if (cqrs_broker_connect(cfg->broker_url, &o, &L->mq, &err) < 0 ||
+	    consumer_declare(L->c, L->mq, &err) < 0) {
 		mq_lost(L, "RabbitMQ", err.msg);
 		return -1;
 	}
 	if (L->mq_last_err[0] != '\0')
-		cqrs_log_info(&L->c->log, "connected to RabbitMQ %s again", mq_name(L->mq));
+		cqrs_log_info(&L->c->log, "connected to RabbitMQ %s again", cqrs_broker_name(L->mq));
 	else
 		cqrs_log_info(&L->c->log, "connected to RabbitMQ %s: queue \"%s\"",
-			      mq_name(L->mq), cfg->queue);
+			      cqrs_broker_name(L->mq), cfg->queue);
 	L->mq_last_err[0] = '\0';
-	L->mq_backoff = BACKOFF_MIN_MS;
+	backoff_reset(&L->mq_backoff);
 	atomic_store(&L->c->stats.mq_up, true);
 	return 0;
 }
@@ -265,22 +258,22 @@ static void
 receive(struct live *L, int timeout_ms, size_t want)
 {
 	struct cqrs_err err = { 0 };
-	struct mq_msg msg;
+	struct broker_msg msg;
 	int r;
 
 	if (L->mq == NULL || !L->consuming) {
-		if (L->mq != NULL && mq_poll(L->mq, &err) < 0)
+		if (L->mq != NULL && cqrs_broker_poll(L->mq, &err) < 0)
 			mq_lost(L, "RabbitMQ", err.msg);
 		if (timeout_ms > 0)
 			usleep((useconds_t)(timeout_ms > 250 ? 250 : timeout_ms) * 1000);
 		return;
 	}
-	r = mq_next(L->mq, timeout_ms, &msg, &err);
+	r = cqrs_broker_next(L->mq, timeout_ms, &msg, &err);
 	while (r == 1) {
 		hand_add(L, &msg);
 		if (L->n_hand >= want)
 			return;
-		r = mq_next(L->mq, 0, &msg, &err);
+		r = cqrs_broker_next(L->mq, 0, &msg, &err);
 	}
 	if (r < 0)
 		mq_lost(L, "RabbitMQ", err.msg);
@@ -296,15 +289,42 @@ log_ctx_of(struct live *L, const struct delivery *d, struct cqrs_log_ctx *log)
 	log->stream = d->ev != NULL ? d->ev->stream : d->msg.stream;
 }
 
+/*
+ * Publishes m to the dead-letter exchange, routed by the queue's name, with
+ * the reason, the time and the consumer in headers, and commits: when it
+ * returns 0 the broker has it. On failure the connection is dropped.
+ */
+static int
+publish_dead(struct live *L, struct broker_message *m, const char *reason, struct cqrs_err *err)
+{
+	char failed_at[ENVELOPE_TIME_SIZE];
+	struct broker_header h[3];
+	int rc;
+
+	cqrs_envelope_now(failed_at, sizeof(failed_at));
+	h[0] = (struct broker_header){ BROKER_H_REASON, reason };
+	h[1] = (struct broker_header){ BROKER_H_FAILED_AT, failed_at };
+	h[2] = (struct broker_header){ BROKER_H_CONSUMER, L->c->cfg->name };
+	m->exchange = CONSUMER_DEAD_EXCHANGE;
+	m->routing_key = L->c->cfg->queue;
+	m->extra = h;
+	m->n_extra = 3;
+	if ((rc = cqrs_broker_tx_select(L->mq, CH_DEAD, err)) < 0 ||
+	    (rc = cqrs_broker_send(L->mq, CH_DEAD, m, err)) < 0 ||
+	    (rc = cqrs_broker_tx_commit(L->mq, CH_DEAD, err)) < 0) {
+		mq_lost(L, "RabbitMQ: dead-letter", err->msg);
+		return rc;
+	}
+	return 0;
+}
+
 /* Publishes d to the dead-letter exchange with reason; the caller acks. */
 static int
 dead_letter(struct live *L, struct delivery *d, const char *reason)
 {
 	struct cqrs_err err = { 0 };
 	struct cqrs_log_ctx log;
-	struct mq_out o = {
-		.exchange = CONSUMER_DEAD_EXCHANGE,
-		.routing_key = L->c->cfg->queue,
+	struct broker_message m = {
 		.body = d->msg.body,
 		.body_len = d->msg.body_len,
 		.message_id = d->ev != NULL ? d->ev->id : d->msg.message_id,
@@ -312,14 +332,10 @@ dead_letter(struct live *L, struct delivery *d, const char *reason)
 		.stream = d->ev != NULL ? d->ev->stream : d->msg.stream,
 		.version = d->ev != NULL ? d->ev->version : d->msg.version,
 		.position = d->ev != NULL ? d->ev->position : d->msg.position,
-		.reason = reason,
-		.consumer = L->c->cfg->name,
 	};
 
-	if (mq_publish(L->mq, &o, &err) < 0) {
-		mq_lost(L, "RabbitMQ: dead-letter", err.msg);
+	if (publish_dead(L, &m, reason, &err) < 0)
 		return -1;
-	}
 	log_ctx_of(L, d, &log);
 	L->c->stats.dead++;
 	if (d->ev != NULL)
@@ -356,11 +372,11 @@ ack_marked(struct live *L, const bool *ack)
 		if (!ack[i] && !L->hand[i]->settled && L->hand[i]->msg.tag < top)
 			multiple = false;
 	if (multiple && n > 1) {
-		if (mq_ack(L->mq, top, true, &err) < 0)
+		if (cqrs_broker_ack(L->mq, top, true, &err) < 0)
 			goto lost;
 	} else {
 		for (size_t i = 0; i < L->n_hand; i++)
-			if (ack[i] && mq_ack(L->mq, L->hand[i]->msg.tag, false, &err) < 0)
+			if (ack[i] && cqrs_broker_ack(L->mq, L->hand[i]->msg.tag, false, &err) < 0)
 				goto lost;
 	}
 	for (size_t i = 0; i < L->n_hand; i++)
@@ -554,16 +570,12 @@ hook_dead(void *arg, const struct cqrs_event *ev, const char *reason, struct cqr
 {
 	struct live *L = arg;
 	char *body;
-	struct mq_out o = {
-		.exchange = CONSUMER_DEAD_EXCHANGE,
-		.routing_key = L->c->cfg->queue,
+	struct broker_message m = {
 		.message_id = ev->id,
 		.type = ev->type,
 		.stream = ev->stream,
 		.version = ev->version,
 		.position = ev->position,
-		.reason = reason,
-		.consumer = L->c->cfg->name,
 	};
 	int rc;
 
@@ -572,15 +584,11 @@ hook_dead(void *arg, const struct cqrs_event *ev, const char *reason, struct cqr
 	body = cqrs_envelope_encode(ev);
 	if (body == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
-	o.body = body;
-	o.body_len = strlen(body);
-	rc = mq_publish(L->mq, &o, err);
+	m.body = body;
+	m.body_len = strlen(body);
+	rc = publish_dead(L, &m, reason, err);
 	free(body);
-	if (rc < 0) {
-		mq_lost(L, "RabbitMQ: dead-letter", err->msg);
-		return rc;
-	}
-	return 0;
+	return rc;
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */
@@ -596,12 +604,12 @@ status(struct live *L, bool force)
 	if (!force && now < L->next_status)
 		return;
 	L->next_status = now + c->cfg->status_ms;
-	if (L->mq != NULL && L->consuming && mq_ok(L->mq)) {
+	if (L->mq != NULL && L->consuming && cqrs_broker_ok(L->mq)) {
 		/* the backlog behind what is in hand, for /metrics; a failure
 		 * breaks the connection, which the loop then makes again */
 		struct cqrs_err err = { 0 };
 		uint64_t ready = 0;
-		if (mq_queue_depth(L->mq, c->cfg->queue, &ready, &err) == 0)
+		if (cqrs_broker_queue_depth(L->mq, c->cfg->queue, &ready, &err) == 0)
 			atomic_store(&c->stats.queue_ready, ready);
 		else
 			cqrs_log_warn(&c->log, "%s", err.msg);
@@ -639,7 +647,7 @@ start_consuming(struct live *L)
 {
 	struct consumer *c = L->c;
 	struct cqrs_err err = { 0 };
-	struct mq_msg msg;
+	struct broker_msg msg;
 	size_t suspects = 0;
 	int r;
 
@@ -647,7 +655,7 @@ start_consuming(struct live *L)
 		if (consumer_stopping(c) || c->pg == NULL)
 			return -1;
 		consumer_watchdog(c);
-		r = mq_get(L->mq, c->cfg->queue, &msg, &err);
+		r = cqrs_broker_get(L->mq, c->cfg->queue, &msg, &err);
 		if (r < 0) {
 			mq_lost(L, "RabbitMQ", err.msg);
 			return -1;
@@ -677,7 +685,7 @@ start_consuming(struct live *L)
 	if (suspects > 0)
 		cqrs_log_info(&c->log, "handled %zu redelivered event%s one by one", suspects,
 			      suspects == 1 ? "" : "s");
-	if (mq_consume(L->mq, c->cfg->queue, c->cfg->prefetch, &err) < 0) {
+	if (cqrs_broker_consume(L->mq, c->cfg->queue, c->cfg->prefetch, &err) < 0) {
 		mq_lost(L, "RabbitMQ", err.msg);
 		return -1;
 	}
@@ -694,7 +702,7 @@ drain(struct live *L)
 	size_t before;
 
 	if (L->mq != NULL && L->consuming) {
-		if (mq_cancel(L->mq, &err) < 0) {
+		if (cqrs_broker_cancel(L->mq, &err) < 0) {
 			mq_lost(L, "RabbitMQ: cancel", err.msg);
 			return;
 		}
@@ -731,14 +739,9 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	replay = opts->replay;
 	L.c = c;
 	L.opts = opts;
-	L.pg_backoff = L.mq_backoff = BACKOFF_MIN_MS;
+	backoff_init(&L.pg_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
+	backoff_init(&L.mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
 	L.next_status = consumer_now_ms() + c->cfg->status_ms;
-	L.topo.queue = c->cfg->queue;
-	L.topo.dead_queue = c->cfg->dead_queue;
-	L.topo.quorum = c->cfg->quorum;
-	L.topo.delivery_limit = c->cfg->delivery_limit;
-	L.topo.bindings = (const char *const *)c->bindings;
-	L.topo.n_bindings = c->n_bindings;
 	cqrs_log_info(&c->log, "starting: groups %s%s, queue \"%s\", %zu handlers, %zu bindings%s",
 		      c->cfg->groups[0], c->cfg->n_groups > 1 ? " ..." : "", c->cfg->queue,
 		      c->n_handlers, c->n_bindings, opts->replay ? ", replay first" : "");
@@ -770,7 +773,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 				L.pg_retry_at = consumer_now_ms() + backoff_next(&L.pg_backoff);
 				continue;
 			}
-			L.pg_backoff = BACKOFF_MIN_MS;
+			backoff_reset(&L.pg_backoff);
 			checked = false;
 		}
 		if (L.mq == NULL) {
@@ -883,7 +886,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 		drain(&L);
 	hand_drop(&L);
 	free(L.hand);
-	mq_free(L.mq);
+	cqrs_broker_free(L.mq);
 	consumer_pg_close(c);
 	consumer_metrics_stop(c);
 	cqrs_log_info(&c->log, "stopped: %" PRIu64 " events handled (%" PRIu64 " of them read from "

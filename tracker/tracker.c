@@ -210,17 +210,6 @@ stopping(struct tracker *t)
 	return atomic_load(&t->stop) != 0;
 }
 
-/* Next backoff: doubled, capped, with up to 20% jitter so that several
- * trackers do not knock in step. */
-static int64_t
-backoff_next(int64_t *cur)
-{
-	int64_t d = *cur;
-
-	*cur = d * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : d * 2;
-	return d - (d / 5) * (random() % 100) / 100;
-}
-
 /* libpq messages end with a newline */
 static void
 pg_message(PGconn *pg, PGresult *res, char *buf, size_t size)
@@ -372,7 +361,9 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	t->bopt.cert = cfg->cert;
 	t->bopt.key = cfg->key;
 	t->bopt.verify = cfg->verify;
-	t->pg_backoff = t->mq_backoff = BACKOFF_MIN_MS;
+	/* up to 20% jitter, so that several trackers do not knock in step */
+	backoff_init(&t->pg_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
+	backoff_init(&t->mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
 	t->poll_interval = POLL_MIN_MS;
 	wd = cqrs_sdnotify_watchdog_usec();
 	t->watchdog_ms = (int64_t)(wd / 2000);	/* ping at half the interval */
@@ -517,7 +508,7 @@ mq_open(struct tracker *t)
 	else
 		cqrs_log_info(&t->log, "connected to RabbitMQ %s", cqrs_broker_name(t->mq));
 	t->mq_last_err[0] = '\0';
-	t->mq_backoff = BACKOFF_MIN_MS;
+	backoff_reset(&t->mq_backoff);
 	t->mq_blocked_logged = false;
 	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
 	return 0;
@@ -594,7 +585,7 @@ try_activate(struct tracker *t)
 		return;
 	won = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	PQclear(res);
-	t->pg_backoff = BACKOFF_MIN_MS;	/* the session works */
+	backoff_reset(&t->pg_backoff);	/* the session works */
 	if (!won) {
 		note_holder(t);
 		return;

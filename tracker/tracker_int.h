@@ -14,6 +14,7 @@
 
 #include <libpq-fe.h>
 
+#include "backoff.h"
 #include "broker.h"
 #include "cqrs/log.h"
 #include "store.h"
@@ -53,7 +54,7 @@ struct tracker {
 	int64_t next_mq_poll;
 	int64_t watchdog_ms;		/* 0: no watchdog */
 	int64_t next_watchdog;
-	int64_t pg_backoff, mq_backoff;
+	struct backoff pg_backoff, mq_backoff;
 	int64_t pg_retry_at, mq_retry_at;
 	char pg_last_err[CQRS_ERR_MSG_MAX], mq_last_err[CQRS_ERR_MSG_MAX];
 	int64_t pg_last_log, mq_last_log;
