@@ -2,16 +2,12 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #if defined(__has_include)
@@ -30,78 +26,13 @@
 #include "broker.h"
 #include "consumer_fixture.h"
 #include "fixture.h"
+#include "proc.h"
 #include "rabbit.h"
 #include "store.h"
 
-#define MAX_ARGS 8
-
 struct cons {
-	char name[128];
-	char *dir;
-	char config_path[256], log_path[256];
-	char *args[MAX_ARGS];
-	int nargs;
-	pid_t pid;
-	int exit_status;
-	size_t log_mark;		/* log size at the last start */
+	struct proc *p;
 };
-
-static long long
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Consumers alive in this process, killed at exit(). */
-static struct cons *alive[16];
-static pid_t alive_owner;
-
-static void
-kill_alive(void)
-{
-	if (getpid() != alive_owner)
-		return;
-	for (size_t i = 0; i < sizeof(alive) / sizeof(alive[0]); i++) {
-		if (alive[i] != NULL && alive[i]->pid > 0) {
-			kill(alive[i]->pid, SIGKILL);
-			waitpid(alive[i]->pid, NULL, 0);
-			alive[i]->pid = 0;
-		}
-	}
-}
-
-static void
-track(struct cons *c, bool on)
-{
-	if (alive_owner != getpid()) {
-		memset(alive, 0, sizeof(alive));
-		alive_owner = getpid();
-		atexit(kill_alive);
-	}
-	for (size_t i = 0; i < sizeof(alive) / sizeof(alive[0]); i++) {
-		if (on && alive[i] == NULL) {
-			alive[i] = c;
-			return;
-		}
-		if (!on && alive[i] == c) {
-			alive[i] = NULL;
-			return;
-		}
-	}
-}
-
-void
-cons_set_config(struct cons *c, const char *config_text)
-{
-	FILE *f = fopen(c->config_path, "w");
-
-	ck_assert_msg(f != NULL, "cannot write %s: %s", c->config_path, strerror(errno));
-	fputs(config_text, f);
-	fclose(f);
-}
 
 struct cons *
 cons_new(const char *name, const char *config_text)
@@ -109,278 +40,106 @@ cons_new(const char *name, const char *config_text)
 	struct cons *c = calloc(1, sizeof(*c));
 
 	ck_assert_ptr_nonnull(c);
-	snprintf(c->name, sizeof(c->name), "%s", name);
-	c->dir = fixture_tmpdir();
-	snprintf(c->config_path, sizeof(c->config_path), "%s/cqrs.conf", c->dir);
-	snprintf(c->log_path, sizeof(c->log_path), "%s/consumer.log", c->dir);
-	cons_set_config(c, config_text);
+	c->p = proc_new_ready("cqrs-consumer",
+			      (struct proc_ready){ PROC_READY_LOG, "live: consuming" });
+	proc_add_arg(c->p, "-n");
+	proc_add_arg(c->p, name);
+	/* the whole file is the test's (cqrsctl may read it before a start) */
+	proc_set(c->p, "log", "level", NULL);
+	proc_config_text(c->p, config_text);
+	proc_write_config(c->p);
 	return c;
 }
 
 void
 cons_free(struct cons *c)
 {
-	char cmd[512];
-
 	if (c == NULL)
 		return;
-	if (c->pid > 0)
-		cons_kill(c);
-	cons_clear_args(c);
-	if (getenv("CQRS_TEST_KEEP") == NULL) {
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
-		(void)fixture_run(cmd, NULL);
-	}
-	free(c->dir);
+	proc_free(c->p);
 	free(c);
+}
+
+struct proc *
+cons_proc(struct cons *c)
+{
+	return c->p;
 }
 
 void
 cons_add_arg(struct cons *c, const char *arg)
 {
-	ck_assert_int_lt(c->nargs, MAX_ARGS);
-	c->args[c->nargs] = strdup(arg);
-	ck_assert_ptr_nonnull(c->args[c->nargs]);
-	c->nargs++;
-}
-
-void
-cons_clear_args(struct cons *c)
-{
-	for (int i = 0; i < c->nargs; i++)
-		free(c->args[i]);
-	c->nargs = 0;
-}
-
-static size_t
-file_size(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	long n;
-
-	if (f == NULL)
-		return 0;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fclose(f);
-	return n > 0 ? (size_t)n : 0;
-}
-
-void
-cons_spawn(struct cons *c)
-{
-	const char *prog = fixture_bin("cqrs-consumer");
-	const char *vg = getenv("CQRS_TEST_VALGRIND");
-	char *argv[12 + MAX_ARGS], vglog[300];
-	int n = 0, fd;
-	pid_t pid;
-
-	ck_assert_msg(c->pid <= 0, "consumer %s is already running", c->name);
-	c->log_mark = file_size(c->log_path);
-	/* CQRS_TEST_VALGRIND=1: each run under valgrind, its report in
-	 * DIR/valgrind.PID.log (keep the directory with CQRS_TEST_KEEP) */
-	if (vg != NULL && vg[0] != '\0') {
-		snprintf(vglog, sizeof(vglog), "--log-file=%s/valgrind.%%p.log", c->dir);
-		argv[n++] = "/usr/bin/valgrind";
-		argv[n++] = "--leak-check=full";
-		argv[n++] = "--show-leak-kinds=definite,indirect";
-		argv[n++] = "--errors-for-leak-kinds=definite,indirect";
-		argv[n++] = vglog;
-		prog = argv[0];
-		argv[n++] = (char *)fixture_bin("cqrs-consumer");
-	} else {
-		argv[n++] = (char *)prog;
-	}
-	argv[n++] = "-n";
-	argv[n++] = c->name;
-	argv[n++] = "-c";
-	argv[n++] = c->config_path;
-	for (int i = 0; i < c->nargs; i++)
-		argv[n++] = c->args[i];
-	argv[n] = NULL;
-	pid = fork();
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		fd = open(c->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		unsetenv("NOTIFY_SOCKET");
-		execv(prog, argv);
-		_exit(127);
-	}
-	c->pid = pid;
-	track(c, true);
-}
-
-static bool
-log_since_start(struct cons *c, const char *needle)
-{
-	char *log = fixture_read_file(c->log_path);
-	bool found = strlen(log) >= c->log_mark && strstr(log + c->log_mark, needle) != NULL;
-
-	free(log);
-	return found;
+	proc_add_arg(c->p, arg);
 }
 
 void
 cons_start(struct cons *c)
 {
-	long long deadline;
-
-	cons_spawn(c);
-	deadline = now_ms() + CONS_START_TIMEOUT_MS;
-	while (now_ms() < deadline) {
-		if (log_since_start(c, "live: consuming"))
-			return;
-		if (!cons_running(c)) {
-			char *tail = cons_log_tail(c, 30);
-			ck_abort_msg("cqrs-consumer -n %s exited (status %d) before going live:\n%s",
-				     c->name, c->exit_status, tail);
-		}
-		usleep(20 * 1000);
-	}
-	{
-		char *tail = cons_log_tail(c, 30);
-		ck_abort_msg("cqrs-consumer -n %s not live after %d ms:\n%s", c->name,
-			     CONS_START_TIMEOUT_MS, tail);
-	}
+	proc_start(c->p);
 }
 
-static int
-status_of(int st)
+void
+cons_spawn(struct cons *c)
 {
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	proc_spawn(c->p);
 }
 
 int
 cons_wait_exit(struct cons *c, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
-	int st;
-
-	if (c->pid <= 0)
-		return c->exit_status;
-	for (;;) {
-		pid_t r = waitpid(c->pid, &st, WNOHANG);
-
-		if (r == c->pid) {
-			c->exit_status = status_of(st);
-			c->pid = 0;
-			track(c, false);
-			return c->exit_status;
-		}
-		if (now_ms() >= deadline)
-			return -1;
-		usleep(10 * 1000);
-	}
+	return proc_wait_exit(c->p, timeout_ms);
 }
 
 bool
 cons_running(struct cons *c)
 {
-	if (c->pid <= 0)
-		return false;
-	return cons_wait_exit(c, 0) < 0;
+	return proc_running(c->p);
 }
 
 int
 cons_stop(struct cons *c)
 {
-	int st;
-
-	ck_assert_msg(c->pid > 0 || c->exit_status >= 0, "consumer %s is not running", c->name);
-	if (c->pid <= 0)
-		return c->exit_status;
-	kill(c->pid, SIGTERM);
-	st = cons_wait_exit(c, CONS_STOP_TIMEOUT_MS);
-	if (st < 0) {
-		char *tail = cons_log_tail(c, 30);
-
-		cons_kill(c);
-		ck_abort_msg("cqrs-consumer -n %s did not stop within %d ms of SIGTERM:\n%s",
-			     c->name, CONS_STOP_TIMEOUT_MS, tail);
-	}
-	return st;
+	/* one that has exited already gives its status */
+	if (!proc_running(c->p))
+		return proc_wait_exit(c->p, 0);
+	return proc_stop(c->p);
 }
 
 void
 cons_kill(struct cons *c)
 {
-	int st;
-
-	if (c->pid <= 0)
-		return;
-	kill(c->pid, SIGKILL);
-	waitpid(c->pid, &st, 0);
-	c->exit_status = status_of(st);
-	c->pid = 0;
-	track(c, false);
+	proc_kill(c->p);
 }
 
 void
 cons_signal(struct cons *c, int sig)
 {
-	if (c->pid > 0)
-		kill(c->pid, sig);
-}
-
-pid_t
-cons_pid(const struct cons *c)
-{
-	return c->pid;
-}
-
-const char *
-cons_dir(const struct cons *c)
-{
-	return c->dir;
-}
-
-const char *
-cons_config_path(const struct cons *c)
-{
-	return c->config_path;
+	if (proc_running(c->p))
+		proc_signal(c->p, sig);
 }
 
 char *
 cons_log(const struct cons *c)
 {
-	return fixture_read_file(c->log_path);
+	return proc_log(c->p);
 }
 
 char *
 cons_log_tail(const struct cons *c, int lines)
 {
-	return fixture_file_tail(c->log_path, lines);
+	return proc_log_tail(c->p, lines);
 }
 
 int
 cons_log_count(const struct cons *c, const char *needle)
 {
-	char *log = fixture_read_file(c->log_path);
-	int n = 0;
-
-	for (const char *p = log; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-		n++;
-	free(log);
-	return n;
+	return proc_log_count(c->p, needle);
 }
 
 bool
 cons_wait_log(struct cons *c, const char *needle, int times, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
-
-	for (;;) {
-		if (cons_log_count(c, needle) >= times)
-			return true;
-		if (now_ms() >= deadline)
-			return false;
-		usleep(20 * 1000);
-	}
+	return proc_wait_log(c->p, needle, times, timeout_ms);
 }
 
 char *
@@ -423,7 +182,7 @@ cons_ctl(const struct cons *c, const char *args, char **out)
 	char *cmd;
 	int rc;
 
-	ck_assert_int_ge(asprintf(&cmd, "%s -c %s %s 2>&1", fixture_bin("cqrsctl"), c->config_path,
+	ck_assert_int_ge(asprintf(&cmd, "%s -c %s %s 2>&1", fixture_bin("cqrsctl"), proc_config_path(c->p),
 				  args),
 			 0);
 	rc = fixture_run(cmd, out);
@@ -680,12 +439,12 @@ cons_query_int(const char *conninfo, const char *sql)
 long long
 cons_wait_query(const char *conninfo, const char *sql, long long want, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = proc_now_ms() + timeout_ms;
 	long long n;
 
 	for (;;) {
 		n = cons_query_int(conninfo, sql);
-		if (n >= want || now_ms() >= deadline)
+		if (n >= want || proc_now_ms() >= deadline)
 			return n;
 		usleep(50 * 1000);
 	}

@@ -8,12 +8,14 @@
  *   ck_assert_int_eq(cons_stop(c), 0);    // SIGTERM, exit status
  *   cons_free(c);
  *
- * Each cons has a fresh temporary directory with the config file given
- * (DIR/cqrs.conf) and the process's stdout and stderr (DIR/consumer.log,
- * appended across restarts). It runs `cqrs-consumer -n NAME -c DIR/cqrs.conf
- * [args]` in the test's process group; processes still running at exit()
- * are killed. Every function fails the test rather than returning an error,
- * unless it says otherwise. (tests/lib/proc.c runs `PROGRAM -c FILE` only.)
+ * A cons is a tests/lib/proc.h proc (cons_proc() gives it) that is ready
+ * when its log says "live: consuming" since this start: a fresh temporary
+ * directory with the config file given (DIR/cqrs.conf, written at once and
+ * at each start) and the process's stdout and stderr
+ * (DIR/cqrs-consumer.log, appended across restarts). It runs `cqrs-consumer
+ * -c DIR/cqrs.conf -n NAME [args]` in the test's process group; processes
+ * still running at exit() are killed. Every function fails the test rather
+ * than returning an error, unless it says otherwise.
  */
 #ifndef CQRS_TEST_CONSUMER_FIXTURE_H
 #define CQRS_TEST_CONSUMER_FIXTURE_H
@@ -23,36 +25,38 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define CONS_START_TIMEOUT_MS 30000
-#define CONS_STOP_TIMEOUT_MS 30000
+#include "proc.h"
+
+#define CONS_START_TIMEOUT_MS PROC_START_TIMEOUT_MS
+#define CONS_STOP_TIMEOUT_MS PROC_STOP_TIMEOUT_MS
 
 struct cons;
 
 struct cons *cons_new(const char *name, const char *config_text);
 void cons_free(struct cons *c);
 
-/* Rewrites the config file (used from the next start). */
-void cons_set_config(struct cons *c, const char *config_text);
-/* An extra argument after -c FILE for the next starts ("--replay"). */
+/* Its process, for what tests/lib/proc.h offers beyond what is here.
+ * Borrowed. */
+struct proc *cons_proc(struct cons *c);
+
+/* An extra argument after -c FILE -n NAME for the next starts ("--replay"). */
 void cons_add_arg(struct cons *c, const char *arg);
-void cons_clear_args(struct cons *c);
 
 /* Starts it and waits until its log says it is live (consuming its queue),
  * since this start; fails the test with the log's tail otherwise. */
 void cons_start(struct cons *c);
 /* Starts it without waiting. */
 void cons_spawn(struct cons *c);
-/* SIGTERM and wait: the exit status (128 + signal). */
+/* SIGTERM and wait: the exit status (128 + signal); one that exited already
+ * gives its status. */
 int cons_stop(struct cons *c);
 void cons_kill(struct cons *c);
+/* Sends sig when it runs. */
 void cons_signal(struct cons *c, int sig);
-/* Its status when it exited within timeout_ms, else -1. */
+/* Its status when it exited (now or before) within timeout_ms, else -1. */
 int cons_wait_exit(struct cons *c, int timeout_ms);
 bool cons_running(struct cons *c);
-pid_t cons_pid(const struct cons *c);
 
-const char *cons_dir(const struct cons *c);
-const char *cons_config_path(const struct cons *c);
 char *cons_log(const struct cons *c);			/* malloc'd */
 char *cons_log_tail(const struct cons *c, int lines);	/* malloc'd */
 int cons_log_count(const struct cons *c, const char *needle);

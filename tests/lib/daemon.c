@@ -1,51 +1,32 @@
-/* daemon.c - a daemon binary as a child process, and a line client, for tests. */
+/* daemon.c - cqrs-cmdd (or another daemon with a command socket) as a child
+ * process, and a line client, for tests. The process is a tests/lib/proc.c
+ * proc that is ready when its command socket accepts connections. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "daemon.h"
 #include "fixture.h"
+#include "proc.h"
 
-#define MAX_KEYS 64
-#define MAX_ENV 32
-#define MAX_ARGS 16
 #define LOG_TAIL_LINES 40
 
-struct kv {
-	char *section, *key, *value;
-};
-
 struct daemon {
-	char program[512];
-	char *dir;
-	char config_path[128], log_path[128], socket_path[128], notify_path[128];
-	struct kv keys[MAX_KEYS];
-	int nkeys;
-	char *config_extra;
-	char *env_name[MAX_ENV], *env_value[MAX_ENV];
-	int nenv;
-	char *args[MAX_ARGS];
-	int nargs;
-	pid_t pid;		/* 0 when not running */
-	int notify_fd;		/* -1 without daemon_use_notify() */
-	char *notes;		/* sd_notify messages */
-	size_t notes_len;
+	struct proc *p;
+	char socket_path[160];
+	bool notify;		/* daemon_use_notify() */
 };
 
 struct daemon_conn {
@@ -57,19 +38,10 @@ struct daemon_conn {
 
 /* ---- small things ------------------------------------------------------------------ */
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int
-left_ms(int64_t deadline)
+left_ms(long long deadline)
 {
-	int64_t left = deadline - now_ms();
+	long long left = deadline - proc_now_ms();
 
 	return left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
 }
@@ -83,56 +55,6 @@ xstrdup(const char *s)
 	return r;
 }
 
-/* Status from waitpid() as an exit code, 128 + signal when killed. */
-static int
-exit_code(int status)
-{
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return -1;
-}
-
-/* Daemons alive in this process, killed at exit(): a test that ends
- * normally without stopping one must not leave it to the process group. */
-static struct daemon *live[16];
-static pid_t live_owner;
-
-static void
-kill_live(void)
-{
-	if (getpid() != live_owner)
-		return;
-	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++) {
-		if (live[i] != NULL && live[i]->pid > 0) {
-			kill(live[i]->pid, SIGKILL);
-			waitpid(live[i]->pid, NULL, 0);
-			live[i]->pid = 0;
-		}
-	}
-}
-
-static void
-track(struct daemon *d, bool on)
-{
-	if (live_owner != getpid()) {
-		memset(live, 0, sizeof(live));
-		live_owner = getpid();
-		atexit(kill_live);
-	}
-	for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++) {
-		if (on && live[i] == NULL) {
-			live[i] = d;
-			return;
-		}
-		if (!on && live[i] == d) {
-			live[i] = NULL;
-			return;
-		}
-	}
-}
-
 /* ---- the daemon ---------------------------------------------------------------------- */
 
 struct daemon *
@@ -141,18 +63,13 @@ daemon_new(const char *program, const char *conninfo)
 	struct daemon *d = calloc(1, sizeof(*d));
 
 	ck_assert_ptr_nonnull(d);
-	snprintf(d->program, sizeof(d->program), "%s", fixture_bin(program));
-	d->dir = fixture_tmpdir();
-	snprintf(d->config_path, sizeof(d->config_path), "%s/cqrs.conf", d->dir);
-	snprintf(d->log_path, sizeof(d->log_path), "%s/daemon.log", d->dir);
-	snprintf(d->socket_path, sizeof(d->socket_path), "%s/cmd.sock", d->dir);
-	snprintf(d->notify_path, sizeof(d->notify_path), "%s/notify", d->dir);
-	d->notify_fd = -1;
-	d->notes = xstrdup("");
+	/* a relative socket path is in the proc's directory */
+	d->p = proc_new_ready(program, (struct proc_ready){ PROC_READY_SOCKET, "cmd.sock" });
+	snprintf(d->socket_path, sizeof(d->socket_path), "%s/cmd.sock", proc_dir(d->p));
 	if (conninfo != NULL)
-		daemon_set(d, "store", "conninfo", "%s", conninfo);
-	daemon_set(d, "cmd", "socket", "%s", d->socket_path);
-	daemon_set(d, "log", "level", "info");
+		proc_set(d->p, "store", "conninfo", "%s", conninfo);
+	proc_set(d->p, "cmd", "socket", "%s", d->socket_path);
+	proc_set(d->p, "log", "level", "info");
 	return d;
 }
 
@@ -161,39 +78,20 @@ daemon_free(struct daemon *d)
 {
 	if (d == NULL)
 		return;
-	if (d->pid > 0)
-		daemon_kill(d);
-	track(d, false);
-	if (d->notify_fd >= 0)
-		close(d->notify_fd);
-	if (getenv("CQRS_TEST_KEEP") == NULL) {
-		char cmd[200];
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
-		if (system(cmd) != 0)
-			fprintf(stderr, "daemon: could not remove %s\n", d->dir);
-	}
-	for (int i = 0; i < d->nkeys; i++) {
-		free(d->keys[i].section);
-		free(d->keys[i].key);
-		free(d->keys[i].value);
-	}
-	for (int i = 0; i < d->nenv; i++) {
-		free(d->env_name[i]);
-		free(d->env_value[i]);
-	}
-	for (int i = 0; i < d->nargs; i++)
-		free(d->args[i]);
-	free(d->config_extra);
-	free(d->notes);
-	free(d->dir);
+	proc_free(d->p);
 	free(d);
+}
+
+struct proc *
+daemon_proc(struct daemon *d)
+{
+	return d->p;
 }
 
 void
 daemon_set(struct daemon *d, const char *section, const char *key, const char *fmt, ...)
 {
 	char *value = NULL;
-	int i;
 
 	if (fmt != NULL) {
 		va_list ap;
@@ -201,316 +99,79 @@ daemon_set(struct daemon *d, const char *section, const char *key, const char *f
 		ck_assert_int_ge(vasprintf(&value, fmt, ap), 0);
 		va_end(ap);
 	}
-	for (i = 0; i < d->nkeys; i++)
-		if (strcmp(d->keys[i].section, section) == 0 && strcmp(d->keys[i].key, key) == 0)
-			break;
-	if (i < d->nkeys) {
-		free(d->keys[i].value);
-		d->keys[i].value = value;	/* NULL: left out of the file */
-		return;
-	}
-	if (value == NULL)
-		return;
-	ck_assert_int_lt(d->nkeys, MAX_KEYS);
-	d->keys[d->nkeys].section = xstrdup(section);
-	d->keys[d->nkeys].key = xstrdup(key);
-	d->keys[d->nkeys].value = value;
-	d->nkeys++;
-}
-
-void
-daemon_config_append(struct daemon *d, const char *text)
-{
-	size_t old = d->config_extra ? strlen(d->config_extra) : 0;
-
-	d->config_extra = realloc(d->config_extra, old + strlen(text) + 1);
-	ck_assert_ptr_nonnull(d->config_extra);
-	memcpy(d->config_extra + old, text, strlen(text) + 1);
+	proc_set(d->p, section, key, value != NULL ? "%s" : NULL, value);
+	free(value);
 }
 
 void
 daemon_setenv(struct daemon *d, const char *name, const char *value)
 {
-	for (int i = 0; i < d->nenv; i++) {
-		if (strcmp(d->env_name[i], name) == 0) {
-			free(d->env_value[i]);
-			d->env_value[i] = value ? xstrdup(value) : NULL;
-			return;
-		}
-	}
-	ck_assert_int_lt(d->nenv, MAX_ENV);
-	d->env_name[d->nenv] = xstrdup(name);
-	d->env_value[d->nenv] = value ? xstrdup(value) : NULL;
-	d->nenv++;
+	proc_setenv(d->p, name, value);
 }
 
 void
 daemon_add_arg(struct daemon *d, const char *arg)
 {
-	ck_assert_int_lt(d->nargs, MAX_ARGS);
-	d->args[d->nargs++] = xstrdup(arg);
+	proc_add_arg(d->p, arg);
 }
 
 void
 daemon_use_notify(struct daemon *d)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-
-	if (d->notify_fd >= 0)
-		return;
-	d->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	ck_assert_int_ge(d->notify_fd, 0);
-	ck_assert_uint_lt(strlen(d->notify_path), sizeof(sa.sun_path));
-	memcpy(sa.sun_path, d->notify_path, strlen(d->notify_path) + 1);
-	unlink(d->notify_path);
-	if (bind(d->notify_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
-		ck_abort_msg("daemon: bind %s: %s", d->notify_path, strerror(errno));
-	daemon_setenv(d, "NOTIFY_SOCKET", d->notify_path);
-}
-
-/* Takes the sd_notify datagrams waiting. */
-static void
-drain_notify(struct daemon *d)
-{
-	char buf[4096];
-	ssize_t n;
-
-	if (d->notify_fd < 0)
-		return;
-	while ((n = recv(d->notify_fd, buf, sizeof(buf) - 1, 0)) > 0) {
-		d->notes = realloc(d->notes, d->notes_len + (size_t)n + 2);
-		ck_assert_ptr_nonnull(d->notes);
-		memcpy(d->notes + d->notes_len, buf, (size_t)n);
-		d->notes_len += (size_t)n;
-		d->notes[d->notes_len++] = '\n';
-		d->notes[d->notes_len] = '\0';
-	}
+	proc_set_ready(d->p, (struct proc_ready){ PROC_READY_NOTIFY, "READY=1" });
+	d->notify = true;
 }
 
 const char *
 daemon_notifications(struct daemon *d)
 {
-	drain_notify(d);
-	return d->notes;
-}
-
-static void
-write_config(struct daemon *d)
-{
-	FILE *f = fopen(d->config_path, "w");
-	const char *done[MAX_KEYS];
-	int ndone = 0;
-
-	if (f == NULL)
-		ck_abort_msg("daemon: cannot write %s: %s", d->config_path, strerror(errno));
-	fprintf(f, "# written by tests/lib/daemon.c\n");
-	/* sections in order of first appearance, keys in order of setting */
-	for (int i = 0; i < d->nkeys; i++) {
-		bool seen = false;
-		for (int j = 0; j < ndone; j++)
-			seen = seen || strcmp(done[j], d->keys[i].section) == 0;
-		if (seen)
-			continue;
-		done[ndone++] = d->keys[i].section;
-		fprintf(f, "\n[%s]\n", d->keys[i].section);
-		for (int j = i; j < d->nkeys; j++)
-			if (strcmp(d->keys[j].section, d->keys[i].section) == 0 &&
-			    d->keys[j].value != NULL)
-				fprintf(f, "%s = %s\n", d->keys[j].key, d->keys[j].value);
-	}
-	if (d->config_extra != NULL)
-		fprintf(f, "\n%s\n", d->config_extra);
-	if (fclose(f) != 0)
-		ck_abort_msg("daemon: writing %s: %s", d->config_path, strerror(errno));
-}
-
-static void
-spawn(struct daemon *d)
-{
-	char *argv[MAX_ARGS + 4];
-	int argc = 0, logfd;
-	pid_t pid;
-
-	ck_assert_msg(d->pid == 0, "daemon: %s is already running", d->program);
-	if (access(d->program, X_OK) != 0)
-		ck_abort_msg("daemon: %s is not built (%s)", d->program, strerror(errno));
-	write_config(d);
-	/* what the previous run said is not what this one says */
-	drain_notify(d);
-	d->notes_len = 0;
-	d->notes[0] = '\0';
-	logfd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	ck_assert_int_ge(logfd, 0);
-	{
-		char mark[256];
-		int n = snprintf(mark, sizeof(mark), "==== tests/lib/daemon.c: starting %s -c %s\n",
-				 d->program, d->config_path);
-		ck_assert_int_eq(write(logfd, mark, (size_t)n), n);
-	}
-	argv[argc++] = d->program;
-	argv[argc++] = (char *)"-c";
-	argv[argc++] = d->config_path;
-	for (int i = 0; i < d->nargs; i++)
-		argv[argc++] = d->args[i];
-	argv[argc] = NULL;
-
-	fflush(NULL);
-	pid = fork();
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		int nullfd = open("/dev/null", O_RDONLY);
-		if (nullfd < 0 || dup2(nullfd, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
-			_exit(126);
-		/* nothing of the test's (sockets to other daemons) leaks in */
-		for (int fd = 3; fd < 1024; fd++)
-			close(fd);
-		for (int i = 0; i < d->nenv; i++) {
-			if (d->env_value[i] != NULL)
-				setenv(d->env_name[i], d->env_value[i], 1);
-			else
-				unsetenv(d->env_name[i]);
-		}
-		signal(SIGPIPE, SIG_DFL);
-		execv(d->program, argv);
-		dprintf(2, "daemon: exec %s: %s\n", d->program, strerror(errno));
-		_exit(127);
-	}
-	close(logfd);
-	d->pid = pid;
-	track(d, true);
-}
-
-static int
-can_connect(const char *path)
-{
-	struct daemon_conn *c = daemon_conn_try_open(path);
-
-	if (c == NULL)
-		return 0;
-	daemon_conn_close(c);
-	return 1;
-}
-
-/* Reaps the daemon if it has exited; its exit code, or -1 while it runs. */
-static int
-reap(struct daemon *d, int flags)
-{
-	int status;
-	pid_t r;
-
-	if (d->pid <= 0)
-		return -1;
-	do
-		r = waitpid(d->pid, &status, flags);
-	while (r < 0 && errno == EINTR);
-	if (r == 0)
-		return -1;
-	d->pid = 0;
-	track(d, false);
-	return r < 0 ? -1 : exit_code(status);
+	return proc_notifications(d->p);
 }
 
 void
 daemon_start(struct daemon *d)
 {
-	int64_t deadline = now_ms() + DAEMON_START_TIMEOUT_MS;
-	bool ready = false;
+	struct daemon_conn *c;
 
-	spawn(d);
-	while (!ready) {
-		int code = reap(d, WNOHANG);
-		if (d->pid == 0) {
-			char *tail = daemon_log_tail(d, LOG_TAIL_LINES);
-			ck_abort_msg("daemon: %s exited with status %d before it was ready; log:\n%s",
-				     d->program, code, tail);
-		}
-		if (d->notify_fd >= 0) {
-			drain_notify(d);
-			ready = strstr(d->notes, "READY=1") != NULL;
-			if (ready && !can_connect(d->socket_path)) {
-				char *tail = daemon_log_tail(d, LOG_TAIL_LINES);
-				ck_abort_msg("daemon: %s sent READY=1 but %s does not accept "
-					     "connections; log:\n%s", d->program, d->socket_path, tail);
-			}
-		} else {
-			ready = can_connect(d->socket_path);
-		}
-		if (!ready) {
-			if (now_ms() > deadline) {
-				char *tail = daemon_log_tail(d, LOG_TAIL_LINES);
-				ck_abort_msg("daemon: %s not ready after %d ms (%s); log:\n%s",
-					     d->program, DAEMON_START_TIMEOUT_MS,
-					     d->notify_fd >= 0 ? "no READY=1" : "socket refuses",
-					     tail);
-			}
-			usleep(20000);
-		}
-	}
+	proc_start(d->p);
+	if (!d->notify)
+		return;
+	/* READY=1 means listening */
+	c = daemon_conn_try_open(d->socket_path);
+	if (c == NULL)
+		ck_abort_msg("daemon: %s sent READY=1 but %s does not accept connections; log:\n%s",
+			     proc_program(d->p), d->socket_path, daemon_log_tail(d, LOG_TAIL_LINES));
+	daemon_conn_close(c);
 }
 
 int
 daemon_run(struct daemon *d, int timeout_ms)
 {
-	int code;
-
-	spawn(d);
-	code = daemon_wait(d, timeout_ms);
-	if (code < 0) {
-		char *tail = daemon_log_tail(d, LOG_TAIL_LINES);
-		daemon_kill(d);
-		ck_abort_msg("daemon: %s still runs after %d ms, expected it to exit; log:\n%s",
-			     d->program, timeout_ms, tail);
-	}
-	return code;
+	return proc_run(d->p, timeout_ms);
 }
 
 int
 daemon_wait(struct daemon *d, int timeout_ms)
 {
-	int64_t deadline = now_ms() + timeout_ms;
-
-	for (;;) {
-		int code = reap(d, WNOHANG);
-		if (d->pid == 0)
-			return code;
-		if (now_ms() > deadline)
-			return -1;
-		usleep(10000);
-	}
+	return proc_wait_exit(d->p, timeout_ms);
 }
 
 void
 daemon_signal(struct daemon *d, int sig)
 {
-	ck_assert_msg(d->pid > 0, "daemon: %s is not running", d->program);
-	ck_assert_int_eq(kill(d->pid, sig), 0);
+	proc_signal(d->p, sig);
 }
 
 int
 daemon_stop(struct daemon *d)
 {
-	int code;
-
-	ck_assert_msg(d->pid > 0, "daemon: %s is not running (it died?); log:\n%s",
-		      d->program, daemon_log_tail(d, LOG_TAIL_LINES));
-	kill(d->pid, SIGTERM);
-	code = daemon_wait(d, DAEMON_STOP_TIMEOUT_MS);
-	if (code < 0) {
-		char *tail = daemon_log_tail(d, LOG_TAIL_LINES);
-		daemon_kill(d);
-		ck_abort_msg("daemon: %s did not exit within %d ms of SIGTERM; log:\n%s",
-			     d->program, DAEMON_STOP_TIMEOUT_MS, tail);
-	}
-	return code;
+	return proc_stop(d->p);
 }
 
 void
 daemon_kill(struct daemon *d)
 {
-	if (d->pid <= 0)
-		return;
-	kill(d->pid, SIGKILL);
-	reap(d, 0);
+	proc_kill(d->p);
 }
 
 void
@@ -518,7 +179,7 @@ daemon_restart(struct daemon *d)
 {
 	int code = daemon_stop(d);
 
-	ck_assert_msg(code == 0, "daemon: %s exited %d on SIGTERM; log:\n%s", d->program,
+	ck_assert_msg(code == 0, "daemon: %s exited %d on SIGTERM; log:\n%s", proc_program(d->p),
 		      code, daemon_log_tail(d, LOG_TAIL_LINES));
 	daemon_start(d);
 }
@@ -526,20 +187,19 @@ daemon_restart(struct daemon *d)
 bool
 daemon_running(struct daemon *d)
 {
-	reap(d, WNOHANG);
-	return d->pid > 0;
+	return proc_running(d->p);
 }
 
 pid_t
 daemon_pid(const struct daemon *d)
 {
-	return d->pid;
+	return proc_pid(d->p);
 }
 
 const char *
 daemon_dir(const struct daemon *d)
 {
-	return d->dir;
+	return proc_dir(d->p);
 }
 
 const char *
@@ -551,35 +211,25 @@ daemon_socket(const struct daemon *d)
 const char *
 daemon_config_path(const struct daemon *d)
 {
-	return d->config_path;
-}
-
-const char *
-daemon_log_path(const struct daemon *d)
-{
-	return d->log_path;
+	return proc_config_path(d->p);
 }
 
 char *
 daemon_log(const struct daemon *d)
 {
-	return fixture_read_file(d->log_path);
+	return proc_log(d->p);
 }
 
 char *
 daemon_log_tail(const struct daemon *d, int n)
 {
-	return fixture_file_tail(d->log_path, n);
+	return proc_log_tail(d->p, n);
 }
 
 bool
 daemon_log_contains(const struct daemon *d, const char *needle)
 {
-	char *all = daemon_log(d);
-	bool r = strstr(all, needle) != NULL;
-
-	free(all);
-	return r;
+	return proc_log_contains(d->p, needle);
 }
 
 /* ---- client ------------------------------------------------------------------------ */
@@ -660,7 +310,7 @@ int
 daemon_conn_try_write(struct daemon_conn *c, const void *buf, size_t len)
 {
 	const char *p = buf;
-	int64_t deadline = now_ms() + 30000;
+	long long deadline = proc_now_ms() + 30000;
 
 	while (len > 0) {
 		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
@@ -758,7 +408,7 @@ conn_take_line(struct daemon_conn *c)
 char *
 daemon_conn_try_recv(struct daemon_conn *c, int timeout_ms, bool *timed_out)
 {
-	int64_t deadline = now_ms() + timeout_ms;
+	long long deadline = proc_now_ms() + timeout_ms;
 
 	*timed_out = false;
 	for (;;) {
@@ -822,7 +472,7 @@ daemon_conn_pipeline(struct daemon_conn *c, const char *const *lines, size_t n, 
 	char **answers = calloc(n ? n : 1, sizeof(*answers));
 	char *out = NULL;
 	size_t out_len = 0, out_off = 0, got = 0;
-	int64_t deadline;
+	long long deadline;
 
 	ck_assert_ptr_nonnull(answers);
 	for (size_t i = 0; i < n; i++)
@@ -835,7 +485,7 @@ daemon_conn_pipeline(struct daemon_conn *c, const char *const *lines, size_t n, 
 		out[off + l] = '\n';
 		off += l + 1;
 	}
-	deadline = now_ms() + timeout_ms;
+	deadline = proc_now_ms() + timeout_ms;
 	while (got < n) {
 		struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
 		char *line;
@@ -843,7 +493,7 @@ daemon_conn_pipeline(struct daemon_conn *c, const char *const *lines, size_t n, 
 
 		while (got < n && (line = conn_take_line(c)) != NULL) {
 			answers[got++] = line;
-			deadline = now_ms() + timeout_ms;	/* progress */
+			deadline = proc_now_ms() + timeout_ms;	/* progress */
 		}
 		if (got == n)
 			break;
@@ -859,7 +509,7 @@ daemon_conn_pipeline(struct daemon_conn *c, const char *const *lines, size_t n, 
 			ssize_t w = send(c->fd, out + out_off, out_len - out_off, MSG_NOSIGNAL);
 			if (w > 0) {
 				out_off += (size_t)w;
-				deadline = now_ms() + timeout_ms;
+				deadline = proc_now_ms() + timeout_ms;
 			} else if (w < 0 && errno != EAGAIN && errno != EINTR) {
 				ck_abort_msg("pipeline: send after %zu of %zu answers: %s", got, n,
 					     strerror(errno));
@@ -871,7 +521,7 @@ daemon_conn_pipeline(struct daemon_conn *c, const char *const *lines, size_t n, 
 				ck_abort_msg("pipeline: the daemon closed the connection after %zu "
 					     "of %zu answers", got, n);
 			if (r > 0)
-				deadline = now_ms() + timeout_ms;
+				deadline = proc_now_ms() + timeout_ms;
 		}
 	}
 	free(out);

@@ -8,13 +8,13 @@
  *   ck_assert_int_eq(daemon_stop(d), 0);
  *   daemon_free(d);
  *
- * Each daemon gets a fresh short temporary directory (fixture_tmpdir()) that
- * holds its config file (DIR/cqrs.conf), its stderr and stdout (DIR/daemon.log,
- * appended across restarts), and its socket (DIR/cmd.sock). It is started
- * as `PROGRAM -c DIR/cqrs.conf [extra args]`, in the test's process group
- * (Check kills the group after each test, so a failed test leaves no daemon
- * behind). Every function fails the test (ck_abort) rather than returning an
- * error, unless it says otherwise.
+ * The process is a tests/lib/proc.h proc (daemon_proc() gives it): a fresh
+ * short temporary directory holds its config file (DIR/cqrs.conf), its
+ * stderr and stdout (DIR/PROGRAM.log, appended across restarts), and its
+ * socket (DIR/cmd.sock). It is started as `PROGRAM -c DIR/cqrs.conf [extra
+ * args]`, in the test's process group (Check kills the group after each
+ * test, so a failed test leaves no daemon behind). Every function fails the
+ * test (ck_abort) rather than returning an error, unless it says otherwise.
  *
  * Also here: a tiny line client for the command socket with timeouts, which
  * can do what a well-behaved client would not (half lines, raw bytes), and
@@ -27,20 +27,22 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "proc.h"
+
 struct json_object;
 
 /* Default wait for a daemon to come up or to stop, and for one answer. */
-#define DAEMON_START_TIMEOUT_MS 20000
-#define DAEMON_STOP_TIMEOUT_MS 30000
+#define DAEMON_START_TIMEOUT_MS PROC_START_TIMEOUT_MS
+#define DAEMON_STOP_TIMEOUT_MS PROC_STOP_TIMEOUT_MS
 #define DAEMON_RECV_TIMEOUT_MS 30000
 
 struct daemon;
 
 /*
  * A daemon of fixture_bin(program), not started. Its config begins as
+ *   [log]   level = info
  *   [store] conninfo = CONNINFO      (omitted when conninfo is NULL)
  *   [cmd]   socket = DIR/cmd.sock
- *   [log]   level = info
  */
 struct daemon *daemon_new(const char *program, const char *conninfo);
 
@@ -48,13 +50,14 @@ struct daemon *daemon_new(const char *program, const char *conninfo);
  * CQRS_TEST_KEEP is set). NULL is a no-op. */
 void daemon_free(struct daemon *d);
 
+/* Its process, for what tests/lib/proc.h offers beyond what is here.
+ * Borrowed. */
+struct proc *daemon_proc(struct daemon *d);
+
 /* Sets section.key (replacing it); a NULL fmt removes the key. Written to
  * the config file at the next start. */
 void daemon_set(struct daemon *d, const char *section, const char *key, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
-
-/* Raw text appended to the config file after the keys (to test bad files). */
-void daemon_config_append(struct daemon *d, const char *text);
 
 /* Environment for the next starts (value NULL: unset it in the child). */
 void daemon_setenv(struct daemon *d, const char *name, const char *value);
@@ -70,7 +73,7 @@ void daemon_add_arg(struct daemon *d, const char *arg);
 void daemon_use_notify(struct daemon *d);
 
 /* The sd_notify messages of the current (or last) run, each followed by
- * a newline. Borrowed. */
+ * a newline. Borrowed until the next call. */
 const char *daemon_notifications(struct daemon *d);
 
 /*
@@ -90,10 +93,11 @@ int daemon_run(struct daemon *d, int timeout_ms);
  * DAEMON_STOP_TIMEOUT_MS). Returns the exit status (128 + signal). */
 int daemon_stop(struct daemon *d);
 
-/* SIGTERM without waiting. */
+/* Sends sig without waiting. */
 void daemon_signal(struct daemon *d, int sig);
 
-/* Waits up to timeout_ms for an exit that was asked for; -1 on timeout. */
+/* Waits up to timeout_ms for an exit that was asked for: its status, or -1
+ * on timeout. */
 int daemon_wait(struct daemon *d, int timeout_ms);
 
 /* SIGKILL and reap. */
@@ -110,7 +114,6 @@ pid_t daemon_pid(const struct daemon *d);
 const char *daemon_dir(const struct daemon *d);
 const char *daemon_socket(const struct daemon *d);
 const char *daemon_config_path(const struct daemon *d);
-const char *daemon_log_path(const struct daemon *d);
 
 /* The whole log (malloc'd), or its last n lines. */
 char *daemon_log(const struct daemon *d);

@@ -1,4 +1,4 @@
-/* proc.c - a socketless daemon as a child process, for tests (see proc.h). */
+/* proc.c - a program of the suite as a child process, for tests (see proc.h). */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +19,8 @@
 #include "proc.h"
 
 #define MAX_KEYS 64
-#define MAX_ENV 16
+#define MAX_ENV 32
+#define MAX_ARGS 16
 #define TAIL_LINES 40
 
 struct proc_kv {
@@ -29,13 +30,20 @@ struct proc_kv {
 struct proc {
 	char program[512];
 	char *dir;
-	char config_path[128], log_path[128], notify_path[128];
+	char config_path[128], log_path[600], notify_path[128];
 	struct proc_kv keys[MAX_KEYS];
 	int nkeys;
-	char *env[MAX_ENV];	/* "NAME=VALUE" */
+	char *config_extra;
+	char *env_name[MAX_ENV], *env_value[MAX_ENV];
 	int nenv;
-	pid_t pid;
-	int notify_fd;
+	char *args[MAX_ARGS];
+	int nargs;
+	enum proc_ready_kind ready_kind;
+	char *ready_arg;
+	pid_t pid;		/* 0 when not running */
+	int status;		/* of the last exit; -1 before one */
+	size_t log_mark;	/* log size after the start marker */
+	int notify_fd;		/* -1 without a NOTIFY_SOCKET */
 	/*
 	 * sd_notify datagrams are taken by a thread as they come: the kernel
 	 * queues only net.unix.max_dgram_qlen (often 10) of them, and a daemon
@@ -48,6 +56,7 @@ struct proc {
 	char *notes;
 	size_t notes_len;
 	size_t notes_mark;	/* notes_len at the last start */
+	char *notes_view;	/* proc_notifications()'s copy */
 };
 
 long long
@@ -59,8 +68,18 @@ proc_now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Procs alive in this process, killed at exit(). */
-static struct proc *live[16];
+static char *
+xstrdup(const char *s)
+{
+	char *r = strdup(s);
+
+	ck_assert_ptr_nonnull(r);
+	return r;
+}
+
+/* Procs alive in this process, killed at exit(): a test that ends normally
+ * without stopping one must not leave it to the process group. */
+static struct proc *live[64];
 static pid_t live_owner;
 
 static void
@@ -97,32 +116,46 @@ track(struct proc *p, bool on)
 	}
 }
 
-static void *drainer_main(void *arg);
+/* ---- the proc and its settings ------------------------------------------------------- */
 
 struct proc *
-proc_new(const char *program)
+proc_new_ready(const char *program, struct proc_ready ready)
 {
 	struct proc *p = calloc(1, sizeof(*p));
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *base = strrchr(program, '/');
 
 	ck_assert_ptr_nonnull(p);
 	snprintf(p->program, sizeof(p->program), "%s", fixture_bin(program));
 	p->dir = fixture_tmpdir();
 	snprintf(p->config_path, sizeof(p->config_path), "%s/cqrs.conf", p->dir);
-	snprintf(p->log_path, sizeof(p->log_path), "%s/proc.log", p->dir);
+	snprintf(p->log_path, sizeof(p->log_path), "%s/%s.log", p->dir, base ? base + 1 : program);
 	snprintf(p->notify_path, sizeof(p->notify_path), "%s/notify", p->dir);
-	p->notes = strdup("");
-	ck_assert_ptr_nonnull(p->notes);
-	p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	ck_assert_int_ge(p->notify_fd, 0);
-	memcpy(sa.sun_path, p->notify_path, strlen(p->notify_path) + 1);
-	if (bind(p->notify_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
-		ck_abort_msg("proc: bind %s: %s", p->notify_path, strerror(errno));
+	p->status = -1;
+	p->notify_fd = -1;
+	p->notes = xstrdup("");
 	pthread_mutex_init(&p->mu, NULL);
-	ck_assert_int_eq(pipe2(p->wake, O_CLOEXEC), 0);
-	ck_assert_int_eq(pthread_create(&p->drainer, NULL, drainer_main, p), 0);
+	proc_set_ready(p, ready);
 	proc_set(p, "log", "level", "info");
 	return p;
+}
+
+void
+proc_set_ready(struct proc *p, struct proc_ready ready)
+{
+	free(p->ready_arg);
+	p->ready_kind = ready.kind;
+	if (ready.kind == PROC_READY_SOCKET && ready.arg[0] != '/')
+		ck_assert_int_ge(asprintf(&p->ready_arg, "%s/%s", p->dir, ready.arg), 0);
+	else
+		p->ready_arg = xstrdup(ready.arg);
+	if (ready.kind == PROC_READY_NOTIFY)
+		proc_use_notify(p);
+}
+
+struct proc *
+proc_new(const char *program)
+{
+	return proc_new_ready(program, (struct proc_ready){ PROC_READY_NOTIFY, "READY=1" });
 }
 
 void
@@ -132,12 +165,14 @@ proc_free(struct proc *p)
 		return;
 	proc_kill(p);
 	track(p, false);
-	ck_assert_int_eq(write(p->wake[1], "x", 1), 1);
-	pthread_join(p->drainer, NULL);
-	close(p->wake[0]);
-	close(p->wake[1]);
+	if (p->notify_fd >= 0) {
+		ck_assert_int_eq(write(p->wake[1], "x", 1), 1);
+		pthread_join(p->drainer, NULL);
+		close(p->wake[0]);
+		close(p->wake[1]);
+		close(p->notify_fd);
+	}
 	pthread_mutex_destroy(&p->mu);
-	close(p->notify_fd);
 	if (getenv("CQRS_TEST_KEEP") == NULL) {
 		char cmd[200];
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p->dir);
@@ -151,9 +186,15 @@ proc_free(struct proc *p)
 		free(p->keys[i].key);
 		free(p->keys[i].value);
 	}
-	for (int i = 0; i < p->nenv; i++)
-		free(p->env[i]);
+	for (int i = 0; i < p->nenv; i++) {
+		free(p->env_name[i]);
+		free(p->env_value[i]);
+	}
+	proc_clear_args(p);
+	free(p->config_extra);
+	free(p->ready_arg);
 	free(p->notes);
+	free(p->notes_view);
 	free(p->dir);
 	free(p);
 }
@@ -175,50 +216,99 @@ proc_set(struct proc *p, const char *section, const char *key, const char *fmt, 
 			break;
 	if (i < p->nkeys) {
 		free(p->keys[i].value);
-		p->keys[i].value = value;
+		p->keys[i].value = value;	/* NULL: left out of the file */
 		return;
 	}
 	if (value == NULL)
 		return;
 	ck_assert_int_lt(p->nkeys, MAX_KEYS);
-	p->keys[i].section = strdup(section);
-	p->keys[i].key = strdup(key);
+	p->keys[i].section = xstrdup(section);
+	p->keys[i].key = xstrdup(key);
 	p->keys[i].value = value;
-	ck_assert(p->keys[i].section != NULL && p->keys[i].key != NULL);
 	p->nkeys++;
 }
 
 void
-proc_setenv(struct proc *p, const char *name, const char *value)
+proc_config_append(struct proc *p, const char *text)
 {
-	ck_assert_int_lt(p->nenv, MAX_ENV);
-	ck_assert_int_ge(asprintf(&p->env[p->nenv], "%s=%s", name, value), 0);
-	p->nenv++;
+	size_t old = p->config_extra ? strlen(p->config_extra) : 0;
+
+	p->config_extra = realloc(p->config_extra, old + strlen(text) + 1);
+	ck_assert_ptr_nonnull(p->config_extra);
+	memcpy(p->config_extra + old, text, strlen(text) + 1);
 }
 
-static void
-write_config(struct proc *p)
+void
+proc_config_text(struct proc *p, const char *text)
+{
+	free(p->config_extra);
+	p->config_extra = NULL;
+	proc_config_append(p, text);
+}
+
+void
+proc_write_config(struct proc *p)
 {
 	FILE *f = fopen(p->config_path, "w");
 
 	if (f == NULL)
 		ck_abort_msg("proc: cannot write %s: %s", p->config_path, strerror(errno));
 	fprintf(f, "# written by tests/lib/proc.c\n");
+	/* sections in order of first appearance (when they have a key left),
+	 * keys in order of setting */
 	for (int i = 0; i < p->nkeys; i++) {
-		bool seen = false;
+		bool earlier = false, header = false;
 		for (int j = 0; j < i; j++)
-			seen = seen || strcmp(p->keys[j].section, p->keys[i].section) == 0;
-		if (seen)
-			continue;
-		fprintf(f, "\n[%s]\n", p->keys[i].section);
-		for (int j = i; j < p->nkeys; j++)
-			if (strcmp(p->keys[j].section, p->keys[i].section) == 0 &&
-			    p->keys[j].value != NULL)
-				fprintf(f, "%s = %s\n", p->keys[j].key, p->keys[j].value);
+			earlier = earlier || strcmp(p->keys[j].section, p->keys[i].section) == 0;
+		for (int j = i; j < p->nkeys && !earlier; j++) {
+			if (strcmp(p->keys[j].section, p->keys[i].section) != 0 ||
+			    p->keys[j].value == NULL)
+				continue;
+			if (!header)
+				fprintf(f, "\n[%s]\n", p->keys[i].section);
+			header = true;
+			fprintf(f, "%s = %s\n", p->keys[j].key, p->keys[j].value);
+		}
 	}
+	if (p->config_extra != NULL)
+		fprintf(f, "\n%s\n", p->config_extra);
 	if (fclose(f) != 0)
 		ck_abort_msg("proc: writing %s: %s", p->config_path, strerror(errno));
 }
+
+void
+proc_setenv(struct proc *p, const char *name, const char *value)
+{
+	int i;
+
+	for (i = 0; i < p->nenv; i++)
+		if (strcmp(p->env_name[i], name) == 0)
+			break;
+	if (i == p->nenv) {
+		ck_assert_int_lt(p->nenv, MAX_ENV);
+		p->env_name[p->nenv++] = xstrdup(name);
+	} else {
+		free(p->env_value[i]);
+	}
+	p->env_value[i] = value != NULL ? xstrdup(value) : NULL;
+}
+
+void
+proc_add_arg(struct proc *p, const char *arg)
+{
+	ck_assert_int_lt(p->nargs, MAX_ARGS);
+	p->args[p->nargs++] = xstrdup(arg);
+}
+
+void
+proc_clear_args(struct proc *p)
+{
+	for (int i = 0; i < p->nargs; i++)
+		free(p->args[i]);
+	p->nargs = 0;
+}
+
+/* ---- notifications ------------------------------------------------------------------- */
 
 static void
 drain_notify(struct proc *p)
@@ -226,6 +316,8 @@ drain_notify(struct proc *p)
 	char buf[4096];
 	ssize_t n;
 
+	if (p->notify_fd < 0)
+		return;
 	pthread_mutex_lock(&p->mu);
 	while ((n = recv(p->notify_fd, buf, sizeof(buf) - 1, 0)) > 0) {
 		char *grown = realloc(p->notes, p->notes_len + (size_t)n + 2);
@@ -256,16 +348,40 @@ drainer_main(void *arg)
 	}
 }
 
-bool
-proc_notified(struct proc *p, const char *needle)
+void
+proc_use_notify(struct proc *p)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	if (p->notify_fd >= 0)
+		return;
+	p->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	ck_assert_int_ge(p->notify_fd, 0);
+	ck_assert_uint_lt(strlen(p->notify_path), sizeof(sa.sun_path));
+	memcpy(sa.sun_path, p->notify_path, strlen(p->notify_path) + 1);
+	if (bind(p->notify_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+		ck_abort_msg("proc: bind %s: %s", p->notify_path, strerror(errno));
+	ck_assert_int_eq(pipe2(p->wake, O_CLOEXEC), 0);
+	ck_assert_int_eq(pthread_create(&p->drainer, NULL, drainer_main, p), 0);
+}
+
+/* Whether a message since the mark (or since ever) contains needle. */
+static bool
+notes_contain(struct proc *p, size_t from, const char *needle)
 {
 	bool found;
 
 	drain_notify(p);
 	pthread_mutex_lock(&p->mu);
-	found = strstr(p->notes, needle) != NULL;
+	found = strstr(p->notes + from, needle) != NULL;
 	pthread_mutex_unlock(&p->mu);
 	return found;
+}
+
+bool
+proc_notified(struct proc *p, const char *needle)
+{
+	return notes_contain(p, 0, needle);
 }
 
 bool
@@ -281,32 +397,111 @@ proc_wait_notified(struct proc *p, const char *needle, int timeout_ms)
 	return true;
 }
 
+const char *
+proc_notifications(struct proc *p)
+{
+	drain_notify(p);
+	free(p->notes_view);
+	pthread_mutex_lock(&p->mu);
+	p->notes_view = strdup(p->notes + p->notes_mark);
+	pthread_mutex_unlock(&p->mu);
+	ck_assert_ptr_nonnull(p->notes_view);
+	return p->notes_view;
+}
+
+/* ---- running it ---------------------------------------------------------------------- */
+
+/*
+ * The child's environment, built before fork(): ours, without NOTIFY_SOCKET
+ * (given only to a proc that has one) and with the proc's variables.
+ */
+static char **
+child_env(struct proc *p)
+{
+	size_t n = 0, k = 0;
+	bool own_notify = p->notify_fd >= 0;
+	char **env;
+
+	while (environ[n] != NULL)
+		n++;
+	env = calloc(n + (size_t)p->nenv + 2, sizeof(*env));
+	ck_assert_ptr_nonnull(env);
+	for (size_t i = 0; i < n; i++) {
+		bool drop = strncmp(environ[i], "NOTIFY_SOCKET=", 14) == 0;
+		for (int j = 0; j < p->nenv && !drop; j++) {
+			size_t l = strlen(p->env_name[j]);
+			drop = strncmp(environ[i], p->env_name[j], l) == 0 && environ[i][l] == '=';
+		}
+		if (!drop)
+			env[k++] = xstrdup(environ[i]);
+	}
+	for (int j = 0; j < p->nenv; j++) {
+		if (strcmp(p->env_name[j], "NOTIFY_SOCKET") == 0)
+			own_notify = false;	/* the test's (or none) */
+		if (p->env_value[j] != NULL)
+			ck_assert_int_ge(asprintf(&env[k++], "%s=%s", p->env_name[j], p->env_value[j]),
+					 0);
+	}
+	if (own_notify)
+		ck_assert_int_ge(asprintf(&env[k++], "NOTIFY_SOCKET=%s", p->notify_path), 0);
+	return env;
+}
+
+static void
+free_strv(char **v)
+{
+	for (size_t i = 0; v[i] != NULL; i++)
+		free(v[i]);
+	free(v);
+}
+
 void
 proc_spawn(struct proc *p)
 {
-	char *argv[4];
-	int logfd;
+	char *argv[MAX_ARGS + 12], **envp, vglog[200], mark[1024];
+	const char *vg = getenv("CQRS_TEST_VALGRIND");
+	int argc = 0, logfd, len;
 	pid_t pid;
-	char mark[700];
-	int n;
 
 	ck_assert_msg(p->pid == 0, "proc: %s is already running", p->program);
 	if (access(p->program, X_OK) != 0)
 		ck_abort_msg("proc: %s is not built (%s)", p->program, strerror(errno));
-	write_config(p);
+	proc_write_config(p);
+	/* what the previous run said is not what this one says */
 	drain_notify(p);
 	pthread_mutex_lock(&p->mu);
 	p->notes_mark = p->notes_len;
 	pthread_mutex_unlock(&p->mu);
+	if (vg != NULL && vg[0] != '\0') {
+		/* memory errors and leaks make the exit status 97, and the
+		 * report goes to DIR/valgrind.PID */
+		snprintf(vglog, sizeof(vglog), "--log-file=%s/valgrind.%%p", p->dir);
+		argv[argc++] = (char *)"valgrind";
+		argv[argc++] = (char *)"--leak-check=full";
+		argv[argc++] = (char *)"--show-leak-kinds=definite,indirect";
+		argv[argc++] = (char *)"--errors-for-leak-kinds=definite,indirect";
+		argv[argc++] = (char *)"--error-exitcode=97";
+		argv[argc++] = vglog;
+	}
+	argv[argc++] = p->program;
+	argv[argc++] = (char *)"-c";
+	argv[argc++] = p->config_path;
+	for (int i = 0; i < p->nargs; i++)
+		argv[argc++] = p->args[i];
+	argv[argc] = NULL;
+	envp = child_env(p);
+
 	logfd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	ck_assert_int_ge(logfd, 0);
-	n = snprintf(mark, sizeof(mark), "==== tests/lib/proc.c: starting %s -c %s\n", p->program,
-		     p->config_path);
-	ck_assert_int_eq(write(logfd, mark, (size_t)n), n);
-	argv[0] = p->program;
-	argv[1] = (char *)"-c";
-	argv[2] = p->config_path;
-	argv[3] = NULL;
+	len = snprintf(mark, sizeof(mark), "==== tests/lib/proc.c: starting");
+	for (int i = 0; i < argc && len < (int)sizeof(mark) - 2; i++)
+		len += snprintf(mark + len, sizeof(mark) - (size_t)len - 1, " %s", argv[i]);
+	if (len > (int)sizeof(mark) - 2)
+		len = (int)sizeof(mark) - 2;
+	mark[len++] = '\n';
+	ck_assert_int_eq(write(logfd, mark, (size_t)len), len);
+	p->log_mark = (size_t)lseek(logfd, 0, SEEK_END);
+
 	fflush(NULL);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
@@ -314,29 +509,18 @@ proc_spawn(struct proc *p)
 		int nullfd = open("/dev/null", O_RDONLY);
 		if (nullfd < 0 || dup2(nullfd, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
 			_exit(126);
+		/* nothing of the test's (sockets to other daemons) leaks in */
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
-		setenv("NOTIFY_SOCKET", p->notify_path, 1);
-		for (int i = 0; i < p->nenv; i++)
-			putenv(p->env[i]);
 		signal(SIGPIPE, SIG_DFL);
-		if (getenv("CQRS_TEST_VALGRIND") != NULL) {
-			/* memory errors and leaks make the exit status 97, and
-			 * the report goes to DIR/valgrind.PID */
-			char logopt[200];
-			char *vargv[] = { (char *)"valgrind", (char *)"--leak-check=full",
-					  (char *)"--errors-for-leak-kinds=definite,indirect",
-					  (char *)"--error-exitcode=97", logopt, p->program,
-					  (char *)"-c", p->config_path, NULL };
-			snprintf(logopt, sizeof(logopt), "--log-file=%s/valgrind.%%p", p->dir);
-			execvp("valgrind", vargv);
-		}
-		execv(p->program, argv);
-		dprintf(2, "proc: exec %s: %s\n", p->program, strerror(errno));
+		execvpe(argv[0], argv, envp);
+		dprintf(2, "proc: exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
 	close(logfd);
+	free_strv(envp);
 	p->pid = pid;
+	p->status = -1;
 	track(p, true);
 }
 
@@ -350,23 +534,66 @@ exit_code(int status)
 	return -1;
 }
 
-/* Reaps it if it exited: its status, or -1 while it runs. */
-static int
+/* Reaps it if it exited; keeps the status. */
+static void
 reap(struct proc *p, int flags)
 {
 	int status;
 	pid_t r;
 
 	if (p->pid <= 0)
-		return -1;
+		return;
 	do
 		r = waitpid(p->pid, &status, flags);
 	while (r < 0 && errno == EINTR);
 	if (r == 0)
-		return -1;
+		return;
 	p->pid = 0;
+	p->status = r < 0 ? -1 : exit_code(status);
 	track(p, false);
-	return r < 0 ? -1 : exit_code(status);
+}
+
+static bool
+socket_accepts(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+	bool ok;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return false;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(fd, 0);
+	/* an AF_UNIX connect does not wait for the peer's accept(), only for
+	 * room in its backlog */
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
+static bool
+log_since_start(struct proc *p, const char *needle)
+{
+	char *log = fixture_read_file(p->log_path);
+	bool found = strlen(log) >= p->log_mark && strstr(log + p->log_mark, needle) != NULL;
+
+	free(log);
+	return found;
+}
+
+static bool
+is_ready(struct proc *p)
+{
+	switch (p->ready_kind) {
+	case PROC_READY_NOTIFY:
+		return notes_contain(p, p->notes_mark, p->ready_arg);
+	case PROC_READY_SOCKET:
+		return socket_accepts(p->ready_arg);
+	case PROC_READY_LOG:
+		return log_since_start(p, p->ready_arg);
+	}
+	return false;
 }
 
 bool
@@ -375,15 +602,9 @@ proc_wait_ready(struct proc *p, int timeout_ms)
 	long long deadline = proc_now_ms() + timeout_ms;
 
 	for (;;) {
-		bool ready;
-		drain_notify(p);
-		pthread_mutex_lock(&p->mu);
-		ready = strstr(p->notes + p->notes_mark, "READY=1") != NULL;
-		pthread_mutex_unlock(&p->mu);
-		if (ready)
+		if (is_ready(p))
 			return true;
-		if (p->pid > 0)
-			reap(p, WNOHANG);
+		reap(p, WNOHANG);
 		if (p->pid == 0 || proc_now_ms() > deadline)
 			return false;
 		usleep(10000);
@@ -393,13 +614,38 @@ proc_wait_ready(struct proc *p, int timeout_ms)
 void
 proc_start(struct proc *p)
 {
+	static const char *const what[] = {
+		[PROC_READY_NOTIFY] = "no notification",
+		[PROC_READY_SOCKET] = "no connection to",
+		[PROC_READY_LOG] = "nothing in its log like",
+	};
+
 	proc_spawn(p);
 	if (!proc_wait_ready(p, PROC_START_TIMEOUT_MS)) {
 		char *tail = proc_log_tail(p, TAIL_LINES);
-		ck_abort_msg("proc: %s %s within %d ms; log:\n%s", p->program,
-			     p->pid == 0 ? "exited before READY=1" : "sent no READY=1",
-			     PROC_START_TIMEOUT_MS, tail);
+		if (p->pid == 0)
+			ck_abort_msg("proc: %s exited with status %d before it was ready "
+				     "(%s \"%s\"); log:\n%s", p->program, p->status,
+				     what[p->ready_kind], p->ready_arg, tail);
+		ck_abort_msg("proc: %s not ready after %d ms (%s \"%s\"); log:\n%s", p->program,
+			     PROC_START_TIMEOUT_MS, what[p->ready_kind], p->ready_arg, tail);
 	}
+}
+
+int
+proc_run(struct proc *p, int timeout_ms)
+{
+	int code;
+
+	proc_spawn(p);
+	code = proc_wait_exit(p, timeout_ms);
+	if (code < 0 && p->pid > 0) {
+		char *tail = proc_log_tail(p, TAIL_LINES);
+		proc_kill(p);
+		ck_abort_msg("proc: %s still runs after %d ms, expected it to exit; log:\n%s",
+			     p->program, timeout_ms, tail);
+	}
+	return code;
 }
 
 int
@@ -408,9 +654,9 @@ proc_wait_exit(struct proc *p, int timeout_ms)
 	long long deadline = proc_now_ms() + timeout_ms;
 
 	for (;;) {
-		int code = reap(p, WNOHANG);
+		reap(p, WNOHANG);
 		if (p->pid == 0)
-			return code;
+			return p->status;
 		if (proc_now_ms() > deadline)
 			return -1;
 		usleep(10000);
@@ -426,13 +672,23 @@ proc_stop(struct proc *p)
 		      proc_log_tail(p, TAIL_LINES));
 	kill(p->pid, SIGTERM);
 	code = proc_wait_exit(p, PROC_STOP_TIMEOUT_MS);
-	if (code < 0) {
+	if (p->pid > 0) {
 		char *tail = proc_log_tail(p, TAIL_LINES);
 		proc_kill(p);
 		ck_abort_msg("proc: %s did not exit within %d ms of SIGTERM; log:\n%s", p->program,
 			     PROC_STOP_TIMEOUT_MS, tail);
 	}
 	return code;
+}
+
+void
+proc_restart(struct proc *p)
+{
+	int code = proc_stop(p);
+
+	ck_assert_msg(code == 0, "proc: %s exited %d on SIGTERM; log:\n%s", p->program, code,
+		      proc_log_tail(p, TAIL_LINES));
+	proc_start(p);
 }
 
 void
@@ -464,6 +720,14 @@ proc_pid(const struct proc *p)
 	return p->pid;
 }
 
+/* ---- paths and the log --------------------------------------------------------------- */
+
+const char *
+proc_program(const struct proc *p)
+{
+	return p->program;
+}
+
 const char *
 proc_dir(const struct proc *p)
 {
@@ -474,6 +738,12 @@ const char *
 proc_config_path(const struct proc *p)
 {
 	return p->config_path;
+}
+
+const char *
+proc_log_path(const struct proc *p)
+{
+	return p->log_path;
 }
 
 char *
