@@ -16,6 +16,7 @@
 
 #include "broker.h"
 #include "cqrs/log.h"
+#include "daemon.h"
 #include "store.h"
 #include "tracker.h"
 
@@ -51,8 +52,7 @@ struct tracker {
 	int64_t next_lock_try;
 	int64_t next_status;
 	int64_t next_mq_poll;
-	int64_t watchdog_ms;		/* 0: no watchdog */
-	int64_t next_watchdog;
+	struct cqrs_daemon_watchdog watchdog;
 	int64_t pg_backoff, mq_backoff;
 	int64_t pg_retry_at, mq_retry_at;
 	char pg_last_err[CQRS_ERR_MSG_MAX], mq_last_err[CQRS_ERR_MSG_MAX];
