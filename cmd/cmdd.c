@@ -7,7 +7,7 @@
 
 #include "cmdd.h"
 #include "config.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "hmap.h"
 #include "pool.h"
 #include "sdnotify.h"

@@ -15,7 +15,7 @@
 #include <sys/queue.h>
 
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "httpd.h"
 #include "plugin_host.h"
 #include "proto.h"

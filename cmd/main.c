@@ -6,7 +6,7 @@
 
 #include "cmdd.h"
 #include "config.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "store.h"
 
 static bool migrate;

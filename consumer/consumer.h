@@ -37,7 +37,7 @@
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "httpd.h"
 #include "plugin_host.h"
 #include "store.h"

@@ -4,7 +4,7 @@
 #include "config.h"
 #include "consumer.h"
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 
 struct args {
 	const char *name;

@@ -3,7 +3,7 @@
 
 #include "config.h"
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "tracker.h"
 
 static const struct cqrs_daemon_spec spec = {

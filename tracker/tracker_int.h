@@ -16,7 +16,7 @@
 
 #include "broker.h"
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "store.h"
 #include "tracker.h"
 

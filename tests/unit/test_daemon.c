@@ -17,7 +17,7 @@
 
 #include "config.h"
 #include "cqrs/log.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "sdnotify.h"
 
 #define USAGE "usage: cqrs-test -n NAME [--flag]\n"

@@ -1,5 +1,5 @@
 /*
- * daemon.h - the start and life that cqrs-cmdd, cqrs-tracker and
+ * cqrs_daemon.h - the start and life that cqrs-cmdd, cqrs-tracker and
  * cqrs-consumer share (STYLE.md, "Lifecycle"): options, the configuration
  * file and log.level, signals, systemd's watchdog. A daemon's main.c keeps
  * what is its own: its options, its wiring, its loop.
@@ -27,8 +27,8 @@
  *
  * One daemon per process: the signal shapes are process-wide.
  */
-#ifndef CQRS_DAEMON_H
-#define CQRS_DAEMON_H
+#ifndef CQRS_CQRS_DAEMON_H
+#define CQRS_CQRS_DAEMON_H
 
 #include <getopt.h>
 #include <stdbool.h>

@@ -1,4 +1,4 @@
-/* daemon.c - options, config, log level, signals and watchdog of the daemons. */
+/* cqrs_daemon.c - options, config, log level, signals and watchdog of the daemons. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +9,7 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "daemon.h"
+#include "cqrs_daemon.h"
 #include "sdnotify.h"
 
 /* val of --check-config: beyond every letter a daemon's option may use */
