@@ -1,14 +1,13 @@
-/* cmdd.c - cqrs-cmdd's configuration, wiring and life (signals, drain). */
-#include <signal.h>
+/* cmdd.c - cqrs-cmdd's configuration, wiring and life (readiness, drain). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/event.h>
 
 #include "cmdd.h"
 #include "config.h"
+#include "cqrs_daemon.h"
 #include "hmap.h"
 #include "pool.h"
 #include "sdnotify.h"
@@ -99,15 +98,6 @@ maybe_exit(struct cmdd *d)
 		event_base_loopexit(d->base, NULL);
 }
 
-static uint64_t
-mono_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static void
 tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -125,11 +115,9 @@ tick(evutil_socket_t fd, short what, void *arg)
 				"store connections %d/%d", d->n_clients, d->n_aggs,
 				(unsigned long long)d->stats.requests, (unsigned long long)d->stats.ok,
 				(unsigned long long)d->stats.failed, pool_up(d->pool), d->cfg.pool_size);
-	/* the loop turns: tell systemd's watchdog, at half its interval */
-	if (d->ready && d->watchdog_us > 0 && mono_us() - d->watchdog_last_us >= d->watchdog_us) {
-		cqrs_sdnotify_watchdog();
-		d->watchdog_last_us = mono_us();
-	}
+	/* the loop turns: tell systemd's watchdog */
+	if (d->ready)
+		(void)cqrs_daemon_tick(&d->watchdog);
 	if (d->stopping) {
 		server_close_idle(d);
 		maybe_exit(d);
@@ -147,54 +135,6 @@ cmdd_begin_shutdown(struct cmdd *d)
 	server_close(d);
 	server_close_idle(d);
 	maybe_exit(d);
-}
-
-/*
- * SIGHUP: re-read the file for what can change live (log.level). A file
- * that no longer loads changes nothing; the daemon keeps running.
- */
-static void
-reload(struct cmdd *d)
-{
-	struct config *cfg = NULL;
-	struct cqrs_err err = { 0 };
-	int level;
-
-	if (d->config_path == NULL)
-		return;
-	cqrs_sdnotify_reloading();
-	if (cqrs_config_load(d->config_path, &cfg, &err) < 0) {
-		cqrs_log_error(&d->log, "reload: %s (keeping the running configuration)", err.msg);
-	} else if ((level = cqrs_log_level_parse(cqrs_config_get(cfg, "log", "level", "info"))) < 0) {
-		cqrs_log_error(&d->log, "reload: log.level \"%s\" is not error, warn, info or debug",
-			       cqrs_config_get(cfg, "log", "level", ""));
-	} else {
-		cqrs_log_set_level(level);
-		cqrs_log_warn(&d->log, "reloaded %s: log.level=%s; other keys take effect at restart",
-			      d->config_path, cqrs_log_level_name(level));
-	}
-	cqrs_config_free(cfg);
-	cqrs_sdnotify_ready(NULL);
-}
-
-static void
-on_signal(evutil_socket_t sig, short what, void *arg)
-{
-	struct cmdd *d = arg;
-
-	(void)what;
-	if (sig == SIGPIPE)
-		return;
-	if (sig == SIGHUP) {
-		reload(d);
-		return;
-	}
-	if (d->stopping) {
-		cqrs_log_warn(&d->log, "second signal: exiting now");
-		event_base_loopbreak(d->base);
-		return;
-	}
-	cmdd_begin_shutdown(d);
 }
 
 int
@@ -222,16 +162,10 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 		return rc;
 	if ((rc = metrics_start(d, err)) < 0)
 		return rc;
-	d->watchdog_us = cqrs_sdnotify_watchdog_usec() / 2;
-	d->sig_term = evsignal_new(base, SIGTERM, on_signal, d);
-	d->sig_int = evsignal_new(base, SIGINT, on_signal, d);
-	d->sig_pipe = evsignal_new(base, SIGPIPE, on_signal, d);
-	d->sig_hup = evsignal_new(base, SIGHUP, on_signal, d);
-	evsignal_add(d->sig_hup, NULL);
+	cqrs_daemon_watchdog_init(&d->watchdog);
 	d->tick = event_new(base, -1, EV_PERSIST, tick, d);
-	evsignal_add(d->sig_term, NULL);
-	evsignal_add(d->sig_int, NULL);
-	evsignal_add(d->sig_pipe, NULL);
+	if (d->tick == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	event_add(d->tick, &tv);
 	return 0;
 }
@@ -260,14 +194,6 @@ cmdd_fini(struct cmdd *d)
 		event_free(d->tick);
 	if (d->notify_timer)
 		event_free(d->notify_timer);
-	if (d->sig_term)
-		event_free(d->sig_term);
-	if (d->sig_int)
-		event_free(d->sig_int);
-	if (d->sig_pipe)
-		event_free(d->sig_pipe);
-	if (d->sig_hup)
-		event_free(d->sig_hup);
 	metrics_stop(d);
 	pool_free(d->pool);
 	pool_free(d->notify);

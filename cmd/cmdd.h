@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 
 #include "cqrs/log.h"
+#include "cqrs_daemon.h"
 #include "httpd.h"
 #include "plugin_host.h"
 #include "proto.h"
@@ -139,16 +140,16 @@ struct cmdd {
 	int snapshot_writes;
 	bool stopping;
 	bool ready;
-	struct event *sig_term, *sig_int, *sig_pipe, *sig_hup, *tick;
-	const char *config_path;	/* borrowed: re-read on SIGHUP */
+	struct event *tick;
 	struct cmdd_stats stats;
 	struct cqrs_log_ctx log;
 	struct httpd *http;		/* NULL without cmd.http */
-	uint64_t watchdog_us;		/* WATCHDOG=1 this often; 0: no watchdog */
-	uint64_t watchdog_last_us;
+	struct cqrs_daemon_watchdog watchdog;	/* pinged once ready */
 };
 
 /* cmdd.c */
+/* Signals are the caller's (cqrs_daemon_signals_event(), stop:
+ * cmdd_begin_shutdown()). */
 int cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg,
 	      struct registry *reg, struct cqrs_err *err) __attribute__((warn_unused_result));
 int cmdd_run(struct cmdd *d);

@@ -1,129 +1,121 @@
 /* cqrs-cmdd - the command daemon. */
-#include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
 
 #include "cmdd.h"
 #include "config.h"
+#include "cqrs_daemon.h"
 #include "store.h"
 
-#define DEFAULT_CONFIG "/etc/cqrs/cqrs.conf"
+static bool migrate;
+
+static int
+option(int val, const char *arg, void *ctx)
+{
+	(void)val;		/* --migrate, the only one */
+	(void)arg;
+	(void)ctx;
+	migrate = true;
+	return 0;
+}
+
+static const struct option options[] = {
+	{ "migrate", no_argument, NULL, 'm' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct cqrs_daemon_spec spec = {
+	.name = "cqrs-cmdd",
+	.comp = "cmdd",
+	.usage = "usage: cqrs-cmdd [-c FILE] [--check-config] [--migrate]\n\n"
+		 "Takes commands as JSON lines on a Unix socket (cmd.socket), runs them\n"
+		 "with the domain plugins of cmd.plugins and appends their events to\n"
+		 "PostgreSQL (store.conninfo).\n\n"
+		 "  -c, --config FILE  configuration file (default " CQRS_CONFIG_DEFAULT ")\n"
+		 "      --check-config  load the configuration and plugins, then exit\n"
+		 "      --migrate       apply database migrations before starting\n"
+		 "  -h, --help\n  -V, --version\n",
+	.options = options,
+	.option = option,
+};
 
 static void
-usage(FILE *f)
+stop(void *arg)
 {
-	fprintf(f, "usage: cqrs-cmdd [-c FILE] [--check-config] [--migrate]\n\n"
-		   "Takes commands as JSON lines on a Unix socket (cmd.socket), runs them\n"
-		   "with the domain plugins of cmd.plugins and appends their events to\n"
-		   "PostgreSQL (store.conninfo).\n\n"
-		   "  -c, --config FILE  configuration file (default " DEFAULT_CONFIG ")\n"
-		   "      --check-config  load the configuration and plugins, then exit\n"
-		   "      --migrate       apply database migrations before starting\n"
-		   "  -h, --help\n  -V, --version\n");
+	cmdd_begin_shutdown(arg);
+}
+
+static int
+run_migrations(const char *conninfo)
+{
+	struct store *st = NULL;
+	struct cqrs_err err = { 0 };
+	int applied = 0;
+
+	if (cqrs_store_connect(conninfo, &st, &err) < 0 ||
+	    cqrs_store_migrate(st, &applied, &err) < 0) {
+		cqrs_log_error(NULL, "migrate: %s", err.msg);
+		cqrs_store_free(st);
+		return -1;
+	}
+	cqrs_store_free(st);
+	cqrs_log_info(NULL, "migrations applied: %d", applied);
+	return 0;
 }
 
 int
 main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "check-config", no_argument, NULL, 'k' },
-		{ "migrate", no_argument, NULL, 'm' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *path = DEFAULT_CONFIG;
-	bool check_only = false, migrate = false;
-	struct config *cfg = NULL;
-	struct cmdd_config ccfg;
+	struct cqrs_daemon dm;
+	struct cmdd_config ccfg = { 0 };
 	struct registry *reg = NULL;
 	struct event_base *base = NULL;
 	struct cmdd d;
 	struct cqrs_err err = { 0 };
-	int c, level, rc = 1;
+	int rc;
 
-	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
-		switch (c) {
-		case 'c': path = optarg; break;
-		case 'k': check_only = true; break;
-		case 'm': migrate = true; break;
-		case 'h': usage(stdout); return 0;
-		case 'V': printf("cqrs-cmdd %s\n", CQRS_VERSION); return 0;
-		default: usage(stderr); return 2;
-		}
-	}
-	if (optind != argc) {
-		usage(stderr);
-		return 2;
-	}
-	signal(SIGPIPE, SIG_IGN);
-	if (cqrs_config_load(path, &cfg, &err) < 0) {
-		fprintf(stderr, "cqrs-cmdd: %s\n", err.msg);
-		return 1;
-	}
-	level = cqrs_log_level_parse(cqrs_config_get(cfg, "log", "level", "info"));
-	if (level < 0) {
-		fprintf(stderr, "cqrs-cmdd: log.level: \"%s\" is not error, warn, info or debug\n",
-			cqrs_config_get(cfg, "log", "level", ""));
-		goto out;
-	}
-	cqrs_log_set_level(level);
-	if (cmdd_config_load(cfg, &ccfg, &err) < 0) {
+	if ((rc = cqrs_daemon_start(&dm, &spec, argc, argv)) != CQRS_DAEMON_RUN)
+		return rc;
+	rc = 1;
+	if (cmdd_config_load(dm.cfg, &ccfg, &err) < 0) {
 		cqrs_log_error(NULL, "%s", err.msg);
-		cmdd_config_clear(&ccfg);
 		goto out;
 	}
 	reg = cqrs_registry_new();
 	if (reg == NULL || cqrs_registry_load_list(reg, ccfg.plugins, &err) < 0) {
 		cqrs_log_error(NULL, "%s", reg ? err.msg : "out of memory");
-		cmdd_config_clear(&ccfg);
 		goto out;
 	}
 	if (cqrs_registry_command_count(reg) == 0)
 		cqrs_log_warn(NULL, "no command handlers loaded (cmd.plugins is \"%s\")", ccfg.plugins);
-	if (check_only) {
+	if (dm.check_config) {
 		printf("configuration ok: %zu commands, %zu aggregates\n",
 		       cqrs_registry_command_count(reg), cqrs_registry_aggregate_count(reg));
-		cmdd_config_clear(&ccfg);
 		rc = 0;
 		goto out;
 	}
-	if (migrate) {
-		struct store *st = NULL;
-		int applied = 0;
-		if (cqrs_store_connect(ccfg.conninfo, &st, &err) < 0 ||
-		    cqrs_store_migrate(st, &applied, &err) < 0) {
-			cqrs_log_error(NULL, "migrate: %s", err.msg);
-			cqrs_store_free(st);
-			cmdd_config_clear(&ccfg);
-			goto out;
-		}
-		cqrs_store_free(st);
-		cqrs_log_info(NULL, "migrations applied: %d", applied);
-	}
-	base = event_base_new();
-	if (base == NULL) {
+	if (migrate && run_migrations(ccfg.conninfo) < 0)
+		goto out;
+	if ((base = event_base_new()) == NULL) {
 		cqrs_log_error(NULL, "cannot create the event loop");
-		cmdd_config_clear(&ccfg);
 		goto out;
 	}
-	if (cmdd_init(&d, base, &ccfg, reg, &err) < 0) {
-		cqrs_log_error(NULL, "%s", err.msg);
-		cmdd_fini(&d);
-		goto out;
+	rc = cmdd_init(&d, base, &ccfg, reg, &err);
+	memset(&ccfg, 0, sizeof(ccfg));	/* d owns it now, also after a failure */
+	if (rc < 0 || cqrs_daemon_signals_event(&dm, base, stop, &d) < 0) {
+		cqrs_log_error(NULL, "%s", rc < 0 ? err.msg : "out of memory");
+		rc = 1;
+	} else {
+		rc = cmdd_run(&d);
 	}
-	d.config_path = path;
-	rc = cmdd_run(&d);
 	cmdd_fini(&d);
 out:
+	cmdd_config_clear(&ccfg);
+	cqrs_daemon_end(&dm);	/* its events before their loop */
 	if (base != NULL)
 		event_base_free(base);
 	cqrs_registry_free(reg);
-	cqrs_config_free(cfg);
 	return rc;
 }

@@ -48,6 +48,9 @@
 
 struct config;
 
+/* The file the daemons and cqrsctl read when -c is not given. */
+#define CQRS_CONFIG_DEFAULT "/etc/cqrs/cqrs.conf"
+
 /*
  * Reads path. A missing file is CQRS_ENOTFOUND; a syntax error is
  * CQRS_ECONFIG naming the file and line; another open or read failure is

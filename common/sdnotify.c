@@ -1,11 +1,15 @@
 /* sdnotify.c - thin wrappers over libsystemd's sd-daemon calls. */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <systemd/sd-daemon.h>
 
 #include "sdnotify.h"
+
+/* 1 after READY=1, 2 after STOPPING=1: whether a reload may be announced */
+static atomic_int state;
 
 void
 cqrs_sdnotify_ready(const char *status)
@@ -14,6 +18,8 @@ cqrs_sdnotify_ready(const char *status)
 		sd_notifyf(0, "READY=1\nSTATUS=%s", status);
 	else
 		sd_notify(0, "READY=1");
+	if (atomic_load(&state) == 0)
+		atomic_store(&state, 1);
 }
 
 void
@@ -31,7 +37,14 @@ cqrs_sdnotify_status(const char *fmt, ...)
 void
 cqrs_sdnotify_stopping(void)
 {
+	atomic_store(&state, 2);
 	sd_notify(0, "STOPPING=1");
+}
+
+bool
+cqrs_sdnotify_serving(void)
+{
+	return atomic_load(&state) == 1;
 }
 
 void

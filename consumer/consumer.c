@@ -77,7 +77,6 @@
 #include "config.h"
 #include "consumer.h"
 #include "envelope.h"
-#include "sdnotify.h"
 
 static const char *const consumer_keys[] = {
 	"plugins", "groups", "queue", "queue_type", "delivery_limit", "prefetch", "batch_size",
@@ -390,8 +389,7 @@ consumer_new(const struct consumer_config *cfg, struct consumer **out, struct cq
 		goto bad;
 	c->ops.send = send_command;
 	c->ops.arg = c->sender;
-	if (cqrs_sdnotify_watchdog_usec() > 0)
-		c->watchdog_ms = (int64_t)(cqrs_sdnotify_watchdog_usec() / 2000);
+	cqrs_daemon_watchdog_init(&c->watchdog);
 	*out = c;
 	return 0;
 bad:
@@ -482,13 +480,5 @@ consumer_routing_key(const struct cqrs_event *ev, char *buf, size_t size)
 void
 consumer_watchdog(struct consumer *c)
 {
-	int64_t now;
-
-	if (c->watchdog_ms <= 0)
-		return;
-	now = consumer_now_ms();
-	if (now < c->next_watchdog)
-		return;
-	cqrs_sdnotify_watchdog();
-	c->next_watchdog = now + c->watchdog_ms;
+	(void)cqrs_daemon_tick(&c->watchdog);
 }

@@ -37,6 +37,7 @@
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 #include "cqrs/log.h"
+#include "cqrs_daemon.h"
 #include "httpd.h"
 #include "plugin_host.h"
 #include "store.h"
@@ -129,7 +130,7 @@ struct consumer {
 	struct event_ctx_ops ops;
 	struct consumer_stats stats;
 	int64_t since_position;		/* cqrs.consumers.since_position */
-	int64_t watchdog_ms, next_watchdog;
+	struct cqrs_daemon_watchdog watchdog;
 	char pg_last_err[CQRS_ERR_MSG_MAX];
 	int64_t pg_last_log;
 	bool pg_lost;			/* the session died: say so when it is back */
@@ -182,7 +183,7 @@ void consumer_routing_key(const struct cqrs_event *ev, char *buf, size_t size);
 /* Milliseconds on the monotonic clock. */
 int64_t consumer_now_ms(void);
 
-/* Sends WATCHDOG=1 when due. */
+/* Sends WATCHDOG=1 when due, and runs a SIGHUP's reload (cqrs_daemon_tick()). */
 void consumer_watchdog(struct consumer *c);
 
 /* ---- /health and /metrics (metrics.c) ---------------------------------------------- */

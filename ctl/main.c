@@ -9,14 +9,12 @@
 #include "cqrs/log.h"
 #include "ctl.h"
 
-#define DEFAULT_CONFIG "/etc/cqrs/cqrs.conf"
-
 static void
 usage(FILE *f)
 {
 	fprintf(f, "usage: cqrsctl [-c FILE] VERB [ARGS...]\n\n"
 		   "Global options (before the verb):\n"
-		   "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+		   "  -c, --config FILE   configuration file (default " CQRS_CONFIG_DEFAULT ")\n"
 		   "  -h, --help          this help; `cqrsctl VERB --help` for a verb\n"
 		   "  -V, --version       print the version\n\nVerbs:\n");
 	for (const struct ctl_verb *v = ctl_verbs; v->name != NULL; v++)
@@ -66,7 +64,7 @@ main(int argc, char **argv)
 			return 0;
 		}
 		/* the default file may be absent: environment and defaults then */
-		rc = cqrs_config_load(path ? path : DEFAULT_CONFIG, &ctl.cfg, &err);
+		rc = cqrs_config_load(path ? path : CQRS_CONFIG_DEFAULT, &ctl.cfg, &err);
 		if (rc == CQRS_ENOTFOUND && path == NULL)
 			rc = cqrs_config_load(NULL, &ctl.cfg, &err);
 		if (rc < 0) {

@@ -342,7 +342,6 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 {
 	struct tracker *t = calloc(1, sizeof(*t));
 	char host[64];
-	uint64_t wd;
 
 	if (t == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "tracker: out of memory");
@@ -365,10 +364,7 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	backoff_init(&t->pg_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
 	backoff_init(&t->mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
 	t->poll_interval = POLL_MIN_MS;
-	wd = cqrs_sdnotify_watchdog_usec();
-	t->watchdog_ms = (int64_t)(wd / 2000);	/* ping at half the interval */
-	if (wd > 0 && t->watchdog_ms == 0)
-		t->watchdog_ms = 1;
+	cqrs_daemon_watchdog_init(&t->watchdog);
 	srandom((unsigned)getpid() ^ (unsigned)tracker_now_ms());
 	*out = t;
 	return 0;
@@ -678,15 +674,6 @@ check_lag(struct tracker *t)
 /* ---- waiting ---------------------------------------------------------------------- */
 
 static void
-watchdog(struct tracker *t, int64_t now)
-{
-	if (t->watchdog_ms > 0 && now >= t->next_watchdog) {
-		cqrs_sdnotify_watchdog();
-		t->next_watchdog = now + t->watchdog_ms;
-	}
-}
-
-static void
 mq_service(struct tracker *t)
 {
 	struct cqrs_err err = { 0 };
@@ -722,7 +709,7 @@ wait_until(struct tracker *t, int64_t until)
 	for (;;) {
 		struct pollfd fds[2];
 		int nfds = 0, pg_i = -1, mq_i = -1;
-		int64_t now, timeout;
+		int64_t now, timeout, watchdog_left;
 
 		drain_notifies(t);
 		if (stopping(t))
@@ -730,7 +717,7 @@ wait_until(struct tracker *t, int64_t until)
 		if (is_active(t) && ((t->wake && pipeline_has_room(t)) || pipeline_settleable(t)))
 			return;
 		now = tracker_now_ms();
-		watchdog(t, now);
+		watchdog_left = cqrs_daemon_tick(&t->watchdog);
 		if (t->mq != NULL && now >= t->next_mq_poll)
 			mq_service(t);
 		if (now >= until)
@@ -738,8 +725,8 @@ wait_until(struct tracker *t, int64_t until)
 		timeout = until - now;
 		if (timeout > SLICE_MS)
 			timeout = SLICE_MS;
-		if (t->watchdog_ms > 0 && t->next_watchdog - now < timeout)
-			timeout = t->next_watchdog - now;
+		if (watchdog_left < timeout)
+			timeout = watchdog_left;
 		if (t->mq != NULL && t->next_mq_poll - now < timeout)
 			timeout = t->next_mq_poll - now;
 		if (timeout < 0)
@@ -792,7 +779,7 @@ tracker_run(struct tracker *t)
 		size_t n = 0;
 
 		now = tracker_now_ms();
-		watchdog(t, now);
+		(void)cqrs_daemon_tick(&t->watchdog);	/* and a SIGHUP's reload */
 		if (t->pg == NULL && now >= t->pg_retry_at)
 			(void)pg_open(t);
 		if (t->mq == NULL && now >= t->mq_retry_at)

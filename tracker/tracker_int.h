@@ -17,6 +17,7 @@
 #include "backoff.h"
 #include "broker.h"
 #include "cqrs/log.h"
+#include "cqrs_daemon.h"
 #include "store.h"
 #include "tracker.h"
 
@@ -52,8 +53,7 @@ struct tracker {
 	int64_t next_lock_try;
 	int64_t next_status;
 	int64_t next_mq_poll;
-	int64_t watchdog_ms;		/* 0: no watchdog */
-	int64_t next_watchdog;
+	struct cqrs_daemon_watchdog watchdog;
 	struct backoff pg_backoff, mq_backoff;
 	int64_t pg_retry_at, mq_retry_at;
 	char pg_last_err[CQRS_ERR_MSG_MAX], mq_last_err[CQRS_ERR_MSG_MAX];
