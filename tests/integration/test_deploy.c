@@ -1209,7 +1209,7 @@ START_TEST(http_address_rules)
 		      log);
 	daemon_set(d, "cmd", "http_allow_remote", "true");
 	daemon_start(d);
-	ck_assert_msg(daemon_log_contains(d, "metrics and health on http://0.0.0.0:"), "%s",
+	ck_assert_msg(daemon_wait_log(d, "metrics and health on http://0.0.0.0:", 20000), "%s",
 		      (char *)daemon_gc(daemon_log_tail(d, 10)));
 	ck_assert_int_eq(daemon_stop(d), 0);
 

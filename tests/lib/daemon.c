@@ -227,9 +227,9 @@ daemon_log_tail(const struct daemon *d, int n)
 }
 
 bool
-daemon_log_contains(const struct daemon *d, const char *needle)
+daemon_wait_log(struct daemon *d, const char *needle, int timeout_ms)
 {
-	return proc_log_contains(d->p, needle);
+	return proc_wait_log(d->p, needle, 1, timeout_ms);
 }
 
 /* ---- client ------------------------------------------------------------------------ */

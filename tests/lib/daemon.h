@@ -118,7 +118,9 @@ const char *daemon_config_path(const struct daemon *d);
 /* The whole log (malloc'd), or its last n lines. */
 char *daemon_log(const struct daemon *d);
 char *daemon_log_tail(const struct daemon *d, int n);
-bool daemon_log_contains(const struct daemon *d, const char *needle);
+/* Waits up to timeout_ms for needle in the log (a line written after
+ * readiness, such as the metrics address). */
+bool daemon_wait_log(struct daemon *d, const char *needle, int timeout_ms);
 
 /* ---- client ------------------------------------------------------------------------ */
 
