@@ -20,6 +20,7 @@
 #include <event2/event.h>
 #include <json-c/json.h>
 
+#include "clock.h"
 #include "cmdd.h"
 #include "envelope.h"
 #include "hmap.h"
@@ -56,15 +57,6 @@ static const char notify_sql[] = "NOTIFY cqrs_events";
 static void job_begin(struct job *job);
 static void job_run(struct job *job);
 static void job_finish(struct job *job, char *answer, const char *outcome);
-
-static uint64_t
-now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- aggregate cache --------------------------------------------------- */
 
@@ -686,7 +678,7 @@ exec_submit(struct job *job)
 	const struct reg_aggregate *type;
 	int n;
 
-	job->started_us = now_us();
+	job->started_us = cqrs_now_us();
 	job->rc = cqrs_registry_command(d->reg, job->req.command);
 	if (job->rc == NULL) {
 		answer_error(job, PROTO_UNKNOWN_COMMAND, "unknown command \"%s\"", job->req.command);
@@ -770,7 +762,7 @@ job_finish(struct job *job, char *answer, const char *outcome)
 		d->stats.ok++;
 		cqrs_log_debug(&job->log, "command %s on %s: ok, version %" PRId64 " (%" PRIu64 " us)",
 			       job->req.command, job->stream, job->result.version,
-			       now_us() - job->started_us);
+			       cqrs_now_us() - job->started_us);
 	} else if (strcmp(outcome, "duplicate") != 0) {
 		d->stats.failed++;
 		if (strcmp(outcome, PROTO_UNAVAILABLE) == 0 || strcmp(outcome, PROTO_INTERNAL) == 0)

@@ -24,6 +24,7 @@
 
 #include <event2/buffer.h>
 
+#include "clock.h"
 #include "cmdd.h"
 #include "pool.h"
 
@@ -42,15 +43,6 @@ static const char *const outcome_names[CMDD_OUTCOMES] = {
 };
 #define OUTCOME_INTERNAL (CMDD_OUTCOMES - 1)
 
-static uint64_t
-now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 void
 metrics_command_done(struct cmdd *d, const char *outcome, uint64_t started_us)
 {
@@ -62,7 +54,7 @@ metrics_command_done(struct cmdd *d, const char *outcome, uint64_t started_us)
 			break;
 	d->stats.outcomes[i < CMDD_OUTCOMES ? i : OUTCOME_INTERNAL]++;
 	if (started_us != 0) {
-		uint64_t now = now_us();
+		uint64_t now = cqrs_now_us();
 		cqrs_httpd_hist_observe_us(&d->stats.latency, now > started_us ? now - started_us : 0);
 	}
 }

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "broker_int.h"
+#include "clock.h"
 #include "envelope.h"
 
 #define DELIVERY_PERSISTENT 2
@@ -91,19 +92,10 @@ cqrs_broker_confirmed(const struct broker *b)
 	return b->low - 1;
 }
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int
 cqrs_broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struct cqrs_err *err)
 {
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = cqrs_now_ms() + timeout_ms;
 	int rc;
 
 	if ((rc = cqrs_broker_check_usable(b, "confirm", err)) < 0)
@@ -111,7 +103,7 @@ cqrs_broker_wait_confirms(struct broker *b, uint64_t upto, int timeout_ms, struc
 	if (upto == 0 || upto > b->published)
 		upto = b->published;
 	while (b->low <= upto) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - cqrs_now_ms();
 		struct timeval tv;
 
 		if (left <= 0)

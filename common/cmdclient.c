@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cmdclient.h"
 
 /* Bytes asked of each read(2): answers are small, but a 16 MiB one should
@@ -31,15 +32,6 @@ struct cmdclient {
 	size_t out_start, out_end, out_cap;
 };
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Milliseconds left before deadline (-1: none), for poll(). */
 static int
 left_ms(int64_t deadline)
@@ -48,7 +40,7 @@ left_ms(int64_t deadline)
 
 	if (deadline < 0)
 		return -1;
-	left = deadline - now_ms();
+	left = deadline - cqrs_now_ms();
 	if (left < 0)
 		return 0;
 	return left > INT32_MAX ? INT32_MAX : (int)left;
@@ -57,7 +49,7 @@ left_ms(int64_t deadline)
 static int64_t
 deadline_after(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	return timeout_ms < 0 ? -1 : cqrs_now_ms() + timeout_ms;
 }
 
 int

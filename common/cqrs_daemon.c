@@ -8,6 +8,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "config.h"
 #include "cqrs_daemon.h"
 #include "sdnotify.h"
@@ -251,15 +252,6 @@ cqrs_daemon_signals_event(struct cqrs_daemon *d, struct event_base *base, void (
 
 /* ---- watchdog ---------------------------------------------------------------------- */
 
-int64_t
-cqrs_daemon_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void
 cqrs_daemon_watchdog_init(struct cqrs_daemon_watchdog *w)
 {
@@ -286,7 +278,7 @@ cqrs_daemon_tick(struct cqrs_daemon_watchdog *w)
 	}
 	if (w->interval_ms <= 0)
 		return INT64_MAX;
-	now = cqrs_daemon_now_ms();
+	now = cqrs_now_ms();
 	if (now >= w->next_ms) {
 		cqrs_sdnotify_watchdog();
 		w->next_ms = now + w->interval_ms;

@@ -137,7 +137,4 @@ void cqrs_daemon_watchdog_init(struct cqrs_daemon_watchdog *w);
  */
 int64_t cqrs_daemon_tick(struct cqrs_daemon_watchdog *w);
 
-/* Milliseconds on CLOCK_MONOTONIC. */
-int64_t cqrs_daemon_now_ms(void);
-
 #endif

@@ -40,6 +40,7 @@
 
 #include <json-c/json.h>
 
+#include "clock.h"
 #include "consumer.h"
 #include "envelope.h"
 #include "hmap.h"
@@ -102,7 +103,7 @@ consumer_pg_open(struct consumer *c)
 			       "keepalives_count", "dbname", "application_name", NULL };
 	const char *vals[] = { "10", "30", "10", "3", c->cfg->conninfo, c->app, NULL };
 	char msg[CQRS_ERR_MSG_MAX];
-	int64_t now = consumer_now_ms();
+	int64_t now = cqrs_now_ms();
 
 	consumer_pg_close(c);
 	c->pg = PQconnectdbParams(keys, vals, 1);

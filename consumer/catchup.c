@@ -34,6 +34,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "consumer.h"
 #include "hmap.h"
 #include "sdnotify.h"
@@ -95,10 +96,10 @@ tick(const struct catchup_hooks *hooks, struct cqrs_err *err)
 static int
 nap(struct consumer *c, const struct catchup_hooks *hooks, int64_t ms, struct cqrs_err *err)
 {
-	int64_t end = consumer_now_ms() + ms;
+	int64_t end = cqrs_now_ms() + ms;
 	int rc;
 
-	while (consumer_now_ms() < end) {
+	while (cqrs_now_ms() < end) {
 		if (consumer_stopping(c))
 			return 1;
 		consumer_watchdog(c);
@@ -376,7 +377,7 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 	struct store_events evs = { 0 };
 	struct blocked b = { 0 };
 	uint64_t total = 0;
-	int64_t started = consumer_now_ms(), next_log = started + PROGRESS_LOG_MS;
+	int64_t started = cqrs_now_ms(), next_log = started + PROGRESS_LOG_MS;
 	bool live = false;
 	int rc;
 
@@ -419,12 +420,12 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 		cp = evs.at[evs.n - 1];
 		total += evs.n;
 		c->stats.caught_up += evs.n;
-		if (consumer_now_ms() >= next_log) {
+		if (cqrs_now_ms() >= next_log) {
 			cqrs_log_info(&c->log, "catching up: %" PRIu64 " events so far, at %" PRIu64
 					       ":%" PRId64,
 				      total, cp.xid, cp.position);
 			cqrs_sdnotify_status("catching up: %" PRIu64 " events read from the store", total);
-			next_log = consumer_now_ms() + PROGRESS_LOG_MS;
+			next_log = cqrs_now_ms() + PROGRESS_LOG_MS;
 		}
 		if (evs.n < (size_t)c->cfg->catchup_batch)
 			break;
@@ -435,7 +436,7 @@ catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hooks,
 		goto out;
 	cqrs_log_info(&c->log, "caught up: %" PRIu64 " events read from the store in %.3f s; "
 			       "live from the queue",
-		      total, (double)(consumer_now_ms() - started) / 1000.0);
+		      total, (double)(cqrs_now_ms() - started) / 1000.0);
 	rc = 0;
 out:
 	cqrs_store_events_clear(&evs);

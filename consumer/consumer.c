@@ -84,15 +84,6 @@ static const char *const consumer_keys[] = {
 	"cmd_timeout", "status_interval", HTTPD_CONFIG_KEYS, NULL,
 };
 
-int64_t
-consumer_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- configuration ----------------------------------------------------------------- */
 
 void

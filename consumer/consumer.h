@@ -180,9 +180,6 @@ bool consumer_wants(const struct consumer *c, const char *routing_key);
 #define CONSUMER_KEY_MAX 512
 void consumer_routing_key(const struct cqrs_event *ev, char *buf, size_t size);
 
-/* Milliseconds on the monotonic clock. */
-int64_t consumer_now_ms(void);
-
 /* Sends WATCHDOG=1 when due, and runs a SIGHUP's reload (cqrs_daemon_tick()). */
 void consumer_watchdog(struct consumer *c);
 

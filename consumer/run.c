@@ -41,6 +41,7 @@
 
 #include "backoff.h"
 #include "broker.h"
+#include "clock.h"
 #include "consumer.h"
 #include "envelope.h"
 #include "sdnotify.h"
@@ -195,7 +196,7 @@ hand_next_due(const struct live *L)
 static void
 mq_lost(struct live *L, const char *what, const char *msg)
 {
-	int64_t now = consumer_now_ms();
+	int64_t now = cqrs_now_ms();
 	int64_t delay = backoff_next(&L->mq_backoff);
 
 	if (strcmp(msg, L->mq_last_err) != 0 || now - L->mq_last_log >= REPEAT_LOG_MS) {
@@ -216,7 +217,7 @@ pg_lost(struct live *L)
 {
 	consumer_pg_close(L->c);
 	L->c->pg_lost = true;
-	L->pg_retry_at = consumer_now_ms() + backoff_next(&L->pg_backoff);
+	L->pg_retry_at = cqrs_now_ms() + backoff_next(&L->pg_backoff);
 }
 
 /* Connects and declares the topology (no consumer yet). */
@@ -471,7 +472,7 @@ handle(struct live *L, const size_t *idx, size_t n)
 			cqrs_log_error(&c->log, "%s (retrying in %" PRId64 " ms)", err.msg, delay);
 			for (size_t j = 0; j < m; j++)
 				if (items[j].outcome == APPLY_PENDING)
-					L->hand[map[j]]->due = consumer_now_ms() + delay;
+					L->hand[map[j]]->due = cqrs_now_ms() + delay;
 		}
 	}
 settle:
@@ -500,7 +501,7 @@ settle:
 				ack[map[j]] = true;
 				break;
 			}
-			d->due = consumer_now_ms() + retry_delay(c->cfg, d->attempts);
+			d->due = cqrs_now_ms() + retry_delay(c->cfg, d->attempts);
 			log_ctx_of(L, d, &log);
 			cqrs_log_warn(&log, "retry %d of %s version %" PRId64 " in %" PRId64 " ms: %s",
 				      d->attempts, d->ev->stream, d->ev->version,
@@ -537,7 +538,7 @@ static int
 handle_ready(struct live *L)
 {
 	size_t *idx, n = 0, max = (size_t)L->c->cfg->batch_size;
-	int64_t now = consumer_now_ms();
+	int64_t now = cqrs_now_ms();
 	int rc;
 
 	idx = calloc(L->n_hand > 0 ? L->n_hand : 1, sizeof(*idx));
@@ -597,7 +598,7 @@ static void
 status(struct live *L, bool force)
 {
 	struct consumer *c = L->c;
-	int64_t now = consumer_now_ms();
+	int64_t now = cqrs_now_ms();
 
 	atomic_store(&c->stats.in_hand, L->n_hand);
 	atomic_store(&c->stats.held, hand_held(L, now));
@@ -626,10 +627,10 @@ status(struct live *L, bool force)
 static void
 idle(struct live *L, int64_t ms)
 {
-	int64_t end = consumer_now_ms() + ms;
+	int64_t end = cqrs_now_ms() + ms;
 
 	while (!consumer_stopping(L->c)) {
-		int64_t left = end - consumer_now_ms();
+		int64_t left = end - cqrs_now_ms();
 
 		if (left <= 0)
 			break;
@@ -710,7 +711,7 @@ drain(struct live *L)
 		receive(L, 0, SIZE_MAX);
 	}
 	before = L->n_hand;
-	while (L->mq != NULL && c->pg != NULL && hand_ready(L, consumer_now_ms()) > 0) {
+	while (L->mq != NULL && c->pg != NULL && hand_ready(L, cqrs_now_ms()) > 0) {
 		int rc;
 
 		consumer_watchdog(c);
@@ -741,7 +742,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	L.opts = opts;
 	backoff_init(&L.pg_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
 	backoff_init(&L.mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
-	L.next_status = consumer_now_ms() + c->cfg->status_ms;
+	L.next_status = cqrs_now_ms() + c->cfg->status_ms;
 	cqrs_log_info(&c->log, "starting: groups %s%s, queue \"%s\", %zu handlers, %zu bindings%s",
 		      c->cfg->groups[0], c->cfg->n_groups > 1 ? " ..." : "", c->cfg->queue,
 		      c->n_handlers, c->n_bindings, opts->replay ? ", replay first" : "");
@@ -755,7 +756,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	}
 
 	while (!consumer_stopping(c)) {
-		int64_t now = consumer_now_ms();
+		int64_t now = cqrs_now_ms();
 		int rc;
 
 		consumer_watchdog(c);
@@ -770,7 +771,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 					result = 1;
 					break;
 				}
-				L.pg_retry_at = consumer_now_ms() + backoff_next(&L.pg_backoff);
+				L.pg_retry_at = cqrs_now_ms() + backoff_next(&L.pg_backoff);
 				continue;
 			}
 			backoff_reset(&L.pg_backoff);
@@ -821,10 +822,10 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 					if (c->pg == NULL || rc == CQRS_EUNAVAILABLE)
 						pg_lost(&L);
 					else
-						L.pg_retry_at = consumer_now_ms() +
+						L.pg_retry_at = cqrs_now_ms() +
 								backoff_next(&L.pg_backoff);
 					if (c->pg != NULL && rc != CQRS_EUNAVAILABLE) {
-						idle(&L, L.pg_retry_at - consumer_now_ms());
+						idle(&L, L.pg_retry_at - cqrs_now_ms());
 					}
 					continue;
 				}
@@ -846,7 +847,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 		}
 
 		/* live: take deliveries, handle the ready ones */
-		now = consumer_now_ms();
+		now = cqrs_now_ms();
 		{
 			size_t ready = hand_ready(&L, now);
 			int64_t wait = IDLE_WAIT_MS;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "tracker_int.h"
 
 /*
@@ -293,7 +294,7 @@ pipeline_fill(struct tracker *t, size_t *n)
 	t->q[t->qlen].last_tag = tag;
 	t->q[t->qlen].cp = at;
 	t->q[t->qlen].n = (size_t)rows;
-	t->q[t->qlen].sent_ms = tracker_now_ms();
+	t->q[t->qlen].sent_ms = cqrs_now_ms();
 	t->qlen++;
 	t->unconfirmed += (size_t)rows;
 	t->read_at = at;
@@ -316,7 +317,7 @@ pipeline_settle(struct tracker *t)
 	while (k < t->qlen && t->q[k].last_tag <= cqrs_broker_confirmed(t->mq))
 		n += t->q[k++].n;
 	if (k == 0) {
-		if (tracker_now_ms() - t->q[0].sent_ms > t->cfg->confirm_timeout_ms) {
+		if (cqrs_now_ms() - t->q[0].sent_ms > t->cfg->confirm_timeout_ms) {
 			char msg[128];
 			snprintf(msg, sizeof(msg), "no confirm for %zu messages within %" PRId64 " ms",
 				 cqrs_broker_unconfirmed(t->mq), t->cfg->confirm_timeout_ms);

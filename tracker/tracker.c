@@ -65,6 +65,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "sdnotify.h"
 #include "tracker_int.h"
@@ -194,15 +195,6 @@ tracker_config_clear(struct tracker_config *c)
 }
 
 /* ---- small things ---------------------------------------------------------- */
-
-int64_t
-tracker_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool
 stopping(struct tracker *t)
@@ -365,7 +357,7 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	backoff_init(&t->mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
 	t->poll_interval = POLL_MIN_MS;
 	cqrs_daemon_watchdog_init(&t->watchdog);
-	srandom((unsigned)getpid() ^ (unsigned)tracker_now_ms());
+	srandom((unsigned)getpid() ^ (unsigned)cqrs_now_ms());
 	*out = t;
 	return 0;
 }
@@ -399,7 +391,7 @@ static void
 note_error(struct tracker *t, char *last, int64_t *last_log, const char *what, const char *msg,
 	   int64_t retry_ms)
 {
-	int64_t now = tracker_now_ms();
+	int64_t now = cqrs_now_ms();
 
 	if (strcmp(last, msg) != 0 || now - *last_log >= REPEAT_LOG_MS) {
 		cqrs_log_error(&t->log, "%s: %s (retrying in %" PRId64 " ms)", what, msg, retry_ms);
@@ -431,7 +423,7 @@ tracker_pg_lost(struct tracker *t, const char *what, const char *msg)
 	t->pg = NULL;
 	set_inactive(t);
 	pipeline_reset(t);
-	t->pg_retry_at = tracker_now_ms() + delay;
+	t->pg_retry_at = cqrs_now_ms() + delay;
 }
 
 static void
@@ -452,7 +444,7 @@ tracker_mq_lost(struct tracker *t, const char *what, const char *msg)
 	cqrs_broker_free(t->mq);
 	t->mq = NULL;
 	pipeline_reset(t);	/* what was not confirmed goes out again */
-	t->mq_retry_at = tracker_now_ms() + delay;
+	t->mq_retry_at = cqrs_now_ms() + delay;
 }
 
 static int
@@ -506,7 +498,7 @@ mq_open(struct tracker *t)
 	t->mq_last_err[0] = '\0';
 	backoff_reset(&t->mq_backoff);
 	t->mq_blocked_logged = false;
-	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
+	t->next_mq_poll = cqrs_now_ms() + MQ_POLL_MS;
 	return 0;
 }
 
@@ -642,7 +634,7 @@ check_lag(struct tracker *t)
 	const char *params[1] = { t->cfg->name };
 	PGresult *res = tracker_pg_query(t, "PostgreSQL: measuring lag", sql_status, 1, params,
 					 PGRES_TUPLES_OK);
-	int64_t now = tracker_now_ms();
+	int64_t now = cqrs_now_ms();
 
 	if (res == NULL || PQntuples(res) != 1) {
 		PQclear(res);
@@ -694,7 +686,7 @@ mq_service(struct tracker *t)
 			cqrs_log_info(&t->log, "RabbitMQ %s accepts publishing again",
 				      cqrs_broker_name(t->mq));
 	}
-	t->next_mq_poll = tracker_now_ms() + MQ_POLL_MS;
+	t->next_mq_poll = cqrs_now_ms() + MQ_POLL_MS;
 }
 
 /*
@@ -716,7 +708,7 @@ wait_until(struct tracker *t, int64_t until)
 			return;
 		if (is_active(t) && ((t->wake && pipeline_has_room(t)) || pipeline_settleable(t)))
 			return;
-		now = tracker_now_ms();
+		now = cqrs_now_ms();
 		watchdog_left = cqrs_daemon_tick(&t->watchdog);
 		if (t->mq != NULL && now >= t->next_mq_poll)
 			mq_service(t);
@@ -778,7 +770,7 @@ tracker_run(struct tracker *t)
 	while (!stopping(t)) {
 		size_t n = 0;
 
-		now = tracker_now_ms();
+		now = cqrs_now_ms();
 		(void)cqrs_daemon_tick(&t->watchdog);	/* and a SIGHUP's reload */
 		if (t->pg == NULL && now >= t->pg_retry_at)
 			(void)pg_open(t);
@@ -825,7 +817,7 @@ tracker_run(struct tracker *t)
 			continue;
 		if (pipeline_settle(t) < 0)
 			continue;
-		now = tracker_now_ms();
+		now = cqrs_now_ms();
 		if (t->pg != NULL && is_active(t) && now >= t->next_status) {
 			t->next_status = now + t->cfg->status_ms;
 			check_lag(t);

@@ -72,8 +72,6 @@ struct tracker {
 
 /* ---- tracker.c ---------------------------------------------------------------- */
 
-int64_t tracker_now_ms(void);
-
 /* One statement with text parameters on t->pg. The result (owned by the
  * caller), or NULL after tracker_pg_lost(). Collects NOTIFYs as it goes. */
 PGresult *tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n,
