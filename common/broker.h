@@ -118,6 +118,26 @@ struct broker_options {
 /* Fills o with the defaults above. */
 void cqrs_broker_options_default(struct broker_options *o);
 
+/* [broker] of a config file (common/broker_config.c): the URL, checked to
+ * parse, and the options it sets. Owned strings. */
+struct broker_config {
+	char *url;			/* broker.url, or CQRS_BROKER_URL */
+	int heartbeat_s;		/* broker.heartbeat */
+	bool verify;			/* broker.verify */
+	char *cacert, *cert, *key;	/* broker.cacert, .cert, .key (amqps); NULL: unset */
+};
+
+struct config;
+
+/* CQRS_ECONFIG naming the key when one is missing or wrong. */
+int cqrs_broker_config_load(const struct config *cfg, struct broker_config *out,
+			    struct cqrs_err *err) __attribute__((warn_unused_result));
+void cqrs_broker_config_clear(struct broker_config *c);
+
+/* The defaults overlaid with c's heartbeat, verify and TLS files (borrowed
+ * from c). */
+void cqrs_broker_config_options(const struct broker_config *c, struct broker_options *o);
+
 /*
  * Connects, logs in, opens channel 1 and, with opt->confirms, puts it in
  * confirm mode. opt NULL: defaults. On success *out is owned by the caller

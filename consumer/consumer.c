@@ -9,12 +9,8 @@
  *       libpq connection string (required). The consumer adds
  *       application_name=cqrs-consumer@HOST:PID/NAME and, unless given,
  *       connect_timeout=10 and TCP keepalives.
- *   [broker]
- *   url = amqp://user:password@host:5672/%2f   RabbitMQ (required); amqps:// for TLS.
- *   heartbeat = 30            AMQP heartbeat in seconds, 0 for none.
- *   cacert = FILE             amqps: CA bundle (default: the system's).
- *   cert = FILE, key = FILE   amqps: client certificate and key.
- *   verify = true             amqps: check the server's certificate and name.
+ *   [broker]                  url (required), heartbeat, verify, cacert, cert,
+ *                             key: common/broker_config.c.
  *   [cmd]
  *   socket = /run/cqrs/cmd.sock   where process managers send commands.
  *   [consumer.NAME]           (cqrs-consumer -n NAME)
@@ -93,10 +89,7 @@ consumer_config_clear(struct consumer_config *c)
 		return;
 	free(c->name);
 	free(c->conninfo);
-	free(c->broker_url);
-	free(c->cacert);
-	free(c->cert);
-	free(c->key);
+	cqrs_broker_config_clear(&c->broker);
 	free(c->cmd_socket);
 	free(c->plugins);
 	for (size_t i = 0; i < c->n_groups; i++)
@@ -105,12 +98,6 @@ consumer_config_clear(struct consumer_config *c)
 	free(c->queue);
 	free(c->dead_queue);
 	memset(c, 0, sizeof(*c));
-}
-
-static char *
-dup_or_null(const char *s)
-{
-	return s != NULL && s[0] != '\0' ? strdup(s) : NULL;
 }
 
 /* A consumer name becomes a config section, a queue name and a lock key:
@@ -199,21 +186,7 @@ consumer_config_load(const struct config *cfg, const char *name, struct consumer
 	}
 	if ((out->conninfo = strdup(v)) == NULL)
 		goto nomem;
-	v = cqrs_config_get(cfg, "broker", "url", NULL);
-	if (v == NULL || v[0] == '\0') {
-		rc = cqrs_err_set(err, CQRS_ECONFIG,
-				  "broker.url is not set ([broker] url, or CQRS_BROKER_URL)");
-		goto bad;
-	}
-	if ((out->broker_url = strdup(v)) == NULL)
-		goto nomem;
-	if ((rc = cqrs_config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &i64, err)) < 0)
-		goto bad;
-	out->heartbeat_s = (int)i64;
-	out->cacert = dup_or_null(cqrs_config_get(cfg, "broker", "cacert", NULL));
-	out->cert = dup_or_null(cqrs_config_get(cfg, "broker", "cert", NULL));
-	out->key = dup_or_null(cqrs_config_get(cfg, "broker", "key", NULL));
-	if ((rc = cqrs_config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
+	if ((rc = cqrs_broker_config_load(cfg, &out->broker, err)) < 0)
 		goto bad;
 	out->cmd_socket = strdup(cqrs_config_get(cfg, "cmd", "socket", "/run/cqrs/cmd.sock"));
 	if (out->cmd_socket == NULL)

@@ -34,6 +34,7 @@
 
 #include <libpq-fe.h>
 
+#include "broker.h"
 #include "cqrs/err.h"
 #include "cqrs/event.h"
 #include "cqrs/log.h"
@@ -58,10 +59,7 @@ struct config;
 struct consumer_config {
 	char *name;			/* -n NAME: section [consumer.NAME] */
 	char *conninfo;			/* store.conninfo */
-	char *broker_url;		/* broker.url */
-	int heartbeat_s;		/* broker.heartbeat */
-	char *cacert, *cert, *key;	/* broker.cacert, .cert, .key (amqps) */
-	bool verify;			/* broker.verify */
+	struct broker_config broker;	/* [broker] */
 	char *cmd_socket;		/* cmd.socket (process managers) */
 	char *plugins;			/* consumer.NAME.plugins */
 	char **groups;			/* consumer.NAME.groups, default { NAME } */

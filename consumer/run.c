@@ -225,19 +225,14 @@ static int
 mq_open(struct live *L)
 {
 	const struct consumer_config *cfg = L->c->cfg;
-	struct broker_options o = {
-		.heartbeat_s = cfg->heartbeat_s,
-		.connect_timeout_ms = MQ_TIMEOUT_MS,
-		.connection_name = L->c->app,
-		.confirms = false,	/* dead letters go in transactions, on a channel of their own */
-		.cacert = cfg->cacert,
-		.cert = cfg->cert,
-		.key = cfg->key,
-		.verify = cfg->verify,
-	};
+	struct broker_options o;
 	struct cqrs_err err = { 0 };
 
-	if (cqrs_broker_connect(cfg->broker_url, &o, &L->mq, &err) < 0 ||
+	cqrs_broker_config_options(&cfg->broker, &o);
+	o.connect_timeout_ms = MQ_TIMEOUT_MS;
+	o.connection_name = L->c->app;
+	o.confirms = false;	/* dead letters go in transactions, on a channel of their own */
+	if (cqrs_broker_connect(cfg->broker.url, &o, &L->mq, &err) < 0 ||
 	    consumer_declare(L->c, L->mq, &err) < 0) {
 		mq_lost(L, "RabbitMQ", err.msg);
 		return -1;

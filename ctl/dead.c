@@ -76,21 +76,20 @@ read_letter(struct letter *l)
 static int
 conn_open(struct ctl *ctl, struct broker **out)
 {
+	struct broker_config bc;
 	struct broker_options opt;
 	struct cqrs_err err = { 0 };
+	int rc;
 
-	cqrs_broker_options_default(&opt);
+	if (cqrs_broker_config_load(ctl->cfg, &bc, &err) < 0)
+		return ctl_fail(ctl, "%s", err.msg);
+	cqrs_broker_config_options(&bc, &opt);
 	opt.heartbeat_s = 0;
 	opt.connect_timeout_ms = TIMEOUT_MS;
 	opt.confirms = false;	/* letters go back in a transaction with their acks */
-	opt.cacert = cqrs_config_get(ctl->cfg, "broker", "cacert", NULL);
-	opt.cert = cqrs_config_get(ctl->cfg, "broker", "cert", NULL);
-	opt.key = cqrs_config_get(ctl->cfg, "broker", "key", NULL);
-	if (cqrs_config_get_bool(ctl->cfg, "broker", "verify", true, &opt.verify, &err) < 0 ||
-	    cqrs_broker_connect(cqrs_config_get(ctl->cfg, "broker", "url", NULL), &opt, out,
-				&err) < 0)
-		return ctl_fail(ctl, "%s", err.msg);
-	return 0;
+	rc = cqrs_broker_connect(bc.url, &opt, out, &err);
+	cqrs_broker_config_clear(&bc);
+	return rc < 0 ? ctl_fail(ctl, "%s", err.msg) : 0;
 }
 
 /* ---- the verb ---------------------------------------------------------------------- */

@@ -9,13 +9,8 @@
  *       libpq connection string (required). The tracker adds
  *       application_name=cqrs-tracker@HOST:PID (which `cqrsctl status`
  *       shows) and, unless given, connect_timeout=10 and TCP keepalives.
- *   [broker]
- *   url = amqp://user:password@host:5672/%2f
- *       RabbitMQ (required); amqps:// for TLS.
- *   heartbeat = 30            AMQP heartbeat in seconds, 0 for none.
- *   cacert = FILE             amqps: CA bundle (default: the system's).
- *   cert = FILE, key = FILE   amqps: client certificate and key.
- *   verify = true             amqps: check the server's certificate and name.
+ *   [broker]                  url (required), heartbeat, verify, cacert, cert,
+ *                             key: common/broker_config.c.
  *   [tracker]
  *   name = tracker            checkpoint name and lock name; trackers with the
  *                             same name are one active and the rest standby.
@@ -122,19 +117,8 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 				  "conninfo, or CQRS_STORE_CONNINFO)");
 		goto bad;
 	}
-	out->broker_url = dup_opt(cqrs_config_get(cfg, "broker", "url", NULL));
-	if (out->broker_url == NULL) {
-		rc = cqrs_err_set(err, CQRS_ECONFIG, "broker.url is not set (config [broker] url, "
-				  "or CQRS_BROKER_URL)");
+	if ((rc = cqrs_broker_config_load(cfg, &out->broker, err)) < 0)
 		goto bad;
-	}
-	{
-		/* refuse a bad URL now rather than retrying it forever */
-		struct broker_url u;
-		if ((rc = cqrs_broker_url_parse(out->broker_url, &u, err)) < 0)
-			goto bad;
-		cqrs_broker_url_clear(&u);
-	}
 	out->name = strdup(cqrs_config_get(cfg, "tracker", "name", "tracker"));
 	if (out->name == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
@@ -164,18 +148,6 @@ tracker_config_load(const struct config *cfg, struct tracker_config *out, struct
 		goto bad;
 	if ((rc = cqrs_httpd_config_load(cfg, "tracker", &out->http, err)) < 0)
 		goto bad;
-	if ((rc = cqrs_config_get_int(cfg, "broker", "heartbeat", 30, 0, 3600, &v, err)) < 0)
-		goto bad;
-	out->heartbeat_s = (int)v;
-	if ((rc = cqrs_config_get_bool(cfg, "broker", "verify", true, &out->verify, err)) < 0)
-		goto bad;
-	out->cacert = dup_opt(cqrs_config_get(cfg, "broker", "cacert", NULL));
-	out->cert = dup_opt(cqrs_config_get(cfg, "broker", "cert", NULL));
-	out->key = dup_opt(cqrs_config_get(cfg, "broker", "key", NULL));
-	if ((out->cert == NULL) != (out->key == NULL)) {
-		rc = cqrs_err_set(err, CQRS_ECONFIG, "broker.cert and broker.key go together");
-		goto bad;
-	}
 	return 0;
 bad:
 	tracker_config_clear(out);
@@ -186,11 +158,8 @@ void
 tracker_config_clear(struct tracker_config *c)
 {
 	free(c->conninfo);
-	free(c->broker_url);
 	free(c->name);
-	free(c->cacert);
-	free(c->cert);
-	free(c->key);
+	cqrs_broker_config_clear(&c->broker);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -346,12 +315,8 @@ tracker_new(const struct tracker_config *cfg, struct tracker **out, struct cqrs_
 	atomic_init(&t->stop, 0);
 	pthread_mutex_init(&t->mu, NULL);
 	cqrs_broker_options_default(&t->bopt);
-	t->bopt.heartbeat_s = cfg->heartbeat_s;
+	cqrs_broker_config_options(&cfg->broker, &t->bopt);
 	t->bopt.connection_name = t->app;
-	t->bopt.cacert = cfg->cacert;
-	t->bopt.cert = cfg->cert;
-	t->bopt.key = cfg->key;
-	t->bopt.verify = cfg->verify;
 	/* up to 20% jitter, so that several trackers do not knock in step */
 	backoff_init(&t->pg_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
 	backoff_init(&t->mq_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 20);
@@ -486,7 +451,7 @@ mq_open(struct tracker *t)
 {
 	struct cqrs_err err = { 0 };
 
-	if (cqrs_broker_connect(t->cfg->broker_url, &t->bopt, &t->mq, &err) < 0 ||
+	if (cqrs_broker_connect(t->cfg->broker.url, &t->bopt, &t->mq, &err) < 0 ||
 	    cqrs_broker_declare_topology(t->mq, &err) < 0) {
 		tracker_mq_lost(t, "cannot connect to RabbitMQ", err.msg);
 		return -1;

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "cqrs/err.h"
+#include "broker.h"
 #include "httpd.h"
 #include "store.h"
 
@@ -29,7 +30,6 @@ struct config;
 
 struct tracker_config {
 	char *conninfo;			/* store.conninfo */
-	char *broker_url;		/* broker.url */
 	char *name;			/* tracker.name: checkpoint and lock name */
 	int batch_size;			/* tracker.batch_size */
 	int inflight;			/* tracker.inflight: at most inflight x batch_size
@@ -38,9 +38,7 @@ struct tracker_config {
 	int64_t lag_warn_ms;		/* tracker.lag_warn */
 	int64_t confirm_timeout_ms;	/* tracker.confirm_timeout */
 	int64_t status_ms;		/* how often lag is measured (tracker.status_interval) */
-	int heartbeat_s;		/* broker.heartbeat */
-	char *cacert, *cert, *key;	/* broker.cacert, broker.cert, broker.key */
-	bool verify;			/* broker.verify */
+	struct broker_config broker;	/* [broker] */
 	struct httpd_addr http;		/* tracker.http: /health and /metrics */
 };
 

@@ -22,6 +22,7 @@
 #include <json-c/json.h>
 
 #include "broker.h"
+#include "config.h"
 #include "envelope.h"
 #include "fixture.h"
 #include "proc.h"
@@ -93,6 +94,67 @@ START_TEST(url_parsing)
 	ck_assert_msg(strstr(err.msg, "secret") == NULL, "password in \"%s\"", err.msg);
 	ck_assert_int_eq(cqrs_broker_url_parse("", &u, &err), CQRS_ECONFIG);
 	ck_assert_int_eq(cqrs_broker_url_parse(NULL, &u, &err), CQRS_ECONFIG);
+}
+END_TEST
+
+/* [broker], read once for the tracker, the consumer and cqrsctl dead: each
+ * wrong key is refused by name, at load, and the options follow the keys. */
+START_TEST(broker_section)
+{
+	static const struct {
+		const char *text, *needle;
+	} bad[] = {
+		{ "[broker]\nheartbeat = 5\n", "broker.url is not set" },
+		{ "[broker]\nurl =\n", "broker.url is not set" },
+		{ "[broker]\nurl = http://h/\n", "http://h/" },
+		{ "[broker]\nurl = amqp://h\nheartbeat = 3601\n", "heartbeat" },
+		{ "[broker]\nurl = amqp://h\nverify = sometimes\n", "verify" },
+		{ "[broker]\nurl = amqps://h\ncert = /c.pem\n", "broker.cert and broker.key" },
+		{ "[broker]\nurl = amqps://h\nkey = /k.pem\n", "broker.cert and broker.key" },
+	};
+	struct broker_config bc;
+	struct broker_options o;
+	struct config *cfg;
+	struct cqrs_err err = { 0 };
+
+	unsetenv("CQRS_BROKER_URL");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_int_eq(cqrs_config_load_string(bad[i].text, "t.conf", &cfg, &err), 0);
+		err.msg[0] = '\0';
+		ck_assert_int_eq(cqrs_broker_config_load(cfg, &bc, &err), CQRS_ECONFIG);
+		ck_assert_msg(strstr(err.msg, bad[i].needle) != NULL, "case %zu: %s", i, err.msg);
+		ck_assert_ptr_null(bc.url);
+		cqrs_config_free(cfg);
+	}
+	ck_assert_int_eq(cqrs_config_load_string("[broker]\nurl = amqps://u:p@h/v\nheartbeat = 7\n"
+						 "verify = no\ncacert = /ca.pem\ncert = /c.pem\n"
+						 "key = /k.pem\n",
+						 "t.conf", &cfg, &err),
+			 0);
+	ck_assert_int_eq(cqrs_broker_config_load(cfg, &bc, &err), 0);
+	cqrs_config_free(cfg);
+	cqrs_broker_config_options(&bc, &o);
+	ck_assert_str_eq(bc.url, "amqps://u:p@h/v");
+	ck_assert_int_eq(o.heartbeat_s, 7);
+	ck_assert(!o.verify);
+	ck_assert_str_eq(o.cacert, "/ca.pem");
+	ck_assert_str_eq(o.cert, "/c.pem");
+	ck_assert_str_eq(o.key, "/k.pem");
+	ck_assert(o.confirms);	/* the rest are the defaults */
+	cqrs_broker_config_clear(&bc);
+	/* and the defaults, with the URL from the environment */
+	setenv("CQRS_BROKER_URL", "amqp://h", 1);
+	ck_assert_int_eq(cqrs_config_load_string("", "t.conf", &cfg, &err), 0);
+	unsetenv("CQRS_BROKER_URL");
+	ck_assert_int_eq(cqrs_broker_config_load(cfg, &bc, &err), 0);
+	cqrs_config_free(cfg);
+	cqrs_broker_config_options(&bc, &o);
+	ck_assert_str_eq(bc.url, "amqp://h");
+	ck_assert_int_eq(o.heartbeat_s, 30);
+	ck_assert(o.verify);
+	ck_assert_ptr_null(o.cacert);
+	ck_assert_ptr_null(o.cert);
+	cqrs_broker_config_clear(&bc);
 }
 END_TEST
 
@@ -405,6 +467,7 @@ broker_suite(void)
 
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, url_parsing);
+	tcase_add_test(tc, broker_section);
 	tcase_add_test(tc, routing_keys);
 	tcase_add_test(tc, connect_errors_name_broker_and_step);
 	tcase_add_test(tc, publish_properties_exactly);
