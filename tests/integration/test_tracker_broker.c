@@ -106,7 +106,7 @@ START_TEST(broker_section)
 	} bad[] = {
 		{ "[broker]\nheartbeat = 5\n", "broker.url is not set" },
 		{ "[broker]\nurl =\n", "broker.url is not set" },
-		{ "[broker]\nurl = http://h/\n", "http://h/" },
+		{ "[broker]\nurl = http://h/\n", "amqp:// or amqps://" },
 		{ "[broker]\nurl = amqp://h\nheartbeat = 3601\n", "heartbeat" },
 		{ "[broker]\nurl = amqp://h\nverify = sometimes\n", "verify" },
 		{ "[broker]\nurl = amqps://h\ncert = /c.pem\n", "broker.cert and broker.key" },

@@ -358,6 +358,17 @@ cons_queue_depth(const char *queue)
 	return n;
 }
 
+long
+cons_wait_queue_depth(const char *queue, long want, int timeout_ms)
+{
+	long long deadline = proc_now_ms() + timeout_ms;
+	long n;
+
+	while ((n = cons_queue_depth(queue)) != want && proc_now_ms() < deadline)
+		usleep(50 * 1000);
+	return n;
+}
+
 void
 cons_delete_queues(const char *queue)
 {

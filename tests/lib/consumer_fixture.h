@@ -86,6 +86,11 @@ void cons_publish(const char *queue, const char *body, const char *message_id,
 /* Messages ready in queue (passive declare); -1 when it does not exist. */
 long cons_queue_depth(const char *queue);
 
+/* Polls it until it is want, up to timeout_ms: the last depth seen (the
+ * tracker publishes, and the broker requeues a closed channel's deliveries,
+ * on their own time). */
+long cons_wait_queue_depth(const char *queue, long want, int timeout_ms);
+
 /* Deletes queue (and QUEUE.dead); missing ones are fine. */
 void cons_delete_queues(const char *queue);
 
