@@ -458,7 +458,7 @@ END_TEST
 START_TEST(sigterm_finishes_in_hand_and_exits_zero)
 {
 	struct env e;
-	char stream[32], data[300], *barrier;
+	char stream[32], data[300], held[300], *barrier;
 	long long n;
 
 	env_init(&e, "batch_size = 1\nprefetch = 2\n");
@@ -476,8 +476,11 @@ START_TEST(sigterm_finishes_in_hand_and_exits_zero)
 	ck_assert_int_ge(cons_wait_query(e.conninfo, "SELECT count(*) FROM poison_applied", 2,
 					 WAIT_MS),
 			 2);
-	/* all published: two applied, two in hand (prefetch), six ready */
+	/* all published: two applied, two in hand (prefetch), six ready; and
+	 * the third is in its handler */
 	ck_assert_int_eq(cons_wait_queue_depth(e.queue, 6, WAIT_MS), 6);
+	snprintf(held, sizeof(held), "%s.held", barrier);
+	ck_assert_msg(fixture_wait_file(held, WAIT_MS), "no event reached its handler");
 	cons_signal(e.c, SIGTERM);
 	fixture_touch(barrier);
 	ck_assert_int_eq(cons_wait_exit(e.c, WAIT_MS), 0);

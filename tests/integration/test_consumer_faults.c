@@ -132,22 +132,24 @@ END_TEST
 START_TEST(kill9_midstream_then_restart)
 {
 	struct env e;
-	char *dir, barrier[256], data[300];
+	char *dir, barrier[256], held[300], data[300];
 
-	/* The first 10 events go through; the 11th blocks its handler on a
-	 * file the test creates only after the kill, so the kill is sure to
-	 * land mid-stream, with events in hand and in the queue. */
+	/* Ten events go through; the next blocks its handler on a file the test
+	 * creates only after the kill, so the kill lands mid-stream, with an
+	 * event in hand (its handler says so: BARRIER.held) and more queued. */
 	dir = fixture_tmpdir();
 	snprintf(barrier, sizeof(barrier), "%s/barrier", dir);
+	snprintf(held, sizeof(held), "%s.held", barrier);
 	snprintf(data, sizeof(data), "{\"wait\":\"%s\"}", barrier);
 	env_init(&e, "delivery_limit = 20\n");
 	cons_start(e.c);
 	proc_start(e.tracker);
 	append(&e, 10, "{}");
-	append(&e, 50, data);
-	ck_assert_int_ge(cons_wait_query(e.conninfo, "SELECT count(*) FROM poison_applied", 10,
+	ck_assert_int_eq(cons_wait_query(e.conninfo, "SELECT count(*) FROM poison_applied", 10,
 					 30000),
 			 10);
+	append(&e, 50, data);
+	ck_assert_msg(fixture_wait_file(held, 30000), "no event reached its handler");
 	cons_kill(e.c);
 	ck_assert_int_eq(cons_poison_count(e.conninfo), 10);
 	fixture_touch(barrier);
@@ -155,6 +157,7 @@ START_TEST(kill9_midstream_then_restart)
 	cons_start(e.c);
 	finish(&e);
 	env_fini(&e);
+	unlink(held);
 	unlink(barrier);
 	rmdir(dir);
 	free(dir);

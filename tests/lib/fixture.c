@@ -314,6 +314,17 @@ fixture_tmpdir(void)
 	return strdup(tmpl);
 }
 
+bool
+fixture_wait_file(const char *path, int timeout_ms)
+{
+	for (int waited = 0; access(path, F_OK) != 0; waited += 20) {
+		if (waited >= timeout_ms)
+			return false;
+		usleep(20 * 1000);
+	}
+	return true;
+}
+
 void
 fixture_touch(const char *path)
 {

@@ -60,4 +60,7 @@ char *fixture_tmpdir(void);
 /* Create the (empty) file path: opens a barrier a test plugin waits on. */
 void fixture_touch(const char *path);
 
+/* Waits up to timeout_ms for the file path to exist. */
+bool fixture_wait_file(const char *path, int timeout_ms);
+
 #endif

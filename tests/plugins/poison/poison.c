@@ -7,7 +7,8 @@
  *   "abort": PATH    abort() the process, unless the file PATH exists
  *   "retry": N       CQRS_HANDLED_RETRY the first N times this process sees it
  *   "sleep_ms": N    sleep first
- *   "wait": PATH     block until the file PATH exists (a barrier the test
+ *   "wait": PATH     create PATH.held (the test sees an event in hand), then
+ *                    block until the file PATH exists (a barrier the test
  *                    opens; given up after two minutes)
  *
  * The record, in the consumer's transaction:
@@ -96,9 +97,16 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 
 	if ((n = int_field(ev, "sleep_ms")) > 0)
 		usleep((useconds_t)n * 1000);
-	if ((path = str_field(ev, "wait")) != NULL)
+	if ((path = str_field(ev, "wait")) != NULL && access(path, F_OK) != 0) {
+		char held[4096];
+		FILE *f;
+
+		snprintf(held, sizeof(held), "%s.held", path);
+		if ((f = fopen(held, "w")) != NULL)
+			fclose(f);
 		for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
 			usleep(10 * 1000);
+	}
 	if ((path = str_field(ev, "abort")) != NULL && access(path, F_OK) != 0) {
 		cqrs_log_warn(cqrs_event_log(ctx), "poison: aborting on %s version %lld", ev->stream,
 			      (long long)ev->version);
