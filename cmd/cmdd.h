@@ -136,6 +136,8 @@ struct cmdd {
 	struct agg_list lru;		/* idle aggregates, oldest first */
 	int n_aggs;
 	struct hmap *inflight;		/* command id -> first job */
+	struct job_queue ready_jobs;	/* next jobs of released aggregates */
+	bool running_ready;		/* agg_release() is running ready_jobs */
 	int jobs_active;
 	int snapshot_writes;
 	bool stopping;

@@ -119,21 +119,36 @@ agg_reset(struct agg *a)
 	a->status = AGG_EMPTY;
 }
 
-/* The job is done with its aggregate: start the next queued job. */
+/*
+ * The job is done with its aggregate: start the next queued job. Many jobs
+ * finish without waiting for the store (refused, or nothing to append), and
+ * each one's finish releases the aggregate again: starting the next job from
+ * here would nest one call chain per queued job. So the next job goes on
+ * d->ready_jobs, and only the outermost release runs that list, in a loop. The
+ * aggregate stays busy meanwhile, which keeps its jobs in order.
+ */
 static void
 agg_release(struct cmdd *d, struct agg *a)
 {
 	struct job *next = TAILQ_FIRST(&a->waiting);
 
-	if (next != NULL) {
-		TAILQ_REMOVE(&a->waiting, next, agg_link);
-		job_begin(next);
+	if (next == NULL) {
+		a->busy = false;
+		TAILQ_INSERT_TAIL(&d->lru, a, lru);
+		a->in_lru = true;
+		cache_trim(d);
 		return;
 	}
-	a->busy = false;
-	TAILQ_INSERT_TAIL(&d->lru, a, lru);
-	a->in_lru = true;
-	cache_trim(d);
+	TAILQ_REMOVE(&a->waiting, next, agg_link);
+	TAILQ_INSERT_TAIL(&d->ready_jobs, next, agg_link);
+	if (d->running_ready)
+		return;
+	d->running_ready = true;
+	while ((next = TAILQ_FIRST(&d->ready_jobs)) != NULL) {
+		TAILQ_REMOVE(&d->ready_jobs, next, agg_link);
+		job_begin(next);
+	}
+	d->running_ready = false;
 }
 
 /* ---- answers ----------------------------------------------------------- */
