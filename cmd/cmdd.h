@@ -105,8 +105,8 @@ struct agg {
 	TAILQ_ENTRY(agg) lru;
 };
 
-/* ok, duplicate and the eight PROTO_* codes */
-#define CMDD_OUTCOMES 10
+/* ok, duplicate and the nine PROTO_* codes */
+#define CMDD_OUTCOMES 11
 
 struct cmdd_stats {
 	uint64_t requests;
