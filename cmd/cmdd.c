@@ -151,6 +151,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	d->log.comp = "cmdd";
 	TAILQ_INIT(&d->clients);
 	TAILQ_INIT(&d->lru);
+	TAILQ_INIT(&d->ready_jobs);
 	d->aggs = cqrs_hmap_new();
 	d->inflight = cqrs_hmap_new();
 	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store");

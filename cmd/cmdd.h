@@ -105,8 +105,8 @@ struct agg {
 	TAILQ_ENTRY(agg) lru;
 };
 
-/* ok, duplicate and the eight PROTO_* codes */
-#define CMDD_OUTCOMES 10
+/* ok, duplicate and the nine PROTO_* codes */
+#define CMDD_OUTCOMES 11
 
 struct cmdd_stats {
 	uint64_t requests;
@@ -136,6 +136,8 @@ struct cmdd {
 	struct agg_list lru;		/* idle aggregates, oldest first */
 	int n_aggs;
 	struct hmap *inflight;		/* command id -> first job */
+	struct job_queue ready_jobs;	/* next jobs of released aggregates */
+	bool running_ready;		/* agg_release() is running ready_jobs */
 	int jobs_active;
 	int snapshot_writes;
 	bool stopping;

@@ -37,9 +37,10 @@ static const char load_sql[] =
 	"AND e.version > greatest($3::int, coalesce((SELECT version FROM s), 0)) "
 	"ORDER BY 1, 2";
 
-/* The first outcome of a command id, if it was recorded. */
+/* The first outcome of a command id, if it was recorded, and what for. */
 static const char command_sql[] =
-	"SELECT c.last_version, e.id, e.version, e.position, e.type FROM cqrs.commands c "
+	"SELECT c.last_version, e.id, e.version, e.position, e.type, c.stream, c.command "
+	"FROM cqrs.commands c "
 	"LEFT JOIN cqrs.events e ON e.stream = c.stream "
 	"AND e.version BETWEEN c.first_version AND c.last_version "
 	"WHERE c.id = $1 ORDER BY e.version";
@@ -119,21 +120,36 @@ agg_reset(struct agg *a)
 	a->status = AGG_EMPTY;
 }
 
-/* The job is done with its aggregate: start the next queued job. */
+/*
+ * The job is done with its aggregate: start the next queued job. Many jobs
+ * finish without waiting for the store (refused, or nothing to append), and
+ * each one's finish releases the aggregate again: starting the next job from
+ * here would nest one call chain per queued job. So the next job goes on
+ * d->ready_jobs, and only the outermost release runs that list, in a loop. The
+ * aggregate stays busy meanwhile, which keeps its jobs in order.
+ */
 static void
 agg_release(struct cmdd *d, struct agg *a)
 {
 	struct job *next = TAILQ_FIRST(&a->waiting);
 
-	if (next != NULL) {
-		TAILQ_REMOVE(&a->waiting, next, agg_link);
-		job_begin(next);
+	if (next == NULL) {
+		a->busy = false;
+		TAILQ_INSERT_TAIL(&d->lru, a, lru);
+		a->in_lru = true;
+		cache_trim(d);
 		return;
 	}
-	a->busy = false;
-	TAILQ_INSERT_TAIL(&d->lru, a, lru);
-	a->in_lru = true;
-	cache_trim(d);
+	TAILQ_REMOVE(&a->waiting, next, agg_link);
+	TAILQ_INSERT_TAIL(&d->ready_jobs, next, agg_link);
+	if (d->running_ready)
+		return;
+	d->running_ready = true;
+	while ((next = TAILQ_FIRST(&d->ready_jobs)) != NULL) {
+		TAILQ_REMOVE(&d->ready_jobs, next, agg_link);
+		job_begin(next);
+	}
+	d->running_ready = false;
 }
 
 /* ---- answers ----------------------------------------------------------- */
@@ -160,6 +176,7 @@ code_of(int rc)
 	case CQRS_ECONFLICT: return PROTO_CONFLICT;
 	case CQRS_EUNAVAILABLE: return PROTO_UNAVAILABLE;
 	case CQRS_EINVALID: return PROTO_INVALID;
+	case CQRS_EIDREUSED: return PROTO_ID_REUSED;
 	default: return PROTO_INTERNAL;
 	}
 }
@@ -430,6 +447,13 @@ command_done(void *arg, PGresult *res, PGconn *pg)
 		job_finish(job, answer, outcome);
 		return;
 	}
+	if (strcmp(PQgetvalue(res, 0, 5), job->stream) != 0 ||
+	    (!PQgetisnull(res, 0, 6) && strcmp(PQgetvalue(res, 0, 6), job->req.command) != 0)) {
+		answer_error(job, PROTO_ID_REUSED, "command id %s was recorded for %s on stream \"%s\"",
+			     job->req.id, PQgetisnull(res, 0, 6) ? "a command" : PQgetvalue(res, 0, 6),
+			     PQgetvalue(res, 0, 5));
+		return;
+	}
 	cqrs_store_append_result_clear(&job->result);
 	job->result.duplicate = true;
 	job->result.version = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -513,6 +537,10 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 			return;
 		}
 		refuse(job, PROTO_CONFLICT, "%s", err.msg);
+		return;
+	}
+	if (rc == CQRS_EIDREUSED) {
+		answer_error(job, PROTO_ID_REUSED, "%s", err.msg);
 		return;
 	}
 	if (rc != 0) {
@@ -653,7 +681,7 @@ job_run(struct job *job)
 	}
 	/* expected = the version the handler saw: a concurrent writer conflicts */
 	rc = cqrs_store_append_prepare(&job->append, job->stream, a->version, in, job->ctx.n_events,
-				  job->req.id, &err);
+				  job->req.id, job->req.command, &err);
 	free(in);
 	if (rc < 0) {
 		cqrs_log_error(&job->log, "handler of %s raised a bad event: %s",
@@ -698,6 +726,12 @@ exec_submit(struct job *job)
 	}
 	/* a repeat of a command id still in flight waits for its outcome */
 	first = job->req.id_given ? cqrs_hmap_get(d->inflight, job->req.id) : NULL;
+	if (first != NULL && (strcmp(first->stream, job->stream) != 0 ||
+			      strcmp(first->req.command, job->req.command) != 0)) {
+		answer_error(job, PROTO_ID_REUSED, "command id %s is in use for %s on stream \"%s\"",
+			     job->req.id, first->req.command, first->stream);
+		return;
+	}
 	if (first != NULL) {
 		job->first = first;
 		TAILQ_INSERT_TAIL(&first->waiters, job, waiter_link);

@@ -23,6 +23,7 @@ struct json_object;
 #define PROTO_CONFLICT "conflict"
 #define PROTO_UNAVAILABLE "unavailable"
 #define PROTO_INTERNAL "internal"
+#define PROTO_ID_REUSED "id_reused"
 
 struct request {
 	struct json_object *root;	/* owned: the parsed line */

@@ -58,6 +58,7 @@ cqrs_err_name(int code)
 	case CQRS_EIO: return "io";
 	case CQRS_EREJECTED: return "rejected";
 	case CQRS_ETOOLARGE: return "too_large";
+	case CQRS_EIDREUSED: return "id_reused";
 	}
 	return "unknown";
 }

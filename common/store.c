@@ -65,6 +65,8 @@ cqrs_store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs
 		else if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
 			 strcmp(state, "CQ403") == 0)
 			code = CQRS_EINVALID;
+		else if (strcmp(state, "CQ422") == 0)
+			code = CQRS_EIDREUSED;
 	}
 	/* libpq messages end with a newline */
 	size_t len = strlen(msg);
@@ -309,7 +311,7 @@ parse_object(const char *text, const char *what, size_t idx,
 int
 cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		     int64_t expected, const struct store_event_in *evs, size_t n,
-		     const char *command_id, struct cqrs_err *err)
+		     const char *command_id, const char *command, struct cqrs_err *err)
 {
 	struct json_object *arr = NULL;
 	int rc;
@@ -410,6 +412,7 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 	req->values[1] = req->expected;
 	req->values[2] = command_id;
 	req->values[3] = req->events_json;
+	req->values[4] = command;
 	return 0;
 fail:
 	json_object_put(arr);
@@ -434,6 +437,12 @@ cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 		return rc;
 	}
 	rows = PQntuples(res);
+	if (rows == 1 && PQgetisnull(res, 0, 0)) {
+		/* a recorded command id whose command appended no events */
+		r->duplicate = true;
+		r->version = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+		return 0;
+	}
 	if (rows > 0) {
 		r->events = calloc((size_t)rows, sizeof(*r->events));
 		if (r->events == NULL)
@@ -480,7 +489,7 @@ cqrs_store_append(struct store *st, const char *stream, int64_t expected,
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	rc = cqrs_store_append_prepare(&req, stream, expected, evs, n, command_id, err);
+	rc = cqrs_store_append_prepare(&req, stream, expected, evs, n, command_id, NULL, err);
 	if (rc < 0)
 		return rc;
 	res = PQexecParams(st->pg, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, NULL,
@@ -488,7 +497,7 @@ cqrs_store_append(struct store *st, const char *stream, int64_t expected,
 	rc = cqrs_store_append_parse(res, st->pg, stream, r, err);
 	PQclear(res);
 	cqrs_store_append_req_clear(&req);
-	if (rc == 0 && r->n == 0)
+	if (rc == 0 && r->n == 0 && !r->duplicate)
 		rc = stream_version(st->pg, stream, &r->version, err);
 	return rc;
 }

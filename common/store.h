@@ -107,11 +107,14 @@ int cqrs_store_append(struct store *st, const char *stream, int64_t expected,
 /*
  * The same append in two halves, for callers with their own (asynchronous)
  * connections: cqrs_store_append_prepare() validates and builds the parameters
- * for STORE_APPEND_SQL; cqrs_store_append_parse() reads its result.
+ * for STORE_APPEND_SQL; cqrs_store_append_parse() reads its result. command
+ * (borrowed, may be NULL) is the command's name, recorded with command_id:
+ * the id repeated for another stream, or for another command, is
+ * CQRS_EIDREUSED and appends nothing. cqrs_store_append() records no name.
  */
 #define STORE_APPEND_SQL \
-	"SELECT id, version, position, type, duplicate FROM cqrs.append($1, $2, $3, $4)"
-#define STORE_APPEND_NPARAMS 4
+	"SELECT id, version, position, type, duplicate FROM cqrs.append($1, $2, $3, $4, $5)"
+#define STORE_APPEND_NPARAMS 5
 
 struct store_append_req {
 	const char *values[STORE_APPEND_NPARAMS];	/* point into the fields below */
@@ -121,7 +124,7 @@ struct store_append_req {
 
 int cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 			 int64_t expected, const struct store_event_in *evs, size_t n,
-			 const char *command_id, struct cqrs_err *err)
+			 const char *command_id, const char *command, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 void cqrs_store_append_req_clear(struct store_append_req *req);
 

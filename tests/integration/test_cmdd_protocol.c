@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -18,6 +20,7 @@
 #include "cmdclient.h"
 #include "daemon.h"
 #include "fixture.h"
+#include "scrape.h"
 #include "uuid.h"
 
 static char *conninfo;		/* this test's database */
@@ -991,6 +994,104 @@ START_TEST(pipelined_on_one_aggregate_versions_follow)
 }
 END_TEST
 
+/*
+ * Commands that finish without a store round trip (refused as invalid),
+ * queued by the thousand behind one whose append waits on the stream's
+ * lock, held here: when the lock goes, the queue runs one after the other
+ * in order. The daemon runs with a 1 MiB stack, so a queue run by
+ * recursion (one nesting per job) would overflow it.
+ */
+START_TEST(long_queue_on_one_aggregate_runs_without_recursion)
+{
+	enum { N = 50000 };
+	struct rlimit old, small;
+	struct daemon *d;
+	struct daemon_conn *c;
+	PGconn *locker;
+	uint16_t port;
+	char *log, *buf, *p, *a;
+	size_t len = 0, cap = (size_t)N * 160;
+	struct timespec t0, now;
+	double queued = 0;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "max_pipeline", "65536");
+	daemon_set(d, "cmd", "http", "127.0.0.1:0");
+	/* the daemon inherits the limit; this test's own stack is far smaller */
+	ck_assert_int_eq(getrlimit(RLIMIT_STACK, &old), 0);
+	small = old;
+	small.rlim_cur = 1024 * 1024;
+	ck_assert_int_eq(setrlimit(RLIMIT_STACK, &small), 0);
+	daemon_start(d);
+	ck_assert_int_eq(setrlimit(RLIMIT_STACK, &old), 0);
+	ck_assert(daemon_wait_log(d, "metrics and health on ", 10000));
+	log = daemon_log(d);
+	port = scrape_port_from_log(strstr(log, "metrics and health on "));
+	free(log);
+	ck_assert_int_ne(port, 0);
+
+	c = daemon_connect(d);
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "deep"))));
+	/* the append's lock on the stream (sql/001_event_store.sql) */
+	locker = fixture_connect(conninfo);
+	fixture_exec(locker, "SELECT pg_advisory_lock(1129468499, hashtext('account-deep'))");
+
+	buf = malloc(cap);
+	ck_assert_ptr_nonnull(buf);
+	p = buf;
+	len = (size_t)sprintf(p, "%s\n", deposit_line(new_id(), "deep", 7));
+	for (int i = 1; i < N; i++)
+		len += (size_t)sprintf(buf + len,
+				       "{\"command\":\"account.deposit\",\"aggregate_id\":\"deep\","
+				       "\"data\":{\"amount\":0},\"metadata\":{\"n\":%d}}\n", i);
+	ck_assert_uint_lt(len, cap);
+	daemon_conn_write(c, buf, len);
+	free(buf);
+
+	/* every request read and waiting: none can be answered before the first */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		struct scrape *m = scrape_metrics(port);
+		queued = scrape_value(m, "cqrs_cmdd_commands_in_flight", NULL);
+		scrape_free(m);
+		if (queued >= N)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		ck_assert_msg(now.tv_sec - t0.tv_sec < 120, "%.0f of %d requests in flight",
+			      queued, N);
+		usleep(20000);
+	}
+	ck_assert_int_eq(qint("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+			      "AND NOT granted AND database = (SELECT oid FROM pg_database "
+			      "WHERE datname = current_database())"), 1);
+	fixture_exec(locker, "SELECT pg_advisory_unlock_all()");
+
+	a = daemon_conn_recv(c, 60000);
+	ck_assert_msg(a != NULL, "the daemon closed the connection: %s",
+		      (char *)daemon_gc(daemon_log_tail(d, 20)));
+	DAEMON_ASSERT_OK(daemon_gc(a));
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 2);
+	for (int i = 1; i < N; i++) {
+		a = daemon_conn_recv(c, 60000);
+		ck_assert_msg(a != NULL, "answer %d: the daemon closed the connection: %s", i,
+			      (char *)daemon_gc(daemon_log_tail(d, 20)));
+		ck_assert_msg(strstr(a, "\"code\":\"invalid\"") != NULL, "answer %d: %s", i, a);
+		free(a);
+	}
+	ck_assert(daemon_running(d));
+	/* the aggregate is free again, its state up to date */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "deep", 1)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 3);
+	ck_assert_int_eq(balance("account-deep"), 8);
+	PQfinish(locker);
+	daemon_conn_close(c);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
 /* ---- idempotency ---------------------------------------------------------------------- */
 
 static bool
@@ -1104,6 +1205,116 @@ START_TEST(repeat_while_in_flight_gets_the_first_outcome)
 	}
 	ck_assert_int_eq(stream_count("account-f1"), 3);
 	ck_assert_int_eq(balance("account-f1"), 12);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+static const char *
+error_code(const char *a)
+{
+	return daemon_answer_str(a, "error.code");
+}
+
+START_TEST(command_id_reused_for_another_stream)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id(), *id2 = new_id(), *a;
+	const char *lines[2];
+	char **answers;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(id, "ra"))));
+	/* the same id for an open of another account: nothing appended there */
+	a = daemon_gc(daemon_conn_call(c, open_line(id, "rb")));
+	ck_assert_msg(!daemon_answer_ok(a), "%s", a);
+	ck_assert_msg(error_code(a) != NULL && strcmp(error_code(a), "id_reused") == 0, "%s", a);
+	ck_assert(answer_id_is(a, id));
+	ck_assert_int_eq(stream_count("account-rb"), 0);
+	ck_assert_int_eq(stream_count("account-ra"), 1);
+	/* a command the domain refuses on the other stream: still id_reused */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(id2, "ra", 5)));
+	DAEMON_ASSERT_OK(a);
+	a = daemon_gc(daemon_conn_call(c, deposit_line(id2, "nobody", 5)));
+	ck_assert_msg(error_code(a) != NULL && strcmp(error_code(a), "id_reused") == 0, "%s", a);
+	ck_assert_int_eq(stream_count("account-nobody"), 0);
+	/* the first stream still answers the repeat as before */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(id2, "ra", 5)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert(is_duplicate(a));
+	ck_assert_int_eq(stream_count("account-ra"), 2);
+
+	/* the repeat arrives while the first is still in flight */
+	{
+		const char *id3 = new_id();
+		lines[0] = open_line(id3, "rc");
+		lines[1] = open_line(id3, "rd");
+		answers = daemon_conn_pipeline(c, lines, 2, 30000);
+		DAEMON_ASSERT_OK(answers[0]);
+		ck_assert_msg(error_code(answers[1]) != NULL &&
+			      strcmp(error_code(answers[1]), "id_reused") == 0, "%s", answers[1]);
+		daemon_lines_free(answers, 2);
+		ck_assert_int_eq(stream_count("account-rc"), 1);
+		ck_assert_int_eq(stream_count("account-rd"), 0);
+	}
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(command_id_reused_for_another_command)
+{
+	struct daemon *d = start_cmdd("bank");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id(), *a;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "rx"))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, deposit_line(id, "rx", 10))));
+	a = daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"account.withdraw\",\"aggregate_id\":\"rx\","
+		"\"data\":{\"amount\":5}}", id)));
+	ck_assert_msg(error_code(a) != NULL && strcmp(error_code(a), "id_reused") == 0, "%s", a);
+	ck_assert(message_has(a, "account.deposit"));
+	ck_assert_int_eq(stream_count("account-rx"), 2);
+	ck_assert_int_eq(balance("account-rx"), 10);
+	/* the first command again: its outcome */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(id, "rx", 10)));
+	DAEMON_ASSERT_OK(a);
+	ck_assert(is_duplicate(a));
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(eventless_command_repeated_is_a_duplicate)
+{
+	struct daemon *d = start_cmdd("bank other");
+	struct daemon_conn *c = daemon_connect(d);
+	const char *id = new_id(), *first, *again, *line;
+
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c,
+		"{\"command\":\"counter.add\",\"aggregate_id\":\"e1\",\"data\":{\"by\":5}}")));
+	line = daemon_fmt("{\"id\":\"%s\",\"command\":\"counter.check\",\"aggregate_id\":\"e1\","
+			  "\"data\":{\"at_most\":10}}", id);
+	first = daemon_gc(daemon_conn_call(c, line));
+	DAEMON_ASSERT_OK(first);
+	ck_assert(!is_duplicate(first));
+	ck_assert_int_eq(daemon_answer_int(first, "version"), 1);
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.commands WHERE id = '%s'", id), 1);
+	again = daemon_gc(daemon_conn_call(c, line));
+	DAEMON_ASSERT_OK(again);
+	ck_assert_msg(is_duplicate(again), "a repeat must say duplicate:true: %s", again);
+	ck_assert(same_events(first, again));
+	/* after the stream moved on, the repeat still gives the first outcome */
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c,
+		"{\"command\":\"counter.add\",\"aggregate_id\":\"e1\",\"data\":{\"by\":1}}")));
+	again = daemon_gc(daemon_conn_call(c, daemon_fmt(
+		"{\"id\":\"%s\",\"command\":\"counter.check\",\"aggregate_id\":\"e1\","
+		"\"data\":{\"at_most\":0}}", id)));
+	DAEMON_ASSERT_OK(again);
+	ck_assert(is_duplicate(again));
+	ck_assert_int_eq(daemon_answer_int(again, "version"), 1);
+	ck_assert_int_eq(stream_count("counter-e1"), 2);
 	daemon_conn_close(c);
 	daemon_free(d);
 }
@@ -1370,6 +1581,20 @@ cmdd_protocol_suite(void)
 	tcase_add_test(tc, cqrsctl_send_pipelined_from_stdin);
 	tcase_add_test(tc, cqrsctl_send_when_the_daemon_closes);
 	tcase_add_test(tc, cmdclient_against_the_daemon);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("ids");
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, command_id_reused_for_another_stream);
+	tcase_add_test(tc, command_id_reused_for_another_command);
+	tcase_add_test(tc, eventless_command_repeated_is_a_duplicate);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("queue");
+	tcase_set_timeout(tc, 300);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, long_queue_on_one_aggregate_runs_without_recursion);
 	suite_add_tcase(s, tc);
 	return s;
 }

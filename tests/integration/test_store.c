@@ -210,42 +210,42 @@ START_TEST(bad_input_refused_before_the_database)
 	struct store_event_in ev = { .type = "E", .data = "{}" };
 
 	/* cqrs_store_append_prepare needs no connection: these never reach a server */
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "stream"));
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, "not-a-uuid", &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, "not-a-uuid", NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "command id"));
 	ev.id = "1234";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not a UUID"));
 	ev.id = NULL;
 	ev.data = "{\"a\":";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not valid JSON"));
 	ev.data = "{\"a\":1} x";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ev.data = "[1,2]";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "not a JSON object"));
 	ev.data = "{}";
 	ev.metadata = "7";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "metadata"));
 	ev.metadata = NULL;
 	ev.type = "";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "type"));
 	ev.type = "E";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", -5, &ev, 1, NULL, &err), CQRS_EINVALID);
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", -5, &ev, 1, NULL, NULL, &err), CQRS_EINVALID);
 	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev,
-					      CQRS_APPEND_MAX_EVENTS + 1, NULL, &err),
+					      CQRS_APPEND_MAX_EVENTS + 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	/* oversized */
 	big = malloc(bigsz);
@@ -254,13 +254,13 @@ START_TEST(bad_input_refused_before_the_database)
 	memcpy(big, "{\"s\":\"", 6);
 	memcpy(big + bigsz - 3, "\"}", 3);
 	ev.data = big;
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, &err),
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", STORE_ANY, &ev, 1, NULL, NULL, &err),
 			 CQRS_EINVALID);
 	ck_assert_ptr_nonnull(strstr(err.msg, "over the limit"));
 	free(big);
 	/* and a good one builds the parameters */
 	ev.data = "{\"x\":1}";
-	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", 4, &ev, 1, NULL, &err), 0);
+	ck_assert_int_eq(cqrs_store_append_prepare(&req, "s-1", 4, &ev, 1, NULL, NULL, &err), 0);
 	ck_assert_str_eq(req.values[1], "4");
 	ck_assert_ptr_null(req.values[2]);
 	ck_assert_ptr_nonnull(strstr(req.values[3], "\"x\":1"));
@@ -495,7 +495,7 @@ cs_write(void *arg)
 		ev[0].id = ids[0];
 		ev[1].id = ids[1];
 		snprintf(stream, sizeof(stream), "cs-%d", rand_r(&seed) % CS_STREAMS);
-		if (cqrs_store_append_prepare(&req, stream, STORE_ANY, ev, 2, NULL, &err) < 0) {
+		if (cqrs_store_append_prepare(&req, stream, STORE_ANY, ev, 2, NULL, NULL, &err) < 0) {
 			w->failed = 1;
 			break;
 		}

@@ -148,7 +148,7 @@ START_TEST(bank_and_other_side_by_side)
 					    &err), 0);
 	ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 2);
 	ck_assert_uint_eq(cqrs_registry_aggregate_count(reg), 3);
-	ck_assert_uint_eq(cqrs_registry_command_count(reg), 8);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 9);
 	ck_assert_uint_eq(cqrs_registry_handler_count(reg), 4 + 1);
 
 	open = cqrs_registry_command(reg, "account.open");
@@ -205,7 +205,7 @@ START_TEST(duplicate_command_refused_and_rolled_back)
 	ck_assert_uint_eq(cqrs_registry_command_count(reg), 7);
 	/* and the registry still takes plugins */
 	load_ok(reg, PLUGIN("other"));
-	ck_assert_uint_eq(cqrs_registry_command_count(reg), 8);
+	ck_assert_uint_eq(cqrs_registry_command_count(reg), 9);
 	cqrs_registry_free(reg);
 }
 END_TEST

@@ -35,6 +35,8 @@ enum cqrs_errcode {
 	CQRS_EREJECTED = -9,
 	/* too large */
 	CQRS_ETOOLARGE = -10,
+	/* a command id was recorded for another stream or another command */
+	CQRS_EIDREUSED = -11,
 };
 
 #define CQRS_ERR_MSG_MAX 512

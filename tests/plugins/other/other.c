@@ -4,6 +4,7 @@
  * plugin-wide state that fini frees.
  *
  *   counter.add {"by": int, -1000000..1000000, not 0} -> CounterAdded {by, value}
+ *   counter.check {"at_most": int} -> no event; rejected when the value is over
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -78,6 +79,23 @@ counter_add(struct cqrs_cmd_ctx *ctx, const struct cqrs_command *cmd, const void
 	return CQRS_OUTCOME_OK;
 }
 
+/* A command that raises no event: accepted or rejected, nothing to append. */
+static int
+counter_check(struct cqrs_cmd_ctx *ctx, const struct cqrs_command *cmd, const void *state,
+	      int64_t version)
+{
+	const struct counter *c = state;
+	struct json_object *at_most;
+
+	(void)version;
+	if (!json_object_object_get_ex(cmd->data, "at_most", &at_most) ||
+	    !json_object_is_type(at_most, json_type_int))
+		return cqrs_invalid(ctx, "\"at_most\" must be an integer");
+	if (c->value > json_object_get_int64(at_most))
+		return cqrs_reject(ctx, "counter is at %" PRId64, c->value);
+	return CQRS_OUTCOME_OK;
+}
+
 static int
 counter_seen(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 {
@@ -121,6 +139,7 @@ other_register(struct cqrs_registry *reg, void **state)
 	if (cqrs_register_aggregate(reg, &counter_type) < 0 ||
 	    cqrs_register_applier(reg, "counter", "CounterAdded", on_added) < 0 ||
 	    cqrs_register_command(reg, "counter.add", "counter", counter_add) < 0 ||
+	    cqrs_register_command(reg, "counter.check", "counter", counter_check) < 0 ||
 	    cqrs_register_event_handler(reg, "other", "counter.#", counter_seen,
 					counter_reset) < 0)
 		return -1;
