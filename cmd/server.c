@@ -410,36 +410,53 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	cqrs_log_debug(&c->log, "client %lu connected", c->no);
 }
 
-/* Binds cfg.socket_path, after checking nobody is live on it. */
+/*
+ * Binds cfg.socket_path, after checking nobody is live on it. A file left
+ * there is removed only when it is a socket that refuses connections (what
+ * a daemon that died leaves); anything else (a listener whose backlog is
+ * full, no permission, not a socket) stops the start with the file in place.
+ */
 static int
 bind_path(struct cmdd *d, struct cqrs_err *err)
 {
 	const char *path = d->cfg.socket_path;
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct stat st;
 	int fd = -1;
 
 	if (strlen(path) >= sizeof(sun.sun_path))
 		return cqrs_err_set(err, CQRS_ECONFIG, "cmd.socket \"%s\" is too long (max %zu bytes)",
 				    path, sizeof(sun.sun_path) - 1);
 	memcpy(sun.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
-	if (access(path, F_OK) == 0) {
-		/* a live daemon answers connect(); a stale file refuses */
+	if (lstat(path, &st) == 0) {
+		int e;
+
+		if (!S_ISSOCK(st.st_mode))
+			return cqrs_err_set(err, CQRS_EIO, "cmd.socket \"%s\" exists and is not a socket; "
+					    "not removing it", path);
+		/* nonblocking: a listener with a full backlog says EAGAIN at once */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0)
+			return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
 		if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 			close(fd);
 			return cqrs_err_set(err, CQRS_EIO, "another daemon is listening on \"%s\"", path);
 		}
+		e = errno;
 		close(fd);
-		if (unlink(path) != 0)
-			return cqrs_err_set(err, CQRS_EIO, "cannot remove stale socket \"%s\": %s",
-					    path, strerror(errno));
-		cqrs_log_info(&d->log, "removed stale socket %s", path);
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
+		if (e == ECONNREFUSED) {
+			if (unlink(path) != 0)
+				return cqrs_err_set(err, CQRS_EIO, "cannot remove stale socket \"%s\": %s",
+						    path, strerror(errno));
+			cqrs_log_info(&d->log, "removed stale socket %s", path);
+		} else if (e != ENOENT) {
+			return cqrs_err_set(err, CQRS_EIO, "socket \"%s\" is there but cannot be checked: "
+					    "connect: %s; not removing it", path, strerror(e));
+		}
 	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
 	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
 		int e = errno;
 		close(fd);
