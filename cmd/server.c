@@ -40,6 +40,7 @@ struct client {
 	struct job_queue jobs;		/* in request order */
 	int n_jobs;
 	bool closing;			/* no more requests: close once answered */
+	bool shut_rd;			/* closing: reading stopped for good */
 	bool in_read;			/* client_read is on the stack */
 	bool paused;			/* reading stopped: pipeline full or answers unread */
 	bool eof;			/* the peer shut its side */
@@ -80,6 +81,47 @@ client_free(struct client *c)
 	free(c);
 }
 
+static struct timeval
+idle_timeval(const struct cmdd *d)
+{
+	struct timeval tv = { d->cfg.idle_timeout_ms / 1000, (d->cfg.idle_timeout_ms % 1000) * 1000 };
+
+	return tv;
+}
+
+/*
+ * Waits for the socket to take more of out. A closing client that does not
+ * read its last answers within the idle timeout is dropped: nothing else
+ * would ever end its connection.
+ */
+static void
+client_wait_writable(struct client *c)
+{
+	struct timeval tv = idle_timeval(c->d);
+
+	event_add(c->ev_write, c->shut_rd ? &tv : NULL);
+}
+
+/*
+ * A closing client's further bytes count for nothing: stop reading them,
+ * drop what is buffered, and shut the socket's read side so that the
+ * client's writes fail (EPIPE) instead of filling our buffers or the
+ * kernel's. The answers still owed are flushed before the close.
+ */
+static void
+client_stop_reading(struct client *c)
+{
+	if (c->shut_rd)
+		return;
+	c->shut_rd = true;
+	if (!c->paused)
+		event_del(c->ev_read);
+	c->paused = true;
+	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	if (shutdown(c->fd, SHUT_RD) != 0)
+		cqrs_log_debug(&c->log, "client %lu: shutdown: %s", c->no, strerror(errno));
+}
+
 /* Sends what it can of out; returns -1 when the client is gone (freed). */
 static int
 client_send(struct client *c)
@@ -88,7 +130,7 @@ client_send(struct client *c)
 		int n = evbuffer_write(c->out, c->fd);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-				event_add(c->ev_write, NULL);
+				client_wait_writable(c);
 				return 0;
 			}
 			cqrs_log_debug(&c->log, "client %lu: write: %s", c->no, strerror(errno));
@@ -96,7 +138,7 @@ client_send(struct client *c)
 			return -1;
 		}
 		if (n == 0) {
-			event_add(c->ev_write, NULL);
+			client_wait_writable(c);
 			return 0;
 		}
 	}
@@ -109,7 +151,11 @@ client_writable(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 
 	(void)fd;
-	(void)what;
+	if (what & EV_TIMEOUT) {
+		cqrs_log_info(&c->log, "client %lu does not read its last answers: closing", c->no);
+		client_free(c);
+		return;
+	}
 	if (client_send(c) < 0)
 		return;
 	if (evbuffer_get_length(c->out) == 0)
@@ -143,8 +189,8 @@ client_flush(struct client *c)
 			event_del(c->ev_read);
 		c->paused = true;
 	} else if (c->paused && c->n_jobs < c->d->cfg.max_pipeline) {
-		struct timeval tv = { c->d->cfg.idle_timeout_ms / 1000,
-				      (c->d->cfg.idle_timeout_ms % 1000) * 1000 };
+		struct timeval tv = idle_timeval(c->d);
+
 		c->paused = false;
 		event_add(c->ev_read, &tv);
 		/* complete lines may be waiting in the input buffer */
@@ -261,6 +307,8 @@ client_process(struct client *c)
 		evbuffer_drain(c->in, (size_t)eol.pos + 1);
 	}
 	c->in_read = false;
+	if (c->closing)
+		client_stop_reading(c);
 	if (!c->paused && !c->closing && c->n_jobs >= c->d->cfg.max_pipeline) {
 		c->paused = true;
 		event_del(c->ev_read);
@@ -283,6 +331,8 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 		client_free(c);
 		return;
 	}
+	if (c->shut_rd)
+		return;		/* an event already on its way */
 	n = read(fd, buf, sizeof(buf));
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -360,36 +410,53 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	cqrs_log_debug(&c->log, "client %lu connected", c->no);
 }
 
-/* Binds cfg.socket_path, after checking nobody is live on it. */
+/*
+ * Binds cfg.socket_path, after checking nobody is live on it. A file left
+ * there is removed only when it is a socket that refuses connections (what
+ * a daemon that died leaves); anything else (a listener whose backlog is
+ * full, no permission, not a socket) stops the start with the file in place.
+ */
 static int
 bind_path(struct cmdd *d, struct cqrs_err *err)
 {
 	const char *path = d->cfg.socket_path;
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct stat st;
 	int fd = -1;
 
 	if (strlen(path) >= sizeof(sun.sun_path))
 		return cqrs_err_set(err, CQRS_ECONFIG, "cmd.socket \"%s\" is too long (max %zu bytes)",
 				    path, sizeof(sun.sun_path) - 1);
 	memcpy(sun.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
-	if (access(path, F_OK) == 0) {
-		/* a live daemon answers connect(); a stale file refuses */
+	if (lstat(path, &st) == 0) {
+		int e;
+
+		if (!S_ISSOCK(st.st_mode))
+			return cqrs_err_set(err, CQRS_EIO, "cmd.socket \"%s\" exists and is not a socket; "
+					    "not removing it", path);
+		/* nonblocking: a listener with a full backlog says EAGAIN at once */
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0)
+			return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
 		if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
 			close(fd);
 			return cqrs_err_set(err, CQRS_EIO, "another daemon is listening on \"%s\"", path);
 		}
+		e = errno;
 		close(fd);
-		if (unlink(path) != 0)
-			return cqrs_err_set(err, CQRS_EIO, "cannot remove stale socket \"%s\": %s",
-					    path, strerror(errno));
-		cqrs_log_info(&d->log, "removed stale socket %s", path);
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
+		if (e == ECONNREFUSED) {
+			if (unlink(path) != 0)
+				return cqrs_err_set(err, CQRS_EIO, "cannot remove stale socket \"%s\": %s",
+						    path, strerror(errno));
+			cqrs_log_info(&d->log, "removed stale socket %s", path);
+		} else if (e != ENOENT) {
+			return cqrs_err_set(err, CQRS_EIO, "socket \"%s\" is there but cannot be checked: "
+					    "connect: %s; not removing it", path, strerror(e));
+		}
 	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
 	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
 		int e = errno;
 		close(fd);

@@ -1,7 +1,8 @@
 /*
  * test_cmdd_lifecycle.c - cqrs-cmdd starting and refusing to start:
  * plugins (bad ABI, no entry symbol, duplicate command, two domains side
- * by side), its socket (stale file, live daemon, mode), sd_notify,
+ * by side), its socket (stale file, live daemon, a listener with a full
+ * backlog, a file that is no socket, mode), sd_notify,
  * configuration (--check-config, environment overrides, --migrate) and
  * idle connections. The daemon runs as a separate process.
  */
@@ -193,6 +194,82 @@ START_TEST(second_daemon_on_a_live_socket_refuses)
 	ck_assert_int_eq(daemon_stop(a), 0);
 	daemon_free(b);
 	daemon_free(a);
+}
+END_TEST
+
+/* A daemon on d's socket path must exit 1 with a message naming the path and
+ * want, and leave the file there. */
+static void
+refuses_socket_path(struct daemon *d, const char *want)
+{
+	const char *path = daemon_socket(d);
+	struct stat st;
+	char *log;
+	int code;
+
+	code = daemon_run(d, 20000);
+	log = daemon_gc(daemon_log(d));
+	ck_assert_msg(code == 1, "exit status %d, want 1; log:\n%s", code, log);
+	ck_assert_msg(strstr(log, path) != NULL,
+		      "the message should name the socket %s:\n%s", path, log);
+	ck_assert_msg(strstr(log, want) != NULL, "the message should say \"%s\":\n%s", want, log);
+	ck_assert_msg(lstat(path, &st) == 0, "%s was removed", path);
+}
+
+START_TEST(socket_in_use_with_a_full_backlog_is_left_alone)
+{
+	struct daemon *d = daemon_new_cmdd(db(), "bank");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int lfd = socket(AF_UNIX, SOCK_STREAM, 0), cfd[64], n = 0, e = 0;
+	struct stat before, after;
+
+	/* a live listener that does not accept: connect() says EAGAIN, not
+	 * ECONNREFUSED, so the file is in use, not stale */
+	ck_assert_int_ge(lfd, 0);
+	memcpy(sa.sun_path, daemon_socket(d), strlen(daemon_socket(d)) + 1);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(lfd, 0), 0);
+	while (n < 64) {
+		cfd[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		ck_assert_int_ge(cfd[n], 0);
+		if (connect(cfd[n], (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+			e = errno;
+			close(cfd[n]);
+			break;
+		}
+		n++;
+	}
+	ck_assert_msg(e == EAGAIN, "filling the backlog: after %d connections: %s", n, strerror(e));
+	ck_assert_int_eq(lstat(daemon_socket(d), &before), 0);
+
+	refuses_socket_path(d, strerror(EAGAIN));
+	ck_assert_int_eq(lstat(daemon_socket(d), &after), 0);
+	ck_assert_msg(before.st_ino == after.st_ino, "the socket file was replaced");
+	while (n > 0)
+		close(cfd[--n]);
+	close(lfd);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(socket_path_that_is_no_socket_is_left_alone)
+{
+	struct daemon *d = daemon_new_cmdd(db(), "bank");
+	FILE *f = fopen(daemon_socket(d), "w");
+	char buf[64] = "";
+
+	/* connect() to a regular file says ECONNREFUSED too */
+	ck_assert_ptr_nonnull(f);
+	fputs("precious\n", f);
+	ck_assert_int_eq(fclose(f), 0);
+
+	refuses_socket_path(d, "not a socket");
+	f = fopen(daemon_socket(d), "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	ck_assert_str_eq(buf, "precious\n");
+	daemon_free(d);
 }
 END_TEST
 
@@ -438,6 +515,8 @@ cmdd_lifecycle_suite(void)
 	tcase_add_test(tc, two_domains_side_by_side);
 	tcase_add_test(tc, stale_socket_file_is_replaced);
 	tcase_add_test(tc, second_daemon_on_a_live_socket_refuses);
+	tcase_add_test(tc, socket_in_use_with_a_full_backlog_is_left_alone);
+	tcase_add_test(tc, socket_path_that_is_no_socket_is_left_alone);
 	tcase_add_test(tc, ready_notification_and_socket_mode);
 	tcase_add_test(tc, check_config);
 	tcase_add_test(tc, environment_overrides_the_file);

@@ -7,11 +7,13 @@
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -536,6 +538,144 @@ START_TEST(default_limit_is_one_mebibyte)
 		daemon_conn_close(c);
 	}
 	ck_assert_int_eq(stream_count("account-1100k"), 0);
+	daemon_free(d);
+}
+END_TEST
+
+/* A field of /proc/PID/status in kB ("VmRSS", "VmHWM"). */
+static long long
+status_kb(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	size_t flen = strlen(field);
+	long long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+	f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, field, flen) == 0 && line[flen] == ':')
+			kb = strtoll(line + flen + 1, NULL, 10);
+	fclose(f);
+	ck_assert_msg(kb >= 0, "%s: no %s", path, field);
+	return kb;
+}
+
+/* Waits up to 30 s until the daemon at port has answered n requests malformed. */
+static void
+wait_malformed(uint16_t port, double n)
+{
+	long long deadline = proc_now_ms() + 30000;
+	double got;
+
+	for (;;) {
+		struct scrape *m = scrape_metrics(port);
+		got = scrape_value(m, "cqrs_cmdd_commands_total", "outcome=\"malformed\"");
+		scrape_free(m);
+		if (got >= n || proc_now_ms() >= deadline)
+			break;
+		(void)poll(NULL, 0, 20);
+	}
+	ck_assert_msg(got >= n, "%.0f of %.0f requests answered malformed", got, n);
+}
+
+/*
+ * After a framing error the daemon owes the client one last answer, and it
+ * keeps the connection until that is flushed. A client that streams on and
+ * never reads must not make it buffer what it sends meanwhile: it stops
+ * reading, and the client's writes fail once the daemon has stopped taking
+ * bytes.
+ */
+START_TEST(a_closing_connection_is_read_no_more)
+{
+	enum { FILLER = 20000 };	/* malformed requests before the framing error */
+	const size_t stream_total = (size_t)256 << 20, chunk_len = (size_t)1 << 20;
+	const long long bound_kb = 64 * 1024;
+	struct daemon *d;
+	struct daemon_conn *c;
+	char *filler = daemon_gc(malloc((size_t)FILLER * 3)), *chunk = daemon_gc(malloc(chunk_len));
+	long long hwm_before, hwm_after, rss_after, deadline;
+	size_t sent = 0;
+	int werr = 0, fd;
+	const char *a;
+	uint16_t port;
+	pid_t pid;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "max_request_bytes", "4096");
+	daemon_set(d, "cmd", "http", "127.0.0.1:0");
+	daemon_start(d);
+	pid = daemon_pid(d);
+	ck_assert(daemon_wait_log(d, "metrics and health on ", 30000));
+	{
+		char *log = daemon_gc(daemon_log(d));
+		port = scrape_port_from_log(strstr(log, "metrics and health on "));
+		ck_assert_uint_ne(port, 0);
+	}
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, open_line(new_id(), "cl1"))));
+
+	/*
+	 * Requests whose answers (about 2 MB: more than a Unix socket holds,
+	 * less than the daemon's output high-water mark) the client does not
+	 * read: the daemon cannot flush its last answer, so the connection
+	 * stays open after the framing error.
+	 */
+	for (int i = 0; i < FILLER; i++)
+		memcpy(filler + (size_t)i * 3, "{}\n", 3);
+	c = daemon_connect(d);
+	fd = daemon_conn_fd(c);
+	daemon_conn_write(c, filler, (size_t)FILLER * 3);
+	/* the baseline once they are answered (what answering them allocates,
+	 * and with ASan its quarantine, is not what is measured here) */
+	wait_malformed(port, FILLER);
+	hwm_before = status_kb(pid, "VmHWM");
+
+	/* then a line that never ends: too_large, and on and on */
+	memset(chunk, 'q', chunk_len);
+	deadline = proc_now_ms() + 60000;
+	while (sent < stream_total) {
+		size_t n = stream_total - sent < chunk_len ? stream_total - sent : chunk_len;
+		ssize_t w = send(fd, chunk, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+		if (w > 0) {
+			sent += (size_t)w;
+			continue;
+		}
+		if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+			werr = errno;
+			break;
+		}
+		ck_assert_msg(w < 0 && (errno == EAGAIN || errno == EINTR), "send: %s",
+			      strerror(errno));
+		ck_assert_msg(proc_now_ms() < deadline,
+			      "after %zu bytes the daemon neither reads on nor stops the writer", sent);
+		(void)poll(&p, 1, 1000);
+	}
+	hwm_after = status_kb(pid, "VmHWM");
+	rss_after = status_kb(pid, "VmRSS");
+	ck_assert_msg(hwm_after - hwm_before < bound_kb,
+		      "the daemon's peak RSS grew by %lld kB (now %lld kB RSS) while a closing "
+		      "client streamed %zu bytes", hwm_after - hwm_before, rss_after, sent);
+	ck_assert_msg(werr == EPIPE || werr == ECONNRESET,
+		      "the daemon took all %zu bytes after too_large", sent);
+
+	/* another client is served meanwhile */
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, deposit_line(new_id(), "cl1", 5))));
+
+	/* the closing client gets every answer, the last one too_large, then the end */
+	for (int i = 0; i < FILLER; i++) {
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		ck_assert_msg(daemon_answer_error(a, "malformed"), "answer %d: expected malformed, "
+			      "got %s", i, a ? a : "(closed)");
+	}
+	a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+	DAEMON_ASSERT_ERROR(a, "too_large");
+	ck_assert_msg(daemon_conn_wait_closed(c, 30000), "not closed after too_large");
+	daemon_conn_close(c);
+	ck_assert_int_eq(daemon_stop(d), 0);
 	daemon_free(d);
 }
 END_TEST
@@ -1566,6 +1706,7 @@ cmdd_protocol_suite(void)
 	tcase_add_test(tc, blank_and_whitespace_around_requests);
 	tcase_add_test(tc, too_large_answers_then_closes);
 	tcase_add_test(tc, default_limit_is_one_mebibyte);
+	tcase_add_test(tc, a_closing_connection_is_read_no_more);
 	tcase_add_test(tc, invalid_utf8_answers_malformed_then_closes);
 	tcase_add_test(tc, nul_characters_are_refused_not_truncated);
 	tcase_add_test(tc, unknown_command);
