@@ -7,7 +7,10 @@
  *  1. (live) take the consumer's lock in shared mode without waiting, and
  *     check that it is live: a replay or catch-up holds it exclusively while
  *     it feeds the store to the handlers, and live batches must not
- *     interleave with that;
+ *     interleave with that; and read the store's copy of every delivery (by
+ *     id, stream and version, one query): that copy, not the message's
+ *     body, is what the handlers get, and a delivery the store does not
+ *     hold is dead-lettered;
  *  2. lock this consumer's row of every stream in the batch (SELECT ... FOR
  *     UPDATE, in stream order so two competing consumers lock in the same
  *     order; rows missing are inserted at version 0 first). This serializes
@@ -24,6 +27,9 @@
  *  4. record the new versions (and, catching up, the checkpoint); COMMIT.
  * The caller acks only after the COMMIT. A redelivery after a crash between
  * the two finds its version recorded: a duplicate.
+ *
+ * A handler must leave the transaction open: one that commits or rolls it
+ * back fails its event (checked after every handler call).
  *
  * A handler that asks for a retry or fails rolls the whole batch back;
  * apply_all() then handles the events before it again without it, reports
@@ -52,13 +58,6 @@
 #define SQL_SELECT_STREAMS                                                                \
 	"SELECT stream, version FROM cqrs.consumer_streams "                               \
 	"WHERE consumer = $1 AND stream = ANY($2::text[]) ORDER BY stream FOR UPDATE"
-/* Which of the delivered events the store holds: a delivery that is not
- * there comes from another store publishing to the same exchange (one
- * RabbitMQ vhost per store), or from someone else: it must not touch the
- * read models. */
-#define SQL_KNOWN                                                                         \
-	"SELECT e.id::text FROM unnest($1::uuid[], $2::text[], $3::int[]) AS d(id, stream, version) " \
-	"JOIN cqrs.events e ON e.id = d.id AND e.stream = d.stream AND e.version = d.version"
 #define SQL_INSERT_STREAMS                                                                \
 	"INSERT INTO cqrs.consumer_streams (consumer, stream, version) "                   \
 	"SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s ON CONFLICT DO NOTHING"
@@ -73,6 +72,16 @@
 	"id, stream, version, position, type, data::text, metadata::text, "                \
 	"to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "     \
 	"xid::text"
+/* The store's copy of the delivered events: a delivery that is not there
+ * comes from another store publishing to the same exchange (one RabbitMQ
+ * vhost per store), or from someone else, and must not touch the read
+ * models; one that is there is handled as the store has it, whatever its
+ * body says. One read on the id's index for the batch. */
+#define SQL_STORED                                                                        \
+	"SELECT " EVENT_COLS " FROM cqrs.events WHERE (id, stream, version) IN "            \
+	"(SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[]))"
+/* Whether the transaction a handler ended was committed or rolled back. */
+#define SQL_XACT_STATUS "SELECT pg_xact_status($1::xid8)"
 #define SQL_MISSING_TYPES                                                                 \
 	"SELECT " EVENT_COLS " FROM cqrs.events WHERE stream = $1 AND type = ANY($5::text[]) " \
 	"AND version > $2 AND version < $3 AND position > $4 ORDER BY version"
@@ -172,7 +181,8 @@ rollback(struct consumer *c)
 {
 	if (c->pg == NULL)
 		return;
-	if (PQstatus(c->pg) != CONNECTION_OK) {
+	/* a handler that left a query running: the session cannot be trusted */
+	if (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) == PQTRANS_ACTIVE) {
 		consumer_pg_close(c);
 		c->pg_lost = true;
 		return;
@@ -386,7 +396,7 @@ live_state(struct consumer *c, PGresult *res)
 	return 0;
 }
 
-/* The array literals of SQL_KNOWN for the items marked mine (malloc'd). */
+/* The array literals of SQL_STORED for the items marked mine (malloc'd). */
 static int
 known_params(const struct apply_item *items, const bool *mine, size_t n, char **ids,
 	     char **streams, char **versions)
@@ -418,26 +428,35 @@ known_params(const struct apply_item *items, const bool *mine, size_t n, char **
 }
 
 /*
- * Steps 1 and 2: BEGIN, the lock (live), which deliveries the store holds
- * (live), and the rows of the batch's streams, in one round trip when every
- * row exists (the usual case); the missing ones are then inserted and read
- * (locked) again. *known (live) gets the ids found.
+ * Steps 1 and 2: BEGIN, the transaction's id (c->xact), the lock (live), the
+ * store's copy of the deliveries (live), and the rows of the batch's
+ * streams, in one round trip when every row exists (the usual case); the
+ * missing ones are then inserted and read (locked) again. *stored (live)
+ * gets the events found, and *known maps their ids to them (borrowed from
+ * *stored).
  */
 static int
 begin(struct consumer *c, enum apply_mode mode, struct streams *s,
-      const struct apply_item *items, const bool *mine, size_t nitems, struct hmap *known,
-      struct cqrs_err *err)
+      const struct apply_item *items, const bool *mine, size_t nitems,
+      struct store_events *stored, struct hmap *known, struct cqrs_err *err)
 {
 	const char *name[1] = { c->cfg->name };
 	const char *sel[2] = { c->cfg->name, NULL };
 	const char *kp[3] = { NULL, NULL, NULL };
-	struct step steps[4];
-	size_t n = 0, count, i_lock = 0, i_sel = 0, i_known = 0;
+	struct step steps[5];		/* BEGIN, xact, lock, stored, streams */
+	size_t n = 0, count, i_xact, i_lock = 0, i_sel = 0, i_known = 0;
 	char *all = NULL, *missing = NULL, *ids = NULL, *streams = NULL, *versions = NULL;
 	int rc;
 
 	memset(steps, 0, sizeof(steps));
 	steps[n++] = (struct step){ "BEGIN", "BEGIN", 0, NULL, PGRES_COMMAND_OK, false, NULL };
+	/* the row locks below take a transaction id anyway: naming it costs
+	 * nothing, and tells later whether a handler that ended the
+	 * transaction committed it */
+	i_xact = n;
+	steps[n++] = (struct step){ "read the transaction's id",
+				    "SELECT pg_current_xact_id()::text", 0, NULL, PGRES_TUPLES_OK,
+				    true, NULL };
 	if (mode == APPLY_LIVE) {
 		i_lock = n;
 		steps[n++] = (struct step){ "take the consumer's lock", SQL_LOCK_LIVE, 1, name,
@@ -451,13 +470,15 @@ begin(struct consumer *c, enum apply_mode mode, struct streams *s,
 			kp[1] = streams;
 			kp[2] = versions;
 			i_known = n;
-			steps[n++] = (struct step){ "look the deliveries up in the store", SQL_KNOWN,
+			steps[n++] = (struct step){ "read the deliveries from the store", SQL_STORED,
 						    3, kp, PGRES_TUPLES_OK, true, NULL };
 		}
 	}
 	if (s->n > 0) {
-		if ((all = stream_list(s, false, &count)) == NULL)
-			return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		if ((all = stream_list(s, false, &count)) == NULL) {
+			rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+			goto out;
+		}
 		sel[1] = all;
 		i_sel = n;
 		steps[n++] = (struct step){ "lock the consumer's streams", SQL_SELECT_STREAMS, 2,
@@ -466,15 +487,17 @@ begin(struct consumer *c, enum apply_mode mode, struct streams *s,
 	rc = pipeline(c, steps, n, err);
 	if (rc < 0)
 		goto out;
+	snprintf(c->xact, sizeof(c->xact), "%s",
+		 PQntuples(steps[i_xact].res) == 1 ? PQgetvalue(steps[i_xact].res, 0, 0) : "");
 	if (mode == APPLY_LIVE && (rc = live_state(c, steps[i_lock].res)) != 0)
 		goto out;
 	if (s->n == 0)
 		goto out;
 	if (mode == APPLY_LIVE) {
-		PGresult *res = steps[i_known].res;
-
-		for (int i = 0; i < PQntuples(res); i++)
-			if (cqrs_hmap_put(known, PQgetvalue(res, i, 0), known) < 0) {
+		if ((rc = cqrs_store_events_parse(steps[i_known].res, stored, err)) < 0)
+			goto out;
+		for (size_t i = 0; i < stored->n; i++)
+			if (cqrs_hmap_put(known, stored->ev[i]->id, stored->ev[i]) < 0) {
 				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 				goto out;
 			}
@@ -580,6 +603,52 @@ meta_str(const struct cqrs_event *ev, const char *key)
 	return NULL;
 }
 
+/*
+ * Whether the consumer's transaction is still the open one after handler h:
+ * a handler that COMMITs or ROLLBACKs it has undone the stream locks and
+ * whatever bookkeeping came before, so nothing after it may go on in that
+ * session as if in the batch's transaction (it would run in autocommit, and
+ * the versions would be recorded outside the handlers' transaction). When it
+ * is not, reason says why, naming the handler. A handler that does this
+ * does it again on a retry, committing its writes again each time: such an
+ * event fails (dead-lettered) at once rather than being retried.
+ */
+static bool
+xact_open(struct consumer *c, const struct reg_handler *h, char *reason, size_t rsize)
+{
+	PGTransactionStatusType st = PQtransactionStatus(c->pg);
+	const char *what = "left a statement running in", *more = "";
+	PGresult *res = NULL;
+
+	if (st == PQTRANS_INTRANS || st == PQTRANS_INERROR)
+		return true;
+	if (st == PQTRANS_IDLE) {
+		const char *params[1] = { c->xact };
+
+		what = "ended";
+		if (c->xact[0] != '\0') {
+			res = PQexecParams(c->pg, SQL_XACT_STATUS, 1, NULL, params, NULL, NULL, 0);
+			if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+			    !PQgetisnull(res, 0, 0)) {
+				if (strcmp(PQgetvalue(res, 0, 0), "committed") == 0) {
+					what = "committed";
+					more = " (what was written in it stays: this event's and "
+					       "the batch's earlier events' effects, none of them "
+					       "recorded as handled)";
+				} else if (strcmp(PQgetvalue(res, 0, 0), "aborted") == 0) {
+					what = "rolled back";
+				}
+			}
+		}
+	}
+	snprintf(reason, rsize,
+		 "handler \"%s\" of group \"%s\" (%s) %s the consumer's transaction; a "
+		 "handler must leave it open%s",
+		 h->pattern, h->group, h->plugin ? h->plugin : "?", what, more);
+	PQclear(res);
+	return false;
+}
+
 /* Runs every handler that wants ev. Returns APPLY_DONE, APPLY_RETRY or
  * APPLY_FAIL (reason set), or CQRS_EUNAVAILABLE when the session died. */
 static int
@@ -612,6 +681,8 @@ run_handlers(struct consumer *c, const struct cqrs_event *ev, char *reason, size
 		}
 		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK)
 			return CQRS_EUNAVAILABLE;
+		if (!xact_open(c, h, reason, rsize))
+			return APPLY_FAIL;
 		if (r == CQRS_HANDLED_OK) {
 			/* a handler that ignored an error of its own statement: the
 			 * transaction cannot commit; transient, as far as we know */
@@ -751,9 +822,10 @@ handle_missing(struct consumer *c, const struct cqrs_event *ev, int64_t after, c
 
 /* ---- the batch --------------------------------------------------------------------- */
 
-/* The store prints ids in lower case; a delivery may not. */
-static bool
-is_known(const struct hmap *known, const char *id)
+/* The store's copy of a delivery, or NULL. The store prints ids in lower
+ * case; a delivery may not. */
+static const struct cqrs_event *
+stored_copy(const struct hmap *known, const char *id)
 {
 	char low[64];
 	size_t i;
@@ -761,7 +833,29 @@ is_known(const struct hmap *known, const char *id)
 	for (i = 0; id[i] != '\0' && i < sizeof(low) - 1; i++)
 		low[i] = (char)tolower((unsigned char)id[i]);
 	low[i] = '\0';
-	return cqrs_hmap_get(known, low) != NULL;
+	return cqrs_hmap_get(known, low);
+}
+
+/* Says so when the delivered body is not the store's: someone edited or
+ * forged it on the way. The store's copy is what is handled. */
+static void
+check_body(struct consumer *c, const struct cqrs_event *got, const struct cqrs_event *ev)
+{
+	const char *what = NULL;
+
+	if (strcmp(got->type, ev->type) != 0)
+		what = "type";
+	else if (!json_object_equal(got->data, ev->data))
+		what = "data";
+	else if (got->metadata != NULL && ev->metadata != NULL &&
+		 !json_object_equal(got->metadata, ev->metadata))
+		what = "metadata";
+	else if (got->position != ev->position)
+		what = "position";
+	if (what != NULL)
+		cqrs_log_warn(&c->log, "delivered event %s (%s version %" PRId64 ", %s) differs "
+				       "from the store's in its %s; handling the store's copy (%s)",
+			      ev->id, ev->stream, ev->version, got->type, what, ev->type);
 }
 
 int
@@ -769,7 +863,8 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 	    const struct store_checkpoint *cp, size_t *at, struct cqrs_err *err)
 {
 	struct streams s = { 0 };
-	struct hmap *known = NULL;	/* ids of the deliveries found in the store */
+	struct store_events stored = { 0 };	/* the store's copy of the deliveries (live) */
+	struct hmap *known = NULL;	/* id -> its event in stored */
 	bool *mine = NULL;		/* pending on entry: ours to decide */
 	char key[CONSUMER_KEY_MAX];
 	int rc;
@@ -806,16 +901,17 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 		goto out;
 	}
 
-	if ((rc = begin(c, mode, &s, items, mine, n, known, err)) != 0)
+	if ((rc = begin(c, mode, &s, items, mine, n, &stored, known, err)) != 0)
 		goto undo;
 	for (size_t i = 0; i < n; i++) {
 		struct apply_item *it = &items[i];
+		const struct cqrs_event *ev = it->ev;
 		long k;
 
 		if (!mine[i])
 			continue;
 		k = streams_find(&s, it->ev->stream);
-		if (mode == APPLY_LIVE && !is_known(known, it->ev->id)) {
+		if (mode == APPLY_LIVE && (ev = stored_copy(known, it->ev->id)) == NULL) {
 			snprintf(it->reason, sizeof(it->reason),
 				 "event %s (%s version %" PRId64 ") is not in this store: is a "
 				 "tracker of another store publishing to the same exchange? (one "
@@ -827,18 +923,25 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 			rc = APPLY_HANDLER;
 			goto undo;
 		}
-		if (it->ev->version <= s.version[k]) {
+		if (ev != it->ev) {
+			check_body(c, it->ev, ev);
+			consumer_routing_key(ev, key, sizeof(key));
+			if (!consumer_wants(c, key)) {
+				it->outcome = APPLY_IGNORED;
+				continue;
+			}
+		}
+		if (ev->version <= s.version[k]) {
 			it->outcome = APPLY_DUPLICATE;
 			continue;
 		}
 		rc = APPLY_DONE;
 		/* catching up in commit-safe order, every earlier event of the
 		 * stream came before: nothing can be missing */
-		if (mode == APPLY_LIVE && it->ev->version > s.version[k] + 1)
-			rc = handle_missing(c, it->ev, s.version[k], it->reason, sizeof(it->reason),
-					    err);
+		if (mode == APPLY_LIVE && ev->version > s.version[k] + 1)
+			rc = handle_missing(c, ev, s.version[k], it->reason, sizeof(it->reason), err);
 		if (rc == APPLY_DONE)
-			rc = run_handlers(c, it->ev, it->reason, sizeof(it->reason));
+			rc = run_handlers(c, ev, it->reason, sizeof(it->reason));
 		if (rc < 0) {
 			/* run_handlers() leaves the dead session for rollback() */
 			if (c->pg != NULL)
@@ -855,7 +958,7 @@ apply_batch(struct consumer *c, enum apply_mode mode, struct apply_item *items, 
 			goto undo;
 		}
 		it->outcome = APPLY_DONE;
-		s.version[k] = it->ev->version;
+		s.version[k] = ev->version;
 		s.dirty[k] = true;
 	}
 	rc = finish(c, &s, mode == APPLY_CATCHUP ? cp : NULL, err);
@@ -885,6 +988,7 @@ undo:
 out:
 	free(mine);
 	cqrs_hmap_free(known);
+	cqrs_store_events_clear(&stored);
 	streams_free(&s);
 	return rc;
 }
@@ -947,6 +1051,16 @@ apply_reset(struct consumer *c, struct cqrs_err *err)
 			c->pg_lost = true;
 			return cqrs_err_set(err, CQRS_EUNAVAILABLE,
 					    "reset: lost the PostgreSQL session");
+		}
+		if (PQtransactionStatus(c->pg) != PQTRANS_INTRANS &&
+		    PQtransactionStatus(c->pg) != PQTRANS_INERROR) {
+			/* what it cleared may be committed without the rest */
+			rc = cqrs_err_set(err, CQRS_EINTERNAL,
+					  "the reset of group \"%s\" (%s, pattern \"%s\") ended "
+					  "the consumer's transaction; a reset must leave it open",
+					  h->group, h->plugin ? h->plugin : "?", h->pattern);
+			rollback(c);
+			return rc;
 		}
 		if (r != CQRS_HANDLED_OK || PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
 			rc = cqrs_err_set(err, r == CQRS_HANDLED_RETRY ? CQRS_EUNAVAILABLE

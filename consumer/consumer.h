@@ -128,6 +128,7 @@ struct consumer {
 	struct event_ctx_ops ops;
 	struct consumer_stats stats;
 	int64_t since_position;		/* cqrs.consumers.since_position */
+	char xact[24];			/* the id of apply_batch()'s transaction */
 	struct cqrs_daemon_watchdog watchdog;
 	char pg_last_err[CQRS_ERR_MSG_MAX];
 	int64_t pg_last_log;

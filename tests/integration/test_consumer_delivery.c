@@ -183,6 +183,28 @@ event_id(const struct env *e, const char *stream, int version)
 	return id;
 }
 
+/* Publishes the store's stream version, as the tracker would. */
+static void
+publish_stored(const struct env *e, const char *stream, int64_t version)
+{
+	struct store *st = NULL;
+	struct store_events evs = { 0 };
+	struct cqrs_err err = { 0 };
+	char *body;
+
+	ck_assert_msg(cqrs_store_connect(e->conninfo, &st, &err) == 0, "%s", err.msg);
+	ck_assert_msg(cqrs_store_read_stream(st, stream, version, 1, &evs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(evs.n, 1);
+	body = cqrs_envelope_encode(evs.ev[0]);
+	ck_assert_ptr_nonnull(body);
+	cons_publish(e->queue, body, evs.ev[0]->id, evs.ev[0]->type, evs.ev[0]->stream,
+		     evs.ev[0]->version, evs.ev[0]->position);
+	free(body);
+	cqrs_store_events_clear(&evs);
+	cqrs_store_free(st);
+}
+
 /* ---- tests ------------------------------------------------------------------------ */
 
 /* Publishes every event of the store to the queue in a shuffled order, a
@@ -577,6 +599,107 @@ START_TEST(from_now_skips_history)
 }
 END_TEST
 
+/* A delivery whose id, stream and version are a stored event's but whose
+ * type, data and metadata were edited on the way: the handler gets the
+ * store's copy, never the delivered one. */
+START_TEST(edited_message_applies_store_copy)
+{
+	struct env e;
+	struct store *st = NULL;
+	struct store_events evs = { 0 };
+	struct cqrs_err err = { 0 };
+	struct cqrs_event *forged;
+	struct json_object *data, *meta;
+	char *body;
+
+	env_init(&e, NULL);
+	cons_start(e.c);
+	cons_append(e.conninfo, "poison-1", "Happened", "{\"amount\":1}");
+	ck_assert_int_eq(cqrs_store_connect(e.conninfo, &st, &err), 0);
+	ck_assert_int_eq(cqrs_store_read_stream(st, "poison-1", 1, 1, &evs, &err), 0);
+	ck_assert_int_eq(evs.n, 1);
+	data = json_tokener_parse("{\"amount\":1000000}");
+	meta = json_tokener_parse("{\"correlation_id\":\"forged\"}");
+	forged = cqrs_event_new(evs.ev[0]->id, "poison-1", 1, evs.ev[0]->position, "Forged", data,
+				meta, evs.ev[0]->recorded_at);
+	ck_assert_ptr_nonnull(forged);
+	body = cqrs_envelope_encode(forged);
+	cons_publish(e.queue, body, forged->id, forged->type, forged->stream, 1,
+		     forged->position);
+	free(body);
+	cons_poison_wait(e.c, e.conninfo, 1);
+	ck_assert_int_eq(cons_query_int(e.conninfo,
+					"SELECT count(*) FROM poison_applied WHERE stream = 'poison-1' "
+					"AND version = 1 AND type = 'Happened' "
+					"AND data = '{\"amount\":1}'::jsonb"),
+			 1);
+	ck_assert_msg(cons_wait_log(e.c, "differs from the store's", 1, WAIT_MS),
+		      "no warning about the edited delivery");
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	cqrs_event_free(forged);
+	json_object_put(data);
+	json_object_put(meta);
+	cqrs_store_events_clear(&evs);
+	cqrs_store_free(st);
+	env_fini(&e);
+}
+END_TEST
+
+/* A handler that COMMITs or ROLLBACKs the consumer's transaction breaks
+ * exactly-once: the event is not recorded as handled and is dead-lettered
+ * with a reason naming the handler; later events go on. */
+START_TEST(handler_ending_transaction_is_an_error)
+{
+	struct env e;
+	struct json_object *dead;
+
+	env_init(&e, NULL);
+	cons_start(e.c);
+	cons_append(e.conninfo, "poison-1", "Happened", "{\"commit\":true}");
+	cons_append(e.conninfo, "poison-2", "Happened", "{\"rollback\":true}");
+	cons_append(e.conninfo, "poison-3", "Happened", "{}");
+	/* one at a time, so that no other event shares their transaction */
+	publish_stored(&e, "poison-1", 1);
+	json_object_put(wait_dead(&e, 1));
+	publish_stored(&e, "poison-2", 1);
+	dead = wait_dead(&e, 2);
+	for (size_t i = 0; i < 2; i++) {
+		struct json_object *o = json_object_array_get_idx(dead, i);
+
+		ck_assert_str_eq(jstr(o, "stream"), i == 0 ? "poison-1" : "poison-2");
+		ck_assert_msg(strstr(jstr(o, "reason"), "handler \"poison.*\" of group \"poison\"") !=
+				      NULL &&
+				      strstr(jstr(o, "reason"), i == 0 ? "committed" : "rolled back") !=
+					      NULL,
+			      "reason: %s", jstr(o, "reason"));
+	}
+	json_object_put(dead);
+	ck_assert_int_eq(cons_log_count(e.c, "dead-lettered poison-1 version 1"), 1);
+	ck_assert_int_eq(cons_log_count(e.c, "dead-lettered poison-2 version 1"), 1);
+	publish_stored(&e, "poison-3", 1);
+	ck_assert_int_eq(cons_wait_query(e.conninfo,
+					 "SELECT count(*) FROM poison_applied WHERE stream = 'poison-3'",
+					 1, WAIT_MS),
+			 1);
+	/* neither is recorded as handled; the rolled-back one left nothing (the
+	 * one that committed did commit its own row: that is its doing) */
+	ck_assert_int_eq(cons_query_int(e.conninfo,
+					"SELECT coalesce(max(version), 0) FROM cqrs.consumer_streams "
+					"WHERE consumer = 'poison' AND stream IN ('poison-1', 'poison-2')"),
+			 0);
+	ck_assert_int_eq(cons_query_int(e.conninfo,
+					"SELECT count(*) FROM poison_applied WHERE stream = 'poison-2'"),
+			 0);
+	ck_assert_int_eq(cons_query_int(e.conninfo,
+					"SELECT version FROM cqrs.consumer_streams "
+					"WHERE consumer = 'poison' AND stream = 'poison-3'"),
+			 1);
+	ck_assert_int_eq(cons_queue_depth(e.queue), 0);
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	env_fini(&e);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -591,6 +714,12 @@ suite(void)
 	tcase_add_test(tc, sigterm_finishes_in_hand_and_exits_zero);
 	tcase_add_test(tc, garbage_message_dead_lettered);
 	tcase_add_test(tc, from_now_skips_history);
+	suite_add_tcase(s, tc);
+	/* what a handler is given, and what it may do with the transaction */
+	tc = tcase_create("handler_contract");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, edited_message_applies_store_copy);
+	tcase_add_test(tc, handler_ending_transaction_is_an_error);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -10,9 +10,13 @@
  *   "wait": PATH     create PATH.held (the test sees an event in hand), then
  *                    block until the file PATH exists (a barrier the test
  *                    opens; given up after two minutes)
+ *   "commit": true   COMMIT the consumer's transaction after the record, then
+ *                    return ok (a handler that breaks the rules)
+ *   "rollback": true ROLLBACK it after the record, then return ok
  *
  * The record, in the consumer's transaction:
- *   poison_applied (seq bigserial, stream, version, event_id, pid)
+ *   poison_applied (seq bigserial, stream, version, event_id, pid, type, data)
+ * (type and data as the handler was given them)
  * so a test sees each event's effect once, in order, or not at all. The
  * reset (replays) empties it.
  */
@@ -28,9 +32,11 @@
 
 #define SQL_CREATE                                                                        \
 	"CREATE TABLE IF NOT EXISTS poison_applied (seq bigserial PRIMARY KEY, "            \
-	"stream text NOT NULL, version int NOT NULL, event_id uuid NOT NULL, pid int NOT NULL)"
+	"stream text NOT NULL, version int NOT NULL, event_id uuid NOT NULL, pid int NOT NULL, " \
+	"type text NOT NULL, data jsonb NOT NULL)"
 #define SQL_RECORD                                                                        \
-	"INSERT INTO poison_applied (stream, version, event_id, pid) VALUES ($1, $2, $3, $4)"
+	"INSERT INTO poison_applied (stream, version, event_id, pid, type, data) "           \
+	"VALUES ($1, $2, $3, $4, $5, $6)"
 
 static bool table_ready;
 
@@ -74,6 +80,15 @@ int_field(const struct cqrs_event *ev, const char *key)
 	return 0;
 }
 
+static bool
+bool_field(const struct cqrs_event *ev, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(ev->data, key, &v) &&
+	       json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+}
+
 static int
 sql_failed(struct cqrs_event_ctx *ctx, PGconn *pg, PGresult *res, const char *what)
 {
@@ -91,7 +106,8 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 	PGconn *pg = (PGconn *)cqrs_event_pg(ctx);
 	const char *path;
 	char version[24], pid[24];
-	const char *params[4] = { ev->stream, version, ev->id, pid };
+	const char *data = json_object_to_json_string_ext(ev->data, JSON_C_TO_STRING_PLAIN);
+	const char *params[6] = { ev->stream, version, ev->id, pid, ev->type, data };
 	PGresult *res;
 	int n, rc = CQRS_HANDLED_OK;
 
@@ -136,10 +152,12 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 	}
 	snprintf(version, sizeof(version), "%lld", (long long)ev->version);
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	res = PQexecParams(pg, SQL_RECORD, 4, NULL, params, NULL, NULL, 0);
+	res = PQexecParams(pg, SQL_RECORD, 6, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		rc = sql_failed(ctx, pg, res, "insert");
 	PQclear(res);
+	if (rc == CQRS_HANDLED_OK && (bool_field(ev, "commit") || bool_field(ev, "rollback")))
+		PQclear(PQexec(pg, bool_field(ev, "commit") ? "COMMIT" : "ROLLBACK"));
 	return rc;
 }
 
