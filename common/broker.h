@@ -289,6 +289,16 @@ int cqrs_broker_send(struct broker *b, int ch, const struct broker_message *m,
 int cqrs_broker_tx_commit(struct broker *b, int ch, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
+/*
+ * Sends m mandatory in a transaction of its own on channel ch and commits:
+ * 0 only when a queue holds it. A message no queue takes comes back; that
+ * is CQRS_EUNAVAILABLE naming the exchange and the routing key, and the
+ * connection stays usable. Only for a connection that consumes nothing:
+ * the frames queued meanwhile are read and dropped.
+ */
+int cqrs_broker_send_held(struct broker *b, int ch, const struct broker_message *m,
+			  struct cqrs_err *err) __attribute__((warn_unused_result));
+
 /* ---- receiving, on channel 1 (broker_consume.c) ------------------------------ */
 
 /* A message as received. Strings are owned and NUL-terminated ("" when

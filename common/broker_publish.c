@@ -141,7 +141,8 @@ entry_i64(const char *key, int64_t value)
 /* Checks m and sends it on channel ch: persistent, application/json, the
  * properties and headers that are given. */
 static int
-send_message(struct broker *b, int ch, const struct broker_message *m, struct cqrs_err *err)
+send_message(struct broker *b, int ch, const struct broker_message *m, bool mandatory,
+	     struct cqrs_err *err)
 {
 	amqp_basic_properties_t p;
 	amqp_table_entry_t h[3 + EXTRA_MAX];
@@ -181,10 +182,10 @@ send_message(struct broker *b, int ch, const struct broker_message *m, struct cq
 		p.headers.num_entries = n;
 		p.headers.entries = h;
 	}
-	/* not mandatory: an event no queue wants is normal (DESIGN.md) */
+	/* events are not mandatory: an event no queue wants is normal (DESIGN.md) */
 	rc = amqp_basic_publish(b->conn, (amqp_channel_t)ch,
 				amqp_cstring_bytes(m->exchange != NULL ? m->exchange : BROKER_EXCHANGE),
-				amqp_cstring_bytes(m->routing_key), 0, 0, &p,
+				amqp_cstring_bytes(m->routing_key), mandatory, 0, &p,
 				(amqp_bytes_t){ m->body_len, (void *)m->body });
 	if (rc != AMQP_STATUS_OK)
 		return cqrs_broker_fail(b, err, CQRS_EUNAVAILABLE, "publish", "%s",
@@ -206,7 +207,7 @@ cqrs_broker_publish(struct broker *b, const struct broker_message *m, uint64_t *
 				    b->url.name);
 	if (track_publish(b) < 0)
 		return cqrs_err_set(err, CQRS_ENOMEM, "broker %s: publish: out of memory", b->url.name);
-	if ((rc = send_message(b, BROKER_CHANNEL, m, err)) < 0)
+	if ((rc = send_message(b, BROKER_CHANNEL, m, false, err)) < 0)
 		return rc;
 	b->published++;
 	if (tag != NULL)
@@ -286,7 +287,7 @@ cqrs_broker_send(struct broker *b, int ch, const struct broker_message *m, struc
 				    b->url.name, ch);
 	if ((rc = cqrs_broker_channel(b, ch, err)) < 0)
 		return rc;
-	return send_message(b, ch, m, err);
+	return send_message(b, ch, m, false, err);
 }
 
 int
@@ -301,4 +302,45 @@ cqrs_broker_tx_commit(struct broker *b, int ch, struct cqrs_err *err)
 				    "transaction mode", b->url.name, ch);
 	amqp_tx_commit(b->conn, (amqp_channel_t)ch);
 	return cqrs_broker_check_reply(b, amqp_get_rpc_reply(b->conn), ch, "tx.commit", err);
+}
+
+int
+cqrs_broker_send_held(struct broker *b, int ch, const struct broker_message *m,
+		      struct cqrs_err *err)
+{
+	char returned[256] = "";
+	amqp_frame_t f;
+	int rc;
+
+	if ((rc = cqrs_broker_tx_select(b, ch, err)) < 0)
+		return rc;
+	if ((rc = cqrs_broker_check_usable(b, "publish", err)) < 0)
+		return rc;
+	if ((rc = send_message(b, ch, m, true, err)) < 0)
+		return rc;
+	if ((rc = cqrs_broker_tx_commit(b, ch, err)) < 0)
+		return rc;
+	/* A message no queue took came back (basic.return, its header and its
+	 * body) before tx.commit-ok, and waits among the queued frames. */
+	while (amqp_frames_enqueued(b->conn)) {
+		if (amqp_simple_wait_frame(b->conn, &f) != AMQP_STATUS_OK)
+			break;
+		if (f.frame_type == AMQP_FRAME_METHOD && f.channel == ch &&
+		    f.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
+			amqp_basic_return_t *r = f.payload.method.decoded;
+
+			snprintf(returned, sizeof(returned), "%.*s", (int)r->reply_text.len,
+				 (char *)r->reply_text.bytes);
+			if (returned[0] == '\0')
+				snprintf(returned, sizeof(returned), "returned");
+		}
+	}
+	amqp_maybe_release_buffers(b->conn);
+	if (returned[0] != '\0')
+		return cqrs_err_set(err, CQRS_EUNAVAILABLE,
+				    "broker %s: exchange \"%s\", routing key \"%s\": no queue holds "
+				    "the message (%s)", b->url.name,
+				    m->exchange != NULL ? m->exchange : BROKER_EXCHANGE, m->routing_key,
+				    returned);
+	return 0;
 }

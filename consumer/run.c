@@ -67,6 +67,7 @@ struct live {
 	struct consumer *c;
 	const struct consumer_run_opts *opts;
 	struct broker *mq;
+	struct broker *dead_mq;		/* dead letters: a connection that consumes nothing */
 	bool consuming;
 	struct delivery **hand;		/* unacked, in delivery order */
 	size_t n_hand, cap_hand;
@@ -206,6 +207,8 @@ mq_lost(struct live *L, const char *what, const char *msg)
 	snprintf(L->mq_last_err, sizeof(L->mq_last_err), "%s", msg);
 	cqrs_broker_free(L->mq);
 	L->mq = NULL;
+	cqrs_broker_free(L->dead_mq);
+	L->dead_mq = NULL;
 	L->consuming = false;
 	atomic_store(&L->c->stats.mq_up, false);
 	hand_drop(L);
@@ -220,6 +223,15 @@ pg_lost(struct live *L)
 	L->pg_retry_at = cqrs_now_ms() + backoff_next(&L->pg_backoff);
 }
 
+static void
+mq_options(struct live *L, struct broker_options *o)
+{
+	cqrs_broker_config_options(&L->c->cfg->broker, o);
+	o->connect_timeout_ms = MQ_TIMEOUT_MS;
+	o->connection_name = L->c->app;
+	o->confirms = false;	/* dead letters go in transactions */
+}
+
 /* Connects and declares the topology (no consumer yet). */
 static int
 mq_open(struct live *L)
@@ -228,10 +240,7 @@ mq_open(struct live *L)
 	struct broker_options o;
 	struct cqrs_err err = { 0 };
 
-	cqrs_broker_config_options(&cfg->broker, &o);
-	o.connect_timeout_ms = MQ_TIMEOUT_MS;
-	o.connection_name = L->c->app;
-	o.confirms = false;	/* dead letters go in transactions, on a channel of their own */
+	mq_options(L, &o);
 	if (cqrs_broker_connect(cfg->broker.url, &o, &L->mq, &err) < 0 ||
 	    consumer_declare(L->c, L->mq, &err) < 0) {
 		mq_lost(L, "RabbitMQ", err.msg);
@@ -295,7 +304,7 @@ publish_dead(struct live *L, struct broker_message *m, const char *reason, struc
 {
 	char failed_at[ENVELOPE_TIME_SIZE];
 	struct broker_header h[3];
-	int rc;
+	int rc = 0;
 
 	cqrs_envelope_now(failed_at, sizeof(failed_at));
 	h[0] = (struct broker_header){ BROKER_H_REASON, reason };
@@ -305,9 +314,16 @@ publish_dead(struct live *L, struct broker_message *m, const char *reason, struc
 	m->routing_key = L->c->cfg->queue;
 	m->extra = h;
 	m->n_extra = 3;
-	if ((rc = cqrs_broker_tx_select(L->mq, CH_DEAD, err)) < 0 ||
-	    (rc = cqrs_broker_send(L->mq, CH_DEAD, m, err)) < 0 ||
-	    (rc = cqrs_broker_tx_commit(L->mq, CH_DEAD, err)) < 0) {
+	if (L->dead_mq == NULL) {
+		struct broker_options o;
+
+		mq_options(L, &o);
+		rc = cqrs_broker_connect(L->c->cfg->broker.url, &o, &L->dead_mq, err);
+	}
+	/* mandatory, on a connection of its own: a letter no queue takes (the
+	 * dead queue deleted or unbound) comes back, and the delivery stays
+	 * unacked; the reconnect declares the topology again */
+	if (rc < 0 || (rc = cqrs_broker_send_held(L->dead_mq, CH_DEAD, m, err)) < 0) {
 		mq_lost(L, "RabbitMQ: dead-letter", err->msg);
 		return rc;
 	}
@@ -883,6 +899,7 @@ consumer_run(struct consumer *c, const struct consumer_run_opts *opts)
 	hand_drop(&L);
 	free(L.hand);
 	cqrs_broker_free(L.mq);
+	cqrs_broker_free(L.dead_mq);
 	consumer_pg_close(c);
 	consumer_metrics_stop(c);
 	cqrs_log_info(&c->log, "stopped: %" PRIu64 " events handled (%" PRIu64 " of them read from "

@@ -351,6 +351,36 @@ START_TEST(failing_event_dead_lettered_then_retried)
 }
 END_TEST
 
+/* The dead queue unbound by an operator: a dead letter no queue takes
+ * comes back to the consumer, which must not ack its event; once the
+ * topology is declared again (on reconnect) the letter is held, once. */
+START_TEST(dead_letter_unroutable_is_not_acked)
+{
+	struct env e;
+	char *fix, data[300], dead_queue[256];
+	struct json_object *dead;
+
+	env_init(&e, NULL);
+	fix = fix_path(&e, "never");
+	cons_start(e.c);
+	env_tracker(&e);
+	snprintf(dead_queue, sizeof(dead_queue), "%s.dead", e.queue);
+	cons_unbind(dead_queue, "cqrs.dead", e.queue);
+	snprintf(data, sizeof(data), "{\"fail\":\"%s\"}", fix);
+	cons_append(e.conninfo, "poison-1", "Happened", data);
+	ck_assert_msg(cons_wait_log(e.c, "no queue holds the message", 1, WAIT_MS),
+		      "the unroutable dead letter went unnoticed:\n%s",
+		      (char *)cons_log_tail(e.c, 20));
+	dead = wait_dead(&e, 1);
+	ck_assert_str_eq(jstr(json_object_array_get_idx(dead, 0), "stream"), "poison-1");
+	json_object_put(dead);
+	ck_assert_int_eq(cons_log_count(e.c, "dead-lettered poison-1 version 1"), 1);
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	free(fix);
+	env_fini(&e);
+}
+END_TEST
+
 /* A handler aborts the process on one event: restarted each time (as
  * systemd would), the consumer gets it again until the queue's delivery
  * limit dead-letters it; the other streams are all applied meanwhile. */
@@ -709,6 +739,7 @@ suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, duplicates_and_out_of_order_applied_once_in_order);
 	tcase_add_test(tc, failing_event_dead_lettered_then_retried);
+	tcase_add_test(tc, dead_letter_unroutable_is_not_acked);
 	tcase_add_test(tc, crashing_event_dead_lettered_after_delivery_limit);
 	tcase_add_test(tc, retry_after_backoff_others_flow);
 	tcase_add_test(tc, sigterm_finishes_in_hand_and_exits_zero);

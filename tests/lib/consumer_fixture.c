@@ -358,6 +358,21 @@ cons_queue_depth(const char *queue)
 	return n;
 }
 
+void
+cons_unbind(const char *queue, const char *exchange, const char *key)
+{
+	amqp_connection_state_t conn = open_amqp();
+	amqp_rpc_reply_t r;
+
+	ck_assert_msg(conn != NULL, "cannot connect to RabbitMQ at %s", fixture_broker_url());
+	amqp_queue_unbind(conn, 1, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+			  amqp_cstring_bytes(key), amqp_empty_table);
+	r = amqp_get_rpc_reply(conn);
+	close_amqp(conn, r.reply_type == AMQP_RESPONSE_NORMAL);
+	ck_assert_msg(r.reply_type == AMQP_RESPONSE_NORMAL, "queue.unbind %s from %s failed",
+		      queue, exchange);
+}
+
 long
 cons_wait_queue_depth(const char *queue, long want, int timeout_ms)
 {

@@ -91,6 +91,10 @@ long cons_queue_depth(const char *queue);
  * on their own time). */
 long cons_wait_queue_depth(const char *queue, long want, int timeout_ms);
 
+/* Removes the binding of queue to exchange with key (the topology an
+ * operator broke); fails the test when the broker refuses. */
+void cons_unbind(const char *queue, const char *exchange, const char *key);
+
 /* Deletes queue (and QUEUE.dead); missing ones are fine. */
 void cons_delete_queues(const char *queue);
 
