@@ -5,6 +5,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "cmdd.h"
 #include "config.h"
 #include "cqrs_daemon.h"
@@ -14,7 +15,7 @@
 
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
-	"max_request_bytes", "idle_timeout", "cache_size", "snapshot_every", "max_retries",
+	"max_request_bytes", "idle_timeout", "shutdown_timeout", "cache_size", "snapshot_every", "max_retries",
 	"max_pipeline", HTTPD_CONFIG_KEYS, NULL,
 };
 
@@ -60,6 +61,9 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 		return rc;
 	if ((rc = cqrs_config_get_ms(cfg, "cmd", "idle_timeout", 300000, 100, 86400000,
 				&out->idle_timeout_ms, err)) < 0)
+		return rc;
+	if ((rc = cqrs_config_get_ms(cfg, "cmd", "shutdown_timeout", 30000, 100, 86400000,
+				&out->shutdown_timeout_ms, err)) < 0)
 		return rc;
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "cache_size", 10000, 1, 100000000, &v, err)) < 0)
 		return rc;
@@ -121,6 +125,15 @@ tick(evutil_socket_t fd, short what, void *arg)
 	if (d->stopping) {
 		server_close_idle(d);
 		maybe_exit(d);
+		if (cqrs_now_ms() >= d->stop_deadline) {
+			/* what is left is dropped: a client that never reads, an
+			 * append that does not come back */
+			cqrs_log_warn(&d->log, "stopping: cmd.shutdown_timeout (%.1f s) reached with "
+					       "%d commands in flight and %d clients; exiting without "
+					       "their answers", (double)d->cfg.shutdown_timeout_ms / 1000,
+				      d->jobs_active, d->n_clients);
+			event_base_loopbreak(d->base);
+		}
 	}
 }
 
@@ -130,6 +143,7 @@ cmdd_begin_shutdown(struct cmdd *d)
 	if (d->stopping)
 		return;
 	d->stopping = true;
+	d->stop_deadline = cqrs_now_ms() + d->cfg.shutdown_timeout_ms;
 	cqrs_sdnotify_stopping();
 	cqrs_log_info(&d->log, "stopping: finishing %d commands in flight", pool_pending(d->pool));
 	server_close(d);

@@ -39,6 +39,7 @@ struct cmdd_config {
 	int max_connections;
 	int64_t max_request_bytes;
 	int64_t idle_timeout_ms;
+	int64_t shutdown_timeout_ms;	/* SIGTERM: the drain's deadline */
 	int cache_size;			/* aggregates kept in memory */
 	int snapshot_every;		/* 0: no snapshots */
 	int max_retries;		/* conflicts resolved by catch-up and re-run */
@@ -141,6 +142,7 @@ struct cmdd {
 	int jobs_active;
 	int snapshot_writes;
 	bool stopping;
+	int64_t stop_deadline;		/* cqrs_now_ms(): the drain ends here */
 	bool ready;
 	struct event *tick;
 	struct cmdd_stats stats;

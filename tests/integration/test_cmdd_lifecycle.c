@@ -485,6 +485,58 @@ START_TEST(sigterm_with_idle_clients_exits_promptly)
 }
 END_TEST
 
+/* SIGTERM with a command whose append never comes back (the stream's lock
+ * is held by the test) and a client that never reads: the drain ends at
+ * cmd.shutdown_timeout, and the daemon says what it dropped. */
+START_TEST(sigterm_drain_ends_at_shutdown_timeout)
+{
+	struct daemon *d = daemon_new_cmdd(db(), "bank");
+	struct daemon_conn *c, *deaf;
+	PGconn *locker;
+	int code;
+
+	daemon_set(d, "cmd", "shutdown_timeout", "1s");
+	daemon_start(d);
+	c = daemon_connect(d);
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line("drain1"))));
+	/* the append's lock on the stream (sql/001_event_store.sql) */
+	locker = fixture_connect(db());
+	fixture_exec(locker, "SELECT pg_advisory_lock(1129468499, hashtext('account-drain1'))");
+	{
+		const char *line = "{\"command\":\"account.deposit\",\"aggregate_id\":\"drain1\","
+				   "\"data\":{\"amount\":5}}\n";
+
+		daemon_conn_write(c, line, strlen(line));
+	}
+	/* a client that asks and never reads */
+	deaf = daemon_connect(d);
+	for (int i = 0; i < 100; i++)
+		daemon_conn_write(deaf, "{}\n", 3);
+	/* the deposit waits on the lock */
+	for (int i = 0; i < 300; i++) {
+		if (fixture_query_int(locker, "SELECT count(*) FROM pg_locks WHERE "
+					      "locktype = 'advisory' AND NOT granted") > 0)
+			break;
+		usleep(100 * 1000);
+	}
+	ck_assert_int_gt(fixture_query_int(locker, "SELECT count(*) FROM pg_locks WHERE "
+						   "locktype = 'advisory' AND NOT granted"),
+			 0);
+	daemon_signal(d, SIGTERM);
+	code = daemon_wait(d, 30000);
+	ck_assert_msg(code == 0, "exit status %d (-1: still running 30 s after SIGTERM with "
+		      "shutdown_timeout = 1s); log:\n%s", code, daemon_log_tail(d, 20));
+	ck_assert_msg(daemon_wait_log(d, "cmd.shutdown_timeout (1.0 s) reached with 1 commands "
+					 "in flight", 1000),
+		      "%s", daemon_log_tail(d, 20));
+	fixture_exec(locker, "SELECT pg_advisory_unlock_all()");
+	PQfinish(locker);
+	daemon_conn_close(deaf);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
 /* STYLE.md, Lifecycle: SIGHUP reloads (systemd's ExecReload sends it); at
  * the least it must not end the daemon. */
 START_TEST(sighup_does_not_end_the_daemon)
@@ -524,6 +576,7 @@ cmdd_lifecycle_suite(void)
 	tcase_add_test(tc, idle_connections_are_closed);
 	tcase_add_test(tc, max_connections_refuses_with_unavailable);
 	tcase_add_test(tc, sigterm_with_idle_clients_exits_promptly);
+	tcase_add_test(tc, sigterm_drain_ends_at_shutdown_timeout);
 	tcase_add_test(tc, sighup_does_not_end_the_daemon);
 	suite_add_tcase(s, tc);
 	return s;
