@@ -166,6 +166,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	TAILQ_INIT(&d->clients);
 	TAILQ_INIT(&d->lru);
 	TAILQ_INIT(&d->ready_jobs);
+	TAILQ_INIT(&d->live);
 	d->aggs = cqrs_hmap_new();
 	d->inflight = cqrs_hmap_new();
 	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store");
@@ -209,11 +210,14 @@ cmdd_fini(struct cmdd *d)
 		event_free(d->tick);
 	if (d->notify_timer)
 		event_free(d->notify_timer);
+	/* after cmd.shutdown_timeout or a second signal, commands may still be
+	 * in flight: their clients, their queries and the jobs go too */
+	server_free_clients(d);
 	metrics_stop(d);
 	pool_free(d->pool);
 	pool_free(d->notify);
 	if (d->aggs != NULL)
-		exec_free_aggs(d);
+		exec_free_all(d);
 	cqrs_hmap_free(d->aggs);
 	cqrs_hmap_free(d->inflight);
 	cmdd_config_clear(&d->cfg);

@@ -87,6 +87,7 @@ struct job {
 	char errmsg[CQRS_ERR_MSG_MAX];	/* the message of an error answer */
 	struct job_queue waiters;	/* repeats of this command id */
 	TAILQ_ENTRY(job) waiter_link;
+	TAILQ_ENTRY(job) live_link;	/* in d->live until job_free() */
 	struct job *first;		/* when this is a repeat: the job it waits for */
 	uint64_t started_us;
 };
@@ -138,6 +139,7 @@ struct cmdd {
 	int n_aggs;
 	struct hmap *inflight;		/* command id -> first job */
 	struct job_queue ready_jobs;	/* next jobs of released aggregates */
+	struct job_queue live;		/* every job not yet freed */
 	bool running_ready;		/* agg_release() is running ready_jobs */
 	int jobs_active;
 	int snapshot_writes;
@@ -165,6 +167,10 @@ int server_listen(struct cmdd *d, struct cqrs_err *err) __attribute__((warn_unus
 void server_close(struct cmdd *d);
 /* A job's answer is ready: write what is next in order. */
 void server_job_done(struct job *job);
+/* Frees every client, answered or not (the end of cmdd_fini()). */
+void server_free_clients(struct cmdd *d);
+/* Frees the jobs a stop left unfinished and every aggregate (cmdd_fini()). */
+void exec_free_all(struct cmdd *d);
 /* Closes idle clients (shutdown). */
 void server_close_idle(struct cmdd *d);
 bool server_drained(struct cmdd *d);
@@ -174,7 +180,6 @@ bool server_drained(struct cmdd *d);
 void exec_submit(struct job *job);
 /* Finishes job with an answer line (owned); used by server.c for early errors. */
 void exec_answer(struct job *job, char *answer, const char *outcome);
-void exec_free_aggs(struct cmdd *d);
 void exec_notify_init(struct cmdd *d);
 void job_free(struct job *job);
 

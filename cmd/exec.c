@@ -829,6 +829,7 @@ job_free(struct job *job)
 	if (job == NULL)
 		return;
 	job->d->jobs_active--;
+	TAILQ_REMOVE(&job->d->live, job, live_link);
 	request_clear(&job->req);
 	json_object_put(job->event_meta);
 	cqrs_store_append_result_clear(&job->result);
@@ -836,9 +837,28 @@ job_free(struct job *job)
 	free(job);
 }
 
-void
+static void
 exec_free_aggs(struct cmdd *d)
 {
 	while (!TAILQ_EMPTY(&d->lru))
 		agg_free(d, TAILQ_FIRST(&d->lru));
+}
+
+void
+exec_free_all(struct cmdd *d)
+{
+	while (!TAILQ_EMPTY(&d->live)) {
+		struct job *job = TAILQ_FIRST(&d->live);
+		struct agg *a = job->agg;
+
+		/* an aggregate out of the cache is held by its jobs only */
+		if (a != NULL && !a->in_lru) {
+			TAILQ_INSERT_TAIL(&d->lru, a, lru);
+			a->in_lru = true;
+		}
+		cqrs_cmd_ctx_clear(&job->ctx);
+		cqrs_store_append_req_clear(&job->append);
+		job_free(job);
+	}
+	exec_free_aggs(d);
 }

@@ -102,10 +102,16 @@ main(int argc, char **argv)
 		cqrs_log_error(NULL, "cannot create the event loop");
 		goto out;
 	}
+	/* the signals first: cmdd_init() opens the socket and the metrics
+	 * address, and a SIGTERM sent as soon as they answer must drain, not kill */
+	if (cqrs_daemon_signals_event(&dm, base, stop, &d) < 0) {
+		cqrs_log_error(NULL, "out of memory");
+		goto out;
+	}
 	rc = cmdd_init(&d, base, &ccfg, reg, &err);
 	memset(&ccfg, 0, sizeof(ccfg));	/* d owns it now, also after a failure */
-	if (rc < 0 || cqrs_daemon_signals_event(&dm, base, stop, &d) < 0) {
-		cqrs_log_error(NULL, "%s", rc < 0 ? err.msg : "out of memory");
+	if (rc < 0) {
+		cqrs_log_error(NULL, "%s", err.msg);
 		rc = 1;
 	} else {
 		rc = cmdd_run(&d);

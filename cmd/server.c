@@ -222,6 +222,7 @@ job_new(struct client *c)
 	j->d = c->d;
 	j->client = c;
 	TAILQ_INIT(&j->waiters);
+	TAILQ_INSERT_TAIL(&c->d->live, j, live_link);
 	j->log.comp = "cmdd";
 	TAILQ_INSERT_TAIL(&c->jobs, j, client_link);
 	c->n_jobs++;
@@ -518,6 +519,13 @@ server_close(struct cmdd *d)
 			unlink(d->cfg.socket_path);
 		d->own_socket = false;
 	}
+}
+
+void
+server_free_clients(struct cmdd *d)
+{
+	while (!TAILQ_EMPTY(&d->clients))
+		client_free(TAILQ_FIRST(&d->clients));
 }
 
 void

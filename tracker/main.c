@@ -48,11 +48,16 @@ main(int argc, char **argv)
 		rc = 0;
 		goto out;
 	}
-	if (tracker_new(&tcfg, &t, &err) < 0 || tracker_metrics_start(t, &err) < 0) {
+	if (tracker_new(&tcfg, &t, &err) < 0) {
 		cqrs_log_error(NULL, "%s", err.msg);
 		goto out;
 	}
+	/* before the metrics address answers: a SIGTERM from then on stops cleanly */
 	cqrs_daemon_signals(&dm, stop, t);
+	if (tracker_metrics_start(t, &err) < 0) {
+		cqrs_log_error(NULL, "%s", err.msg);
+		goto out;
+	}
 	rc = tracker_run(t);
 out:
 	cqrs_daemon_end(&dm);
