@@ -31,6 +31,22 @@ struct store;
 #define STORE_ANY (-1)		/* append whatever the stream's version */
 #define STORE_NO_STREAM 0	/* append only if the stream does not exist */
 
+/*
+ * Connection defaults of the daemons' sessions, given to PQconnectdbParams()
+ * (or PQconnectStartParams()) before the user's conninfo, which follows as
+ * "dbname" with expand_dbname: whatever the user sets wins. Without them a
+ * server that stops answering holds a connection for ever: connect_timeout
+ * bounds the connection's setup (libpq's blocking calls only; cqrs-cmdd's
+ * asynchronous pool times it itself), keepalives find a peer gone silent
+ * after 30 + 3 x 10 s, and tcp_user_timeout (ms) drops a connection whose
+ * sent data goes unacknowledged as long. TCP only: libpq ignores the last
+ * four on a Unix socket.
+ */
+#define CQRS_PG_DEFAULT_KEYS \
+	"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", \
+	"tcp_user_timeout"
+#define CQRS_PG_DEFAULT_VALUES "10", "30", "10", "3", "60000"
+
 /* Connects; *out is owned by the caller (cqrs_store_free). The conninfo is copied
  * for cqrs_store_reset() and is never logged. */
 int cqrs_store_connect(const char *conninfo, struct store **out, struct cqrs_err *err)

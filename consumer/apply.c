@@ -50,6 +50,7 @@
 #include "consumer.h"
 #include "envelope.h"
 #include "hmap.h"
+#include "store.h"
 
 #define SQL_LOCK_LIVE                                                                     \
 	"SELECT pg_try_advisory_xact_lock_shared(1129468501, hashtext($1)), c.live, "      \
@@ -108,9 +109,8 @@ consumer_pg_open(struct consumer *c)
 {
 	/* Defaults first, then the user's conninfo (expanded from "dbname"),
 	 * then application_name, which names us in pg_stat_activity. */
-	const char *keys[] = { "connect_timeout", "keepalives_idle", "keepalives_interval",
-			       "keepalives_count", "dbname", "application_name", NULL };
-	const char *vals[] = { "10", "30", "10", "3", c->cfg->conninfo, c->app, NULL };
+	const char *keys[] = { CQRS_PG_DEFAULT_KEYS, "dbname", "application_name", NULL };
+	const char *vals[] = { CQRS_PG_DEFAULT_VALUES, c->cfg->conninfo, c->app, NULL };
 	char msg[CQRS_ERR_MSG_MAX];
 	int64_t now = cqrs_now_ms();
 

@@ -8,7 +8,8 @@
  *   conninfo = host=/run/postgresql dbname=cqrs
  *       libpq connection string (required). The consumer adds
  *       application_name=cqrs-consumer@HOST:PID/NAME and, unless given,
- *       connect_timeout=10 and TCP keepalives.
+ *       connect_timeout=10, TCP keepalives and tcp_user_timeout
+ *       (CQRS_PG_DEFAULT_KEYS, common/store.h).
  *   [broker]                  url (required), heartbeat, verify, cacert, cert,
  *                             key: common/broker_config.c.
  *   [cmd]

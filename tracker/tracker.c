@@ -8,7 +8,8 @@
  *   conninfo = host=/run/postgresql dbname=cqrs
  *       libpq connection string (required). The tracker adds
  *       application_name=cqrs-tracker@HOST:PID (which `cqrsctl status`
- *       shows) and, unless given, connect_timeout=10 and TCP keepalives.
+ *       shows) and, unless given, connect_timeout=10, TCP keepalives and
+ *       tcp_user_timeout (CQRS_PG_DEFAULT_KEYS, common/store.h).
  *   [broker]                  url (required), heartbeat, verify, cacert, cert,
  *                             key: common/broker_config.c.
  *   [tracker]
@@ -63,6 +64,7 @@
 #include "clock.h"
 #include "config.h"
 #include "sdnotify.h"
+#include "store.h"
 #include "tracker_int.h"
 
 #define POLL_MIN_MS 10		/* first poll after activity */
@@ -417,9 +419,8 @@ pg_open(struct tracker *t)
 {
 	/* Defaults first, then the user's conninfo (expanded from "dbname"),
 	 * then application_name, which must name us for cqrsctl status. */
-	const char *keys[] = { "connect_timeout", "keepalives_idle", "keepalives_interval",
-			       "keepalives_count", "dbname", "application_name", NULL };
-	const char *vals[] = { "10", "30", "10", "3", t->cfg->conninfo, t->app, NULL };
+	const char *keys[] = { CQRS_PG_DEFAULT_KEYS, "dbname", "application_name", NULL };
+	const char *vals[] = { CQRS_PG_DEFAULT_VALUES, t->cfg->conninfo, t->app, NULL };
 	PGresult *res;
 
 	t->pg = PQconnectdbParams(keys, vals, 1);
