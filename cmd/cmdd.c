@@ -15,8 +15,8 @@
 
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
-	"max_request_bytes", "idle_timeout", "shutdown_timeout", "cache_size", "snapshot_every", "max_retries",
-	"max_pipeline", HTTPD_CONFIG_KEYS, NULL,
+	"max_request_bytes", "idle_timeout", "shutdown_timeout", "store_timeout", "cache_size",
+	"snapshot_every", "max_retries", "max_pipeline", HTTPD_CONFIG_KEYS, NULL,
 };
 
 static char *
@@ -64,6 +64,9 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 		return rc;
 	if ((rc = cqrs_config_get_ms(cfg, "cmd", "shutdown_timeout", 30000, 100, 86400000,
 				&out->shutdown_timeout_ms, err)) < 0)
+		return rc;
+	if ((rc = cqrs_config_get_ms(cfg, "cmd", "store_timeout", 5000, 100, 86400000,
+				&out->store_timeout_ms, err)) < 0)
 		return rc;
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "cache_size", 10000, 1, 100000000, &v, err)) < 0)
 		return rc;
@@ -169,8 +172,9 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	TAILQ_INIT(&d->live);
 	d->aggs = cqrs_hmap_new();
 	d->inflight = cqrs_hmap_new();
-	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store");
-	d->notify = pool_new(base, cfg->conninfo, 1, "cmdd.notify");
+	d->pool = pool_new(base, cfg->conninfo, cfg->pool_size, "cmdd.store",
+			   cfg->store_timeout_ms);
+	d->notify = pool_new(base, cfg->conninfo, 1, "cmdd.notify", cfg->store_timeout_ms);
 	if (d->aggs == NULL || d->inflight == NULL || d->pool == NULL || d->notify == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	exec_notify_init(d);

@@ -40,6 +40,7 @@ struct cmdd_config {
 	int64_t max_request_bytes;
 	int64_t idle_timeout_ms;
 	int64_t shutdown_timeout_ms;	/* SIGTERM: the drain's deadline */
+	int64_t store_timeout_ms;	/* a query's deadline, queued or running */
 	int cache_size;			/* aggregates kept in memory */
 	int snapshot_every;		/* 0: no snapshots */
 	int max_retries;		/* conflicts resolved by catch-up and re-run */

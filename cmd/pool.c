@@ -8,14 +8,26 @@
 #include <event2/event.h>
 #include <libpq-fe.h>
 
+#include "clock.h"
 #include "cqrs/err.h"
 #include "cqrs/log.h"
 #include "pool.h"
+#include "store.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
-enum pc_state { PC_DOWN, PC_CONNECTING, PC_IDLE, PC_BUSY };
+/* Runs on every new connection before it serves: an append acknowledged to
+ * a client must be durable, whatever the role's or database's default (a
+ * role made for bulk loads with synchronous_commit = off, say). */
+static const char setup_sql[] = "SET synchronous_commit TO on";
+
+/* Warnings about queries that waited out the timeout in the queue, at most
+ * one per this many ms (the commands' own answers are logged anyway). */
+#define QUEUE_WARN_MS 10000
+
+/* CONNECTING: PQconnectPoll; SETUP: setup_sql sent; both count as coming up. */
+enum pc_state { PC_DOWN, PC_CONNECTING, PC_SETUP, PC_IDLE, PC_BUSY };
 
 struct job {
 	TAILQ_ENTRY(job) link;
@@ -24,6 +36,7 @@ struct job {
 	const char *const *values;
 	pool_cb cb;
 	void *arg;
+	int64_t deadline;	/* cqrs_now_ms(); 0: none */
 };
 TAILQ_HEAD(job_list, job);
 
@@ -36,6 +49,8 @@ struct pconn {
 	struct event *ev_read;	/* while up: persistent, results and closes */
 	struct event *ev_write;	/* while up: one-shot, when libpq has more to send */
 	struct event *timer;	/* reconnect backoff */
+	struct event *deadline;	/* connect_timeout while coming up; the query timeout while busy */
+	int connect_ms;		/* the connection's connect_timeout, 0: none */
 	int backoff_ms;
 	struct job *job;	/* running query */
 	PGresult *res;		/* last result of the running query */
@@ -51,11 +66,29 @@ struct pool {
 	struct job_list queue;
 	int queued;
 	int up;
+	int64_t timeout_ms;	/* a query's deadline after pool_query(); 0: none */
+	struct event *queue_timer;	/* the oldest queued query's deadline */
+	int64_t queue_timer_at;		/* the deadline it is armed for, 0: none */
+	int64_t queue_warned_at;
+	int queue_expired;	/* since the last warning */
 	struct cqrs_log_ctx log;
 };
 
 static void conn_start(struct pconn *c);
 static void dispatch(struct pool *p);
+static void queue_arm(struct pool *p);
+
+static void
+add_ms(struct event *ev, int64_t ms)
+{
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 0;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(ev, &tv);
+}
 
 static void
 set_event(struct pconn *c, short what, event_callback_fn fn)
@@ -85,6 +118,7 @@ fail_queue_if_down(struct pool *p)
 		j->cb(j->arg, NULL, NULL);
 		free(j);
 	}
+	queue_arm(p);
 }
 
 static void
@@ -103,6 +137,7 @@ conn_down(struct pconn *c, const char *why)
 	struct job *j = c->job;
 	struct timeval tv;
 
+	evtimer_del(c->deadline);
 	if (c->state == PC_IDLE || c->state == PC_BUSY) {
 		p->up--;
 		cqrs_log_warn(&p->log, "PostgreSQL connection %d lost: %s", c->idx, why);
@@ -147,6 +182,81 @@ pg_error(PGconn *pg)
 	return buf;
 }
 
+/*
+ * A connection's deadline passed: it did not come up within connect_timeout
+ * (PQconnectPoll ignores that setting; only libpq's blocking calls keep it),
+ * or its query went unanswered for the query timeout. The server may be
+ * frozen, overloaded or cut off without a reset; either way the connection
+ * is given up, and its query (if any) fails with an unknown outcome. A query
+ * already sent may still commit later on the server: the command's id makes
+ * a resend of it a duplicate, not a second append.
+ */
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pconn *c = arg;
+	struct pool *p = c->pool;
+	char why[128];
+
+	(void)fd;
+	(void)what;
+	if (c->state == PC_BUSY) {
+		/* conn_down() logs it, as a connection lost */
+		snprintf(why, sizeof(why), "no answer within cmd.store_timeout (%.1f s); "
+			 "closed, the query's outcome is unknown", (double)p->timeout_ms / 1000);
+	} else {
+		snprintf(why, sizeof(why), "no connection within connect_timeout (%d s)",
+			 c->connect_ms / 1000);
+	}
+	conn_down(c, why);
+}
+
+/* Arms the queue's timer for the oldest query's deadline (one timeout for
+ * all: the queue is in deadline order). */
+static void
+queue_arm(struct pool *p)
+{
+	struct job *head = TAILQ_FIRST(&p->queue);
+	int64_t at = head != NULL ? head->deadline : 0;
+
+	if (at == p->queue_timer_at)
+		return;
+	p->queue_timer_at = at;
+	if (at == 0)
+		evtimer_del(p->queue_timer);
+	else
+		add_ms(p->queue_timer, at - cqrs_now_ms());
+}
+
+/* Queries that waited out the timeout for a connection fail; they were never
+ * sent, but the caller cannot tell that apart from any other lost query. */
+static void
+queue_expire(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool *p = arg;
+	int64_t now = cqrs_now_ms();
+	struct job *j;
+
+	(void)fd;
+	(void)what;
+	p->queue_timer_at = 0;
+	while ((j = TAILQ_FIRST(&p->queue)) != NULL && j->deadline != 0 && j->deadline <= now) {
+		TAILQ_REMOVE(&p->queue, j, link);
+		p->queued--;
+		p->queue_expired++;
+		j->cb(j->arg, NULL, NULL);
+		free(j);
+	}
+	if (p->queue_expired > 0 && now - p->queue_warned_at >= QUEUE_WARN_MS) {
+		cqrs_log_warn(&p->log, "%d queries waited over cmd.store_timeout (%.1f s) for a "
+				       "PostgreSQL connection (%d of %d up)", p->queue_expired,
+			      (double)p->timeout_ms / 1000, p->up, p->size);
+		p->queue_warned_at = now;
+		p->queue_expired = 0;
+	}
+	queue_arm(p);
+}
+
 /* Flushes the outgoing query; waits for writability while libpq has more. */
 static void
 arm_query(struct pconn *c)
@@ -157,6 +267,42 @@ arm_query(struct pconn *c)
 		conn_down(c, pg_error(c->pg));
 	else if (f == 1)
 		event_add(c->ev_write, NULL);
+}
+
+/* The connection serves: ready for queries. */
+static void
+conn_up(struct pconn *c)
+{
+	struct pool *p = c->pool;
+
+	evtimer_del(c->deadline);
+	if (c->failures > 0)
+		cqrs_log_info(&p->log, "PostgreSQL connection %d is back", c->idx);
+	c->failures = 0;
+	c->state = PC_IDLE;
+	c->backoff_ms = BACKOFF_MIN_MS;
+	p->up++;
+	dispatch(p);
+}
+
+/* setup_sql is done (its result in c->res). */
+static void
+setup_done(struct pconn *c)
+{
+	PGresult *res = c->res;
+	char why[256];
+
+	c->res = NULL;
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+		snprintf(why, sizeof(why), "%s: %.200s", setup_sql, m != NULL ? m : pg_error(c->pg));
+		PQclear(res);
+		conn_down(c, why);
+		return;
+	}
+	PQclear(res);
+	conn_up(c);
 }
 
 /*
@@ -192,12 +338,17 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 	}
 	while (!PQisBusy(c->pg)) {
 		PGresult *r = PQgetResult(c->pg);
+		if (r == NULL && c->state == PC_SETUP) {
+			setup_done(c);
+			return;
+		}
 		if (r == NULL) {
 			/* the query is complete: hand over its (last) result */
 			struct job *j = c->job;
 			PGresult *res = c->res;
 			c->job = NULL;
 			c->res = NULL;
+			evtimer_del(c->deadline);
 			if (PQstatus(c->pg) == CONNECTION_BAD) {
 				/* answer with the error result, then reconnect */
 				j->cb(j->arg, res, c->pg);
@@ -232,14 +383,25 @@ dispatch(struct pool *p)
 		j = TAILQ_FIRST(&p->queue);
 		TAILQ_REMOVE(&p->queue, j, link);
 		p->queued--;
+		if (j->deadline != 0 && j->deadline <= cqrs_now_ms()) {
+			/* its time ran out in the queue (the timer is due): not sent */
+			p->queue_expired++;
+			j->cb(j->arg, NULL, NULL);
+			free(j);
+			i--;	/* c is still idle, unless the callback gave it a query */
+			continue;
+		}
 		c->job = j;
 		c->state = PC_BUSY;
 		if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, j->values, NULL, NULL, 0)) {
 			conn_down(c, pg_error(c->pg));
 			continue;
 		}
+		if (j->deadline != 0)
+			add_ms(c->deadline, j->deadline - cqrs_now_ms());
 		arm_query(c);
 	}
+	queue_arm(p);
 }
 
 static void
@@ -270,13 +432,13 @@ connect_io(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		event_add(c->ev_read, NULL);
-		if (c->failures > 0)
-			cqrs_log_info(&p->log, "PostgreSQL connection %d is back", c->idx);
-		c->failures = 0;
-		c->state = PC_IDLE;
-		c->backoff_ms = BACKOFF_MIN_MS;
-		p->up++;
-		dispatch(p);
+		/* still under connect_timeout */
+		c->state = PC_SETUP;
+		if (!PQsendQuery(c->pg, setup_sql)) {
+			conn_down(c, pg_error(c->pg));
+			return;
+		}
+		arm_query(c);
 		break;
 	default:
 		conn_down(c, pg_error(c->pg));
@@ -284,21 +446,48 @@ connect_io(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The connection's connect_timeout as libpq reads it (seconds; 0 or less:
+ * none; 1 counts as 2), in ms. */
+static int
+connect_timeout_ms(PGconn *pg)
+{
+	PQconninfoOption *opts = PQconninfo(pg);
+	int ms = 0;
+
+	for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+		if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL) {
+			long s = strtol(o->val, NULL, 10);
+			if (s > 0)
+				ms = (int)(s < 2 ? 2 : s > 86400 ? 86400 : s) * 1000;
+			break;
+		}
+	}
+	PQconninfoFree(opts);
+	return ms;
+}
+
 static void
 conn_start(struct pconn *c)
 {
-	c->pg = PQconnectStart(c->pool->conninfo);
+	/* the defaults, then the user's conninfo expanded from "dbname" */
+	const char *keys[] = { CQRS_PG_DEFAULT_KEYS, "dbname", NULL };
+	const char *vals[] = { CQRS_PG_DEFAULT_VALUES, c->pool->conninfo, NULL };
+
+	c->pg = PQconnectStartParams(keys, vals, 1);
+	c->state = PC_CONNECTING;	/* so conn_down logs a failure as a failed connect */
 	if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
-		c->state = PC_CONNECTING;	/* so conn_down logs it as a failed connect */
 		conn_down(c, pg_error(c->pg));
 		return;
 	}
-	c->state = PC_CONNECTING;
+	c->connect_ms = connect_timeout_ms(c->pg);
+	if (c->connect_ms > 0)
+		add_ms(c->deadline, c->connect_ms);
 	set_event(c, EV_WRITE, connect_io);
 }
 
 struct pool *
-pool_new(struct event_base *base, const char *conninfo, int size, const char *name)
+pool_new(struct event_base *base, const char *conninfo, int size, const char *name,
+	 int64_t timeout_ms)
 {
 	struct pool *p = calloc(1, sizeof(*p));
 
@@ -306,11 +495,13 @@ pool_new(struct event_base *base, const char *conninfo, int size, const char *na
 		return NULL;
 	p->base = base;
 	p->size = size;
+	p->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 	p->conninfo = strdup(conninfo);
 	p->name = strdup(name);
 	p->conns = calloc((size_t)size, sizeof(*p->conns));
 	TAILQ_INIT(&p->queue);
-	if (p->conninfo == NULL || p->name == NULL || p->conns == NULL) {
+	p->queue_timer = evtimer_new(base, queue_expire, p);
+	if (p->conninfo == NULL || p->name == NULL || p->conns == NULL || p->queue_timer == NULL) {
 		pool_free(p);
 		return NULL;
 	}
@@ -321,8 +512,14 @@ pool_new(struct event_base *base, const char *conninfo, int size, const char *na
 		c->idx = i;
 		c->backoff_ms = BACKOFF_MIN_MS;
 		c->timer = evtimer_new(base, reconnect_cb, c);
-		conn_start(c);
+		c->deadline = evtimer_new(base, deadline_cb, c);
+		if (c->timer == NULL || c->deadline == NULL) {
+			pool_free(p);
+			return NULL;
+		}
 	}
+	for (int i = 0; i < size; i++)
+		conn_start(&p->conns[i]);
 	return p;
 }
 
@@ -341,6 +538,8 @@ pool_free(struct pool *p)
 			event_free(c->ev_write);
 		if (c->timer != NULL)
 			event_free(c->timer);
+		if (c->deadline != NULL)
+			event_free(c->deadline);
 		PQclear(c->res);
 		free(c->job);
 		PQfinish(c->pg);
@@ -350,6 +549,8 @@ pool_free(struct pool *p)
 		TAILQ_REMOVE(&p->queue, j, link);
 		free(j);
 	}
+	if (p->queue_timer != NULL)
+		event_free(p->queue_timer);
 	free(p->conns);
 	free(p->conninfo);
 	free(p->name);
@@ -376,6 +577,7 @@ pool_query(struct pool *p, const char *sql, int nparams, const char *const *valu
 	j->values = values;
 	j->cb = cb;
 	j->arg = arg;
+	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
 	TAILQ_INSERT_TAIL(&p->queue, j, link);
 	p->queued++;
 	dispatch(p);

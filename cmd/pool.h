@@ -2,12 +2,21 @@
  * pool.h - asynchronous libpq connections on a libevent loop.
  *
  * The loop never blocks on PostgreSQL: connections are made with
- * PQconnectStart/PQconnectPoll and queries sent with PQsendQueryParams; a
- * query waits in a FIFO until a connection is free. A connection that
+ * PQconnectStartParams/PQconnectPoll and queries sent with PQsendQueryParams;
+ * a query waits in a FIFO until a connection is free. A connection that
  * fails is re-made with exponential backoff (100 ms .. 5 s).
+ *
+ * Nothing waits for ever on a server that stops answering: a connection not
+ * up within its conninfo's connect_timeout (default 10 s) is given up, and a
+ * query not answered within the pool's query timeout of being queued fails
+ * (its connection, if it was sent, is closed and re-made). Every connection
+ * runs SET synchronous_commit TO on before its first query, whatever the
+ * role's or database's default: a commit it reports is on disk.
  */
 #ifndef CQRS_CMD_POOL_H
 #define CQRS_CMD_POOL_H
+
+#include <stdint.h>
 
 #include <libpq-fe.h>
 
@@ -17,14 +26,19 @@ struct pool;
 /*
  * Called once per query on the loop thread. res is the query's result
  * (borrowed: the pool clears it after the call), or NULL when the
- * connection failed before or during the query: the outcome is unknown.
+ * connection failed before or during the query, or the query timeout
+ * passed: the outcome is unknown.
  * pg (may be NULL) is the connection, for error classification.
  */
 typedef void (*pool_cb)(void *arg, PGresult *res, PGconn *pg);
 
-/* size connections to conninfo (copied, never logged). name is for logs. */
+/*
+ * size connections to conninfo (copied, never logged; the defaults of
+ * CQRS_PG_DEFAULT_KEYS apply to what it does not set). name is for logs.
+ * timeout_ms > 0: the query timeout (cmd.store_timeout); 0: none.
+ */
 struct pool *pool_new(struct event_base *base, const char *conninfo, int size,
-		      const char *name);
+		      const char *name, int64_t timeout_ms);
 void pool_free(struct pool *p);
 
 /*

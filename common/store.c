@@ -51,7 +51,7 @@ cqrs_store_result_error(PGresult *res, PGconn *pg, const char *what, struct cqrs
 	int code = CQRS_EINTERNAL;
 
 	if (msg == NULL)
-		msg = pg ? PQerrorMessage(pg) : "no result";
+		msg = pg ? PQerrorMessage(pg) : "no answer from PostgreSQL (connection lost or timed out)";
 	if ((pg != NULL && PQstatus(pg) == CONNECTION_BAD) || res == NULL) {
 		code = CQRS_EUNAVAILABLE;
 	} else if (state != NULL) {

@@ -373,7 +373,7 @@ START_TEST(example_config_documents_every_key)
 {
 	static const char *const cmd_keys[] = { "socket", "socket_mode", "socket_group", "plugins",
 		"pool_size", "max_connections", "max_request_bytes", "idle_timeout", "shutdown_timeout",
-		"cache_size",
+		"store_timeout", "cache_size",
 		"snapshot_every", "max_retries", "max_pipeline", "http", "http_allow_remote" };
 	static const char *const tracker_keys[] = { "name", "batch_size", "poll_ms", "lag_warn",
 		"confirm_timeout", "status_interval", "http" };
