@@ -11,7 +11,8 @@
  * query not answered within the pool's query timeout of being queued fails
  * (its connection, if it was sent, is closed and re-made). Every connection
  * runs SET synchronous_commit TO on before its first query, whatever the
- * role's or database's default: a commit it reports is on disk.
+ * role's or database's default: a commit it reports is on disk (and on a
+ * synchronous standby, if the server names one).
  */
 #ifndef CQRS_CMD_POOL_H
 #define CQRS_CMD_POOL_H
