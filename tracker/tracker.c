@@ -572,19 +572,21 @@ try_activate(struct tracker *t)
 static void
 post_status(struct tracker *t)
 {
+	/* beyond cqrs.tracker_status's count limit, lag is an estimate */
+	const char *about = t->lag_exact ? "" : "about ";
 	struct tracker_stats s;
 	char cpbuf[48];
 
 	tracker_get_stats(t, &s);
 	cqrs_store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
 	if (t->held_events > 0)
-		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %s%" PRId64
 				" events (%.1f s), %" PRId64 " held back by a transaction open "
-				"for %.1f s", cpbuf, s.published, t->lag_events, t->lag_seconds,
-				t->held_events, t->blocker_seconds);
+				"for %.1f s", cpbuf, s.published, about, t->lag_events,
+				t->lag_seconds, t->held_events, t->blocker_seconds);
 	else
-		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
-				" events (%.1f s)", cpbuf, s.published, t->lag_events,
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %s%" PRId64
+				" events (%.1f s)", cpbuf, s.published, about, t->lag_events,
 				t->lag_seconds);
 }
 
@@ -609,6 +611,7 @@ check_lag(struct tracker *t)
 	t->lag_seconds = strtod(PQgetvalue(res, 0, 1), NULL);
 	t->held_events = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	t->blocker_seconds = strtod(PQgetvalue(res, 0, 5), NULL);
+	t->lag_exact = t->lag_events <= STORE_TRACKER_STATUS_LIMIT;
 	stats_update(t, set_lag, t);
 	if (t->held_events > 0 && t->blocker_seconds * 1000 >= (double)t->cfg->lag_warn_ms) {
 		if (t->lag_warned_at == 0 || now - t->lag_warned_at >= LAG_WARN_REPEAT_MS) {
