@@ -481,12 +481,59 @@ drain_notifies(struct tracker *t)
 	}
 }
 
+/*
+ * Waits for the answer to the statement sent on t->pg, pinging the watchdog
+ * and keeping the AMQP heartbeats going meanwhile: a statement may take long
+ * (a table lock an operator holds, a slow disk) and that is no reason for
+ * systemd to kill the loop, nor for RabbitMQ to drop the connection. An
+ * AMQP error here only marks the broker broken; the loop notices it at its
+ * next call, not in the middle of a batch. 0, or -1 when the session broke.
+ */
+static int
+pg_wait_answer(struct tracker *t)
+{
+	for (;;) {
+		struct pollfd p = { .fd = PQsocket(t->pg), .events = POLLIN };
+		int64_t timeout = cqrs_daemon_tick(&t->watchdog), now;
+
+		if (!PQconsumeInput(t->pg))
+			return -1;
+		if (!PQisBusy(t->pg))
+			return 0;
+		now = cqrs_now_ms();
+		if (t->mq != NULL && now >= t->next_mq_poll) {
+			struct cqrs_err err = { 0 };
+			/* an error leaves the broker broken: mq_service() drops it */
+			int rc = cqrs_broker_poll(t->mq, &err);
+
+			(void)rc;
+			t->next_mq_poll = now + MQ_POLL_MS;
+		}
+		if (timeout > SLICE_MS)
+			timeout = SLICE_MS;
+		if (t->mq != NULL && t->next_mq_poll - now < timeout)
+			timeout = t->next_mq_poll - now;
+		if (timeout < 0)
+			timeout = 0;
+		if (poll(&p, 1, (int)timeout) < 0 && errno != EINTR) {
+			cqrs_log_error(&t->log, "poll: %s", strerror(errno));
+			usleep(100000);
+		}
+	}
+}
+
 PGresult *
 tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n,
 		 const char *const *params, ExecStatusType want)
 {
-	PGresult *res = PQexecParams(t->pg, sql, n, NULL, params, NULL, NULL, 0);
+	PGresult *res = NULL, *more;
 
+	if (PQsendQueryParams(t->pg, sql, n, NULL, params, NULL, NULL, 0) &&
+	    pg_wait_answer(t) == 0) {
+		res = PQgetResult(t->pg);
+		while ((more = PQgetResult(t->pg)) != NULL)
+			PQclear(more);
+	}
 	if (PQresultStatus(res) != want) {
 		pg_lost_res(t, what, res);
 		PQclear(res);
