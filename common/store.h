@@ -163,6 +163,15 @@ struct store_checkpoint {
 
 #define STORE_CHECKPOINT_START ((struct store_checkpoint){ 0, 0 })
 
+/*
+ * cqrs.tracker_status(name) counts the events behind the checkpoint up to
+ * this many (sql/005); beyond, its lag_events is an estimate, always above
+ * the limit. The tracker and cqrsctl tell the two apart by this number, not
+ * by the lag_exact column, so that they also read a schema migrated only
+ * up to 004 (where every count is exact).
+ */
+#define STORE_TRACKER_STATUS_LIMIT 10000
+
 /* "XID:POSITION" (also accepts a bare "0" for the start). */
 int cqrs_store_checkpoint_parse(const char *s, struct store_checkpoint *out,
 			   struct cqrs_err *err) __attribute__((warn_unused_result));

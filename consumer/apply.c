@@ -669,6 +669,10 @@ run_handlers(struct consumer *c, const struct cqrs_event *ev, char *reason, size
 
 		if (!cqrs_routing_match(h->pattern, key))
 			continue;
+		/* A batch (a catch-up's is up to catchup_batch events) may take
+		 * longer than the watchdog allows: ping between handlers. A
+		 * handler stuck in its own code gets no ping, and should not. */
+		consumer_watchdog(c);
 		cqrs_event_ctx_init(&ctx, h, &log, (struct pg_conn *)c->pg, ev, &c->ops);
 		{
 			struct timespec t0, t1;
@@ -1044,6 +1048,7 @@ apply_reset(struct consumer *c, struct cqrs_err *err)
 			       c->handlers[j]->plugin_state == h->plugin_state;
 		if (seen)
 			continue;
+		consumer_watchdog(c);	/* as between handlers */
 		cqrs_event_ctx_init(&ctx, h, &c->log, (struct pg_conn *)c->pg, NULL, &c->ops);
 		r = h->reset(&ctx);
 		if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {

@@ -350,11 +350,11 @@ consumer_new(const struct consumer_config *cfg, struct consumer **out, struct cq
 			goto bad;
 		}
 	}
-	if ((rc = send_new(cfg->cmd_socket, cfg->cmd_timeout_ms, &c->sender, err)) < 0)
+	cqrs_daemon_watchdog_init(&c->watchdog);
+	if ((rc = send_new(cfg->cmd_socket, cfg->cmd_timeout_ms, &c->watchdog, &c->sender, err)) < 0)
 		goto bad;
 	c->ops.send = send_command;
 	c->ops.arg = c->sender;
-	cqrs_daemon_watchdog_init(&c->watchdog);
 	*out = c;
 	return 0;
 bad:

@@ -298,9 +298,10 @@ int catchup_run(struct consumer *c, bool replay, const struct catchup_hooks *hoo
  * (version 5, SHA-1), the same for every delivery of the event. */
 void send_command_id(const char *event_id, const char *key, char out[37]);
 
-/* A client of cmd.socket, connected when first used. *out owned. */
-int send_new(const char *socket, int64_t timeout_ms, struct sender **out, struct cqrs_err *err)
-	__attribute__((warn_unused_result));
+/* A client of cmd.socket, connected when first used. *out owned. While it
+ * waits for an answer it pings watchdog (borrowed; NULL: none). */
+int send_new(const char *socket, int64_t timeout_ms, struct cqrs_daemon_watchdog *watchdog,
+	     struct sender **out, struct cqrs_err *err) __attribute__((warn_unused_result));
 void send_free(struct sender *s);
 
 /* event_ctx_ops.send: arg is the struct sender. */

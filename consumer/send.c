@@ -16,7 +16,9 @@
  * reading the outcome of its own command knows from them which process it
  * belongs to (the bank's transfers read cause_stream).
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@
 
 #include <json-c/json.h>
 
+#include "clock.h"
 #include "cmdclient.h"
 #include "consumer.h"
 
@@ -37,6 +40,7 @@ struct sender {
 	char *socket;
 	int timeout_ms;
 	struct cmdclient *cli;
+	struct cqrs_daemon_watchdog *watchdog;	/* borrowed, may be NULL */
 };
 
 /* ---- SHA-1 (FIPS 180-4), for name-based UUIDs ------------------------------------ */
@@ -231,7 +235,8 @@ out:
 /* ---- the client -------------------------------------------------------------------- */
 
 int
-send_new(const char *socket, int64_t timeout_ms, struct sender **out, struct cqrs_err *err)
+send_new(const char *socket, int64_t timeout_ms, struct cqrs_daemon_watchdog *watchdog,
+	 struct sender **out, struct cqrs_err *err)
 {
 	struct sender *s = calloc(1, sizeof(*s));
 
@@ -241,6 +246,7 @@ send_new(const char *socket, int64_t timeout_ms, struct sender **out, struct cqr
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	}
 	s->timeout_ms = (int)timeout_ms;
+	s->watchdog = watchdog;
 	*out = s;
 	return 0;
 }
@@ -296,6 +302,51 @@ read_answer(const char *answer, const char *command, const char *id, struct cqrs
 	return rc;
 }
 
+/*
+ * cqrs_cmdclient_call() in slices: the answer may take up to cmd_timeout
+ * (cqrs-cmdd waiting for its store), and the consumer's loop must go on
+ * pinging systemd's watchdog meanwhile, or a slow command gets it killed in
+ * the middle of a batch, and again after every restart.
+ */
+static int
+call(struct sender *s, const char *line, char **answer, struct cqrs_err *err)
+{
+	int64_t deadline = cqrs_now_ms() + s->timeout_ms;
+	int rc;
+
+	if ((rc = cqrs_cmdclient_queue(s->cli, line, strlen(line), err)) < 0 ||
+	    (rc = cqrs_cmdclient_queue(s->cli, "\n", 1, err)) < 0)
+		return rc;
+	for (;;) {
+		struct pollfd p = { .fd = cqrs_cmdclient_fd(s->cli), .events = POLLIN };
+		int64_t now, slice = s->watchdog != NULL ? cqrs_daemon_tick(s->watchdog) : INT64_MAX;
+		const char *got;
+		size_t len;
+
+		if (cqrs_cmdclient_queued(s->cli) > 0 && (rc = cqrs_cmdclient_flush(s->cli, err)) < 0)
+			return rc;
+		if ((rc = cqrs_cmdclient_fill(s->cli, err)) < 0)
+			return rc;
+		if ((rc = cqrs_cmdclient_next_line(s->cli, &got, &len, err)) < 0)
+			return rc;
+		if (rc == 1) {
+			if ((*answer = strndup(got, len)) == NULL)
+				return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+			return 0;
+		}
+		now = cqrs_now_ms();
+		if (now >= deadline)
+			return cqrs_err_set(err, CQRS_EUNAVAILABLE, "timed out waiting for an answer "
+					    "from %s", s->socket);
+		if (slice > deadline - now)
+			slice = deadline - now;
+		if (cqrs_cmdclient_queued(s->cli) > 0)
+			p.events |= POLLOUT;
+		if (poll(&p, 1, (int)slice) < 0 && errno != EINTR)
+			return cqrs_err_set(err, CQRS_EIO, "poll: %s", strerror(errno));
+	}
+}
+
 int
 send_command(void *arg, const struct cqrs_event *cause, const char *key, const char *command,
 	     const char *aggregate_id, struct json_object *data, struct cqrs_err *err)
@@ -315,7 +366,7 @@ send_command(void *arg, const struct cqrs_event *cause, const char *key, const c
 		if (s->cli == NULL &&
 		    (rc = cqrs_cmdclient_connect(s->socket, s->timeout_ms, &s->cli, err)) < 0)
 			break;
-		rc = cqrs_cmdclient_call(s->cli, line, s->timeout_ms, &answer, err);
+		rc = call(s, line, &answer, err);
 		if (rc == 0)
 			break;
 		cqrs_cmdclient_free(s->cli);

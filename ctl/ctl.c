@@ -73,7 +73,9 @@ const struct ctl_verb ctl_verbs[] = {
 	  "  --retry ID  put the dead letter of event ID back into the consumer's queue\n"
 	  "  --all       put them all back\n"
 	  "The consumer handles what is put back like any delivery: once, in stream\n"
-	  "order (an event already handled since is a duplicate).\n" },
+	  "order (an event already handled since is a duplicate). A letter leaves the\n"
+	  "dead queue only once the consumer's queue holds it; a queue that is not\n"
+	  "there is an error naming it (exit status 1), and the letters stay dead.\n" },
 	{ NULL, NULL, NULL, NULL },
 };
 

@@ -11,9 +11,15 @@
  *
  * Listing takes every message with basic.get and does not ack them: closing
  * the connection puts them all back (the queue is classic, so this counts
- * nothing against them). --retry publishes the chosen ones to the consumer's
- * queue (default exchange, routing key = the queue) and acks them, in one
- * AMQP transaction, so each is either put back or still dead.
+ * nothing against them). --retry first checks that the consumer's queue is
+ * there (a passive declare: a clear error naming it, rather than letters
+ * published to nowhere), then publishes each chosen letter to it (default
+ * exchange, routing key = the queue) mandatory, in a transaction of its own
+ * on channel CH_PUT, and acks it on channel 1 only once the queue holds it;
+ * the acks count at one commit at the end. So a letter is never lost: a
+ * put-back that fails leaves it dead, and a commit of the acks that fails
+ * leaves it in both queues (delivered twice, which the consumer takes as a
+ * duplicate).
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -30,6 +36,7 @@
 
 #define TIMEOUT_MS 10000
 #define MAX_LETTERS 1000000
+#define CH_PUT 2		/* put-backs: mandatory, a transaction each */
 
 struct letter {
 	struct broker_msg msg;
@@ -86,7 +93,7 @@ conn_open(struct ctl *ctl, struct broker **out)
 	cqrs_broker_config_options(&bc, &opt);
 	opt.heartbeat_s = 0;
 	opt.connect_timeout_ms = TIMEOUT_MS;
-	opt.confirms = false;	/* letters go back in a transaction with their acks */
+	opt.confirms = false;	/* letters go back in transactions (CH_PUT), acks in one */
 	rc = cqrs_broker_connect(bc.url, &opt, out, &err);
 	cqrs_broker_config_clear(&bc);
 	return rc < 0 ? ctl_fail(ctl, "%s", err.msg) : 0;
@@ -126,8 +133,9 @@ print_letter(struct ctl *ctl, const struct letter *l, bool json)
 }
 
 /* Publishes l to queue through the default exchange, as the tracker would
- * have (minus the dead-letter headers), and acks it: both count at the
- * commit. */
+ * have (minus the dead-letter headers), mandatory and committed: 0 only once
+ * the queue holds it. Then acks it, which counts at the commit of channel
+ * 1's transaction. */
 static int
 put_back(struct broker *b, const char *queue, const struct letter *l, struct cqrs_err *err)
 {
@@ -144,7 +152,7 @@ put_back(struct broker *b, const char *queue, const struct letter *l, struct cqr
 	};
 	int rc;
 
-	if ((rc = cqrs_broker_send(b, BROKER_CHANNEL, &m, err)) < 0)
+	if ((rc = cqrs_broker_send_held(b, CH_PUT, &m, err)) < 0)
 		return rc;
 	return cqrs_broker_ack(b, l->msg.tag, false, err);
 }
@@ -160,7 +168,7 @@ ctl_dead(struct ctl *ctl, int argc, char **argv)
 	};
 	const struct ctl_verb *verb = NULL;
 	const char *retry_id = NULL, *name;
-	bool all = false, json = false;
+	bool all = false, json = false, failed = false;
 	char section[160], *queue = NULL, *dead_queue = NULL;
 	struct letter *letters = NULL;
 	size_t n = 0, cap = 0, chosen = 0;
@@ -197,9 +205,19 @@ ctl_dead(struct ctl *ctl, int argc, char **argv)
 	}
 	if (conn_open(ctl, &b) < 0)
 		goto out;
-	if ((retry_id != NULL || all) && cqrs_broker_tx_select(b, BROKER_CHANNEL, &err) < 0) {
-		ctl_fail(ctl, "%s", err.msg);
-		goto out;
+	if (retry_id != NULL || all) {
+		uint64_t ready;
+
+		if (cqrs_broker_queue_depth(b, queue, &ready, &err) < 0) {
+			ctl_fail(ctl, "cannot put dead letters back into queue \"%s\": %s (is it "
+				      "deleted? starting cqrs-consumer -n %s declares it again)",
+				 queue, err.msg, name);
+			goto out;
+		}
+		if (cqrs_broker_tx_select(b, BROKER_CHANNEL, &err) < 0) {
+			ctl_fail(ctl, "%s", err.msg);
+			goto out;
+		}
 	}
 	/* take them all, unacked: they stay ours until acked or the channel
 	 * closes */
@@ -246,18 +264,23 @@ ctl_dead(struct ctl *ctl, int argc, char **argv)
 		if (!all && strcmp(letters[i].msg.message_id, retry_id) != 0)
 			continue;
 		if (put_back(b, queue, &letters[i], &err) < 0) {
-			ctl_fail(ctl, "%s (putting it back into \"%s\")", err.msg, queue);
-			goto out;
+			ctl_fail(ctl, "%s (putting %s back into \"%s\"; it stays in \"%s\")",
+				 err.msg, letters[i].msg.message_id, queue, dead_queue);
+			failed = true;
+			break;
 		}
 		letters[i].retry = true;
 		chosen++;
 	}
-	if (chosen == 0 && !all) {
+	if (chosen == 0 && !all && !failed) {
 		ctl_fail(ctl, "no dead letter with id %s in queue \"%s\"", retry_id, dead_queue);
 		goto out;
 	}
-	if (cqrs_broker_tx_commit(b, BROKER_CHANNEL, &err) < 0) {
-		ctl_fail(ctl, "%s", err.msg);
+	/* the acks of the letters the queue holds, also after a failure: they
+	 * must not stay dead as well */
+	if (chosen > 0 && cqrs_broker_tx_commit(b, BROKER_CHANNEL, &err) < 0) {
+		ctl_fail(ctl, "%s (the %zu letters put back may also still be in \"%s\")", err.msg,
+			 chosen, dead_queue);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++)
@@ -266,7 +289,7 @@ ctl_dead(struct ctl *ctl, int argc, char **argv)
 				letters[i].msg.message_id, letters[i].msg.stream, letters[i].msg.version);
 	fprintf(ctl->out, "%zu dead letter%s put back into queue \"%s\"\n", chosen,
 		chosen == 1 ? "" : "s", queue);
-	rc = 0;
+	rc = failed ? 1 : 0;
 out:
 	/* what was taken and not put back returns to the dead-letter queue */
 	cqrs_broker_free(b);

@@ -9,8 +9,9 @@
 
 #include "config.h"
 #include "ctl.h"
+#include "store.h"
 
-/* Columns of cqrs.tracker_status (sql/002_tracker.sql), in order. */
+/* Columns of cqrs.tracker_status (sql/002_tracker.sql, sql/005), in order. */
 enum {
 	C_XID, C_POS, C_AT, C_LAG_EVENTS, C_LAG_SECONDS, C_HELD, C_B_PID, C_B_APP, C_B_XID,
 	C_B_SECONDS, C_A_PID, C_A_APP, C_A_CLIENT, C_A_SINCE, C_COUNT
@@ -29,6 +30,14 @@ static const char *
 val(PGresult *res, int col)
 {
 	return PQgetisnull(res, 0, col) ? NULL : PQgetvalue(res, 0, col);
+}
+
+/* Whether a count of cqrs.tracker_status was counted, not estimated: the
+ * function counts up to STORE_TRACKER_STATUS_LIMIT (sql/005). */
+static bool
+counted(const char *n)
+{
+	return n == NULL || strtoll(n, NULL, 10) <= STORE_TRACKER_STATUS_LIMIT;
 }
 
 static struct json_object *
@@ -87,6 +96,8 @@ print_json(struct ctl *ctl, const char *name, PGresult *res)
 	json_object_object_add(o, "position", jint(val(res, C_POS)));
 	json_object_object_add(o, "checkpoint_at", jstr(val(res, C_AT)));
 	json_object_object_add(o, "lag_events", jint(val(res, C_LAG_EVENTS)));
+	json_object_object_add(o, "lag_exact",
+			       json_object_new_boolean(counted(val(res, C_LAG_EVENTS))));
 	json_object_object_add(o, "lag_seconds",
 			       jdouble(val(res, C_LAG_SECONDS) ? val(res, C_LAG_SECONDS) : "0"));
 	json_object_object_add(o, "held_events", jint(val(res, C_HELD)));
@@ -123,8 +134,10 @@ static void
 print_text(struct ctl *ctl, const char *name, PGresult *res)
 {
 	const char *app = val(res, C_A_APP);
-	char host[128];
+	char host[128], limit_text[24];
 	long pid;
+
+	snprintf(limit_text, sizeof(limit_text), "%d", STORE_TRACKER_STATUS_LIMIT);
 
 	fprintf(ctl->out, "tracker: %s\n", name);
 	fprintf(ctl->out, "checkpoint: %s:%s (position %s)", val(res, C_XID), val(res, C_POS),
@@ -136,13 +149,19 @@ print_text(struct ctl *ctl, const char *name, PGresult *res)
 	fputc('\n', ctl->out);
 	if (strcmp(val(res, C_LAG_EVENTS), "0") == 0)
 		fprintf(ctl->out, "lag: 0 events\n");
+	else if (!counted(val(res, C_LAG_EVENTS)))
+		fprintf(ctl->out, "lag: about %s events (more than %d; estimated from positions), "
+				  "%s s (age of the oldest unpublished event)\n",
+			val(res, C_LAG_EVENTS), STORE_TRACKER_STATUS_LIMIT, val(res, C_LAG_SECONDS));
 	else
 		fprintf(ctl->out, "lag: %s events, %s s (age of the oldest unpublished event)\n",
 			val(res, C_LAG_EVENTS), val(res, C_LAG_SECONDS));
 	if (strcmp(val(res, C_HELD), "0") != 0)
-		fprintf(ctl->out, "held back: %s of them, by a transaction open for %s s "
+		fprintf(ctl->out, "held back: %s%s of them, by a transaction open for %s s "
 				  "(backend pid %s, application \"%s\", xid %s)\n",
-			val(res, C_HELD), val(res, C_B_SECONDS) ? val(res, C_B_SECONDS) : "?",
+			counted(val(res, C_HELD)) ? "" : "more than ",
+			counted(val(res, C_HELD)) ? val(res, C_HELD) : limit_text,
+			val(res, C_B_SECONDS) ? val(res, C_B_SECONDS) : "?",
 			val(res, C_B_PID) ? val(res, C_B_PID) : "none: prepared",
 			val(res, C_B_APP) ? val(res, C_B_APP) : "", val(res, C_B_XID) ? val(res, C_B_XID) : "?");
 	if (val(res, C_A_PID) == NULL)

@@ -12,6 +12,8 @@
  *   cqrs_tracker_active               1 active, 0 standby
  *   cqrs_tracker_checkpoint_position  position of the last event checkpointed
  *   cqrs_tracker_lag_events           committed events not yet published
+ *                                     (counted up to 10000, estimated beyond:
+ *                                     cqrs.tracker_status, sql/005)
  *   cqrs_tracker_lag_seconds          age of the oldest of them
  *   cqrs_tracker_held_events          of them, held back by an open transaction
  *   cqrs_tracker_blocking_transaction_seconds  that transaction's age

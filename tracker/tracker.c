@@ -482,12 +482,59 @@ drain_notifies(struct tracker *t)
 	}
 }
 
+/*
+ * Waits for the answer to the statement sent on t->pg, pinging the watchdog
+ * and keeping the AMQP heartbeats going meanwhile: a statement may take long
+ * (a table lock an operator holds, a slow disk) and that is no reason for
+ * systemd to kill the loop, nor for RabbitMQ to drop the connection. An
+ * AMQP error here only marks the broker broken; the loop notices it at its
+ * next call, not in the middle of a batch. 0, or -1 when the session broke.
+ */
+static int
+pg_wait_answer(struct tracker *t)
+{
+	for (;;) {
+		struct pollfd p = { .fd = PQsocket(t->pg), .events = POLLIN };
+		int64_t timeout = cqrs_daemon_tick(&t->watchdog), now;
+
+		if (!PQconsumeInput(t->pg))
+			return -1;
+		if (!PQisBusy(t->pg))
+			return 0;
+		now = cqrs_now_ms();
+		if (t->mq != NULL && now >= t->next_mq_poll) {
+			struct cqrs_err err = { 0 };
+			/* an error leaves the broker broken: mq_service() drops it */
+			int rc = cqrs_broker_poll(t->mq, &err);
+
+			(void)rc;
+			t->next_mq_poll = now + MQ_POLL_MS;
+		}
+		if (timeout > SLICE_MS)
+			timeout = SLICE_MS;
+		if (t->mq != NULL && t->next_mq_poll - now < timeout)
+			timeout = t->next_mq_poll - now;
+		if (timeout < 0)
+			timeout = 0;
+		if (poll(&p, 1, (int)timeout) < 0 && errno != EINTR) {
+			cqrs_log_error(&t->log, "poll: %s", strerror(errno));
+			usleep(100000);
+		}
+	}
+}
+
 PGresult *
 tracker_pg_query(struct tracker *t, const char *what, const char *sql, int n,
 		 const char *const *params, ExecStatusType want)
 {
-	PGresult *res = PQexecParams(t->pg, sql, n, NULL, params, NULL, NULL, 0);
+	PGresult *res = NULL, *more;
 
+	if (PQsendQueryParams(t->pg, sql, n, NULL, params, NULL, NULL, 0) &&
+	    pg_wait_answer(t) == 0) {
+		res = PQgetResult(t->pg);
+		while ((more = PQgetResult(t->pg)) != NULL)
+			PQclear(more);
+	}
 	if (PQresultStatus(res) != want) {
 		pg_lost_res(t, what, res);
 		PQclear(res);
@@ -573,19 +620,21 @@ try_activate(struct tracker *t)
 static void
 post_status(struct tracker *t)
 {
+	/* beyond cqrs.tracker_status's count limit, lag is an estimate */
+	const char *about = t->lag_exact ? "" : "about ";
 	struct tracker_stats s;
 	char cpbuf[48];
 
 	tracker_get_stats(t, &s);
 	cqrs_store_checkpoint_format(&s.checkpoint, cpbuf, sizeof(cpbuf));
 	if (t->held_events > 0)
-		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %s%" PRId64
 				" events (%.1f s), %" PRId64 " held back by a transaction open "
-				"for %.1f s", cpbuf, s.published, t->lag_events, t->lag_seconds,
-				t->held_events, t->blocker_seconds);
+				"for %.1f s", cpbuf, s.published, about, t->lag_events,
+				t->lag_seconds, t->held_events, t->blocker_seconds);
 	else
-		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %" PRId64
-				" events (%.1f s)", cpbuf, s.published, t->lag_events,
+		cqrs_sdnotify_status("active: checkpoint %s, %" PRIu64 " published, lag %s%" PRId64
+				" events (%.1f s)", cpbuf, s.published, about, t->lag_events,
 				t->lag_seconds);
 }
 
@@ -610,6 +659,7 @@ check_lag(struct tracker *t)
 	t->lag_seconds = strtod(PQgetvalue(res, 0, 1), NULL);
 	t->held_events = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	t->blocker_seconds = strtod(PQgetvalue(res, 0, 5), NULL);
+	t->lag_exact = t->lag_events <= STORE_TRACKER_STATUS_LIMIT;
 	stats_update(t, set_lag, t);
 	if (t->held_events > 0 && t->blocker_seconds * 1000 >= (double)t->cfg->lag_warn_ms) {
 		if (t->lag_warned_at == 0 || now - t->lag_warned_at >= LAG_WARN_REPEAT_MS) {

@@ -64,6 +64,7 @@ struct tracker {
 	/* the last lag measured, for STATUS= */
 	int64_t lag_events, held_events;
 	double lag_seconds, blocker_seconds;
+	bool lag_exact;			/* false: lag_events is cqrs.tracker_status's estimate */
 
 	struct httpd *httpd;		/* metrics.c */
 	pthread_mutex_t mu;		/* guards stats (read by other threads) */

@@ -381,6 +381,58 @@ START_TEST(dead_letter_unroutable_is_not_acked)
 }
 END_TEST
 
+/* `cqrsctl dead --retry/--all` with the consumer's queue gone (deleted by
+ * an operator while the consumer is stopped): a clear error naming the
+ * queue, and the dead letters stay where they are; once the queue is back,
+ * the put-back works and the event is applied. */
+START_TEST(dead_put_back_needs_its_queue)
+{
+	struct env e;
+	char *fix, data[300], args[200], *out = NULL;
+	struct json_object *dead;
+	int rc;
+
+	env_init(&e, NULL);
+	fix = fix_path(&e, "fixed");
+	cons_start(e.c);
+	env_tracker(&e);
+	snprintf(data, sizeof(data), "{\"fail\":\"%s\"}", fix);
+	cons_append(e.conninfo, "poison-1", "Happened", data);
+	json_object_put(wait_dead(&e, 1));
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	cons_delete_queue(e.queue);
+	fixture_touch(fix);
+
+	snprintf(args, sizeof(args), "dead poison --retry %s", event_id(&e, "poison-1", 1));
+	rc = cons_ctl(e.c, args, &out);
+	ck_assert_msg(rc == 1 && strstr(out, e.queue) != NULL &&
+			      strstr(out, "cannot put dead letters back") != NULL,
+		      "rc %d: %s", rc, out);
+	free(out);
+	rc = cons_ctl(e.c, "dead poison --all", &out);
+	ck_assert_msg(rc == 1 && strstr(out, e.queue) != NULL, "rc %d: %s", rc, out);
+	free(out);
+	dead = dead_letters(&e);
+	ck_assert_int_eq(json_object_array_length(dead), 1);
+	json_object_put(dead);
+	ck_assert_int_eq(applied(&e), 0);
+
+	/* the consumer declares its queue again: the letter goes back, once */
+	cons_start(e.c);
+	rc = cons_ctl(e.c, "dead poison --all", &out);
+	ck_assert_msg(rc == 0 && strstr(out, "1 dead letter put back") != NULL, "%s", out);
+	free(out);
+	wait_applied(&e, 1);
+	check_applied(&e, NULL, 1);
+	dead = dead_letters(&e);
+	ck_assert_int_eq(json_object_array_length(dead), 0);
+	json_object_put(dead);
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	free(fix);
+	env_fini(&e);
+}
+END_TEST
+
 /* A handler aborts the process on one event: restarted each time (as
  * systemd would), the consumer gets it again until the queue's delivery
  * limit dead-letters it; the other streams are all applied meanwhile. */
@@ -745,6 +797,10 @@ suite(void)
 	tcase_add_test(tc, sigterm_finishes_in_hand_and_exits_zero);
 	tcase_add_test(tc, garbage_message_dead_lettered);
 	tcase_add_test(tc, from_now_skips_history);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("dead_put_back");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, dead_put_back_needs_its_queue);
 	suite_add_tcase(s, tc);
 	/* what a handler is given, and what it may do with the transaction */
 	tc = tcase_create("handler_contract");

@@ -9,11 +9,14 @@
  * consumer needed (except after kill -9).
  */
 #include <check.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "consumer_fixture.h"
 #include "fixture.h"
@@ -224,6 +227,178 @@ START_TEST(bad_configurations_refused)
 }
 END_TEST
 
+/* ---- the watchdog while a batch runs ----------------------------------------------- */
+
+static int
+count_in(const char *s, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = s; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+		n++;
+	return n;
+}
+
+static int
+pings(struct env *e)
+{
+	return count_in(proc_notifications(cons_proc(e->c)), "WATCHDOG=1");
+}
+
+/* A consumer "poison" (catching up from the beginning) whose commands go to
+ * cmd_socket, with systemd's watchdog at WATCHDOG_USEC = usec. */
+static void
+env_watchdog(struct env *e, const char *cmd_socket, const char *usec)
+{
+	char *section, *text;
+
+	memset(e, 0, sizeof(*e));
+	e->conninfo = fixture_db_new(true);
+	snprintf(e->queue, sizeof(e->queue), "%s", cons_unique_queue("watchdog"));
+	ck_assert_int_ge(asprintf(&section, "[consumer.poison]\nplugins = %s\nqueue = %s\n"
+					    "from = beginning\ncmd_timeout = 10m\n",
+				  fixture_plugin("poison"), e->queue),
+			 0);
+	text = cons_config(e->conninfo, cmd_socket, section);
+	e->c = cons_new("poison", text);
+	free(section);
+	free(text);
+	proc_use_notify(cons_proc(e->c));
+	proc_setenv(cons_proc(e->c), "WATCHDOG_USEC", usec);
+	proc_setenv(cons_proc(e->c), "WATCHDOG_PID", NULL);
+	e->tracker = proc_new("cqrs-tracker");
+}
+
+/*
+ * Two events held in one catch-up batch (one transaction): the consumer
+ * pings between their handlers. A handler held in its own code (the
+ * barrier) gets no ping, by design; the one before the next handler is due
+ * because the first was held longer than the interval.
+ */
+START_TEST(watchdog_pings_between_handlers)
+{
+	struct env e;
+	char *dir = fixture_tmpdir(), p1[300], p2[300], held[320], data[400];
+	int before;
+
+	env_watchdog(&e, NULL, "1000000");	/* a ping due every 500 ms */
+	snprintf(p1, sizeof(p1), "%s/one", dir);
+	snprintf(p2, sizeof(p2), "%s/two", dir);
+	snprintf(data, sizeof(data), "{\"wait\":\"%s\"}", p1);
+	cons_append(e.conninfo, "poison-1", "Happened", data);
+	snprintf(data, sizeof(data), "{\"wait\":\"%s\"}", p2);
+	cons_append(e.conninfo, "poison-2", "Happened", data);
+	e.appended = 2;
+	cons_spawn(e.c);
+	snprintf(held, sizeof(held), "%s.held", p1);
+	ck_assert_msg(fixture_wait_file(held, 30000), "the first handler never ran:\n%s",
+		      cons_log_tail(e.c, 20));
+	before = pings(&e);
+	/* not a hope about speed: the time after which the next ping is due */
+	usleep(1500 * 1000);
+	fixture_touch(p1);
+	snprintf(held, sizeof(held), "%s.held", p2);
+	ck_assert_msg(fixture_wait_file(held, 30000), "the second handler never ran:\n%s",
+		      cons_log_tail(e.c, 20));
+	ck_assert_msg(pings(&e) > before, "no WATCHDOG=1 between the handlers of a batch:\n%s",
+		      proc_notifications(cons_proc(e.c)));
+	fixture_touch(p2);
+	cons_poison_wait(e.c, e.conninfo, 2);
+	cons_poison_check(e.conninfo, NULL, 2);
+	ck_assert(cons_wait_log(e.c, "live: consuming", 1, 30000));
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	env_fini(&e);
+	snprintf(data, sizeof(data), "rm -rf '%s'", dir);
+	(void)fixture_run(data, NULL);
+	free(dir);
+}
+END_TEST
+
+/* Reads one line from fd (up to 30 s); malloc'd, without its newline. */
+static char *
+read_line(int fd)
+{
+	char buf[8192];
+	size_t len = 0;
+	long long deadline = proc_now_ms() + 30000;
+
+	while (len < sizeof(buf) - 1) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		ck_assert_msg(proc_now_ms() < deadline, "no request line within 30 s");
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		n = read(fd, buf + len, 1);
+		ck_assert_int_eq(n, 1);
+		if (buf[len] == '\n')
+			break;
+		len++;
+	}
+	buf[len] = '\0';
+	return strdup(buf);
+}
+
+/*
+ * A handler waiting in cqrs_send() for cqrs-cmdd (here a socket of the
+ * test's that reads the command and does not answer until told): the
+ * consumer goes on pinging systemd's watchdog while it waits, up to
+ * cmd_timeout; the answer, when it comes, lets the event commit.
+ */
+START_TEST(watchdog_pings_while_send_waits)
+{
+	struct env e;
+	char *dir = fixture_tmpdir(), path[300], *line;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int lfd, fd, before, now = 0;
+	long long deadline;
+	const char answer[] = "{\"ok\":true,\"events\":[]}\n";
+
+	snprintf(path, sizeof(path), "%s/cmd.sock", dir);
+	ck_assert_uint_lt(strlen(path), sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(lfd, 4), 0);
+	env_watchdog(&e, path, "1000000");
+	cons_append(e.conninfo, "poison-1", "Happened", "{\"send\":\"poison.noop\"}");
+	e.appended = 1;
+	cons_spawn(e.c);
+	{
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+		ck_assert_msg(poll(&p, 1, 30000) == 1, "the handler never connected:\n%s",
+			      cons_log_tail(e.c, 20));
+	}
+	fd = accept(lfd, NULL, NULL);
+	ck_assert_int_ge(fd, 0);
+	line = read_line(fd);
+	ck_assert_msg(strstr(line, "\"command\":\"poison.noop\"") != NULL, "%s", line);
+	free(line);
+
+	/* the handler waits for the answer: the pings go on */
+	before = pings(&e);
+	deadline = proc_now_ms() + 30000;
+	while ((now = pings(&e)) < before + 3 && proc_now_ms() < deadline)
+		usleep(50 * 1000);
+	ck_assert_msg(now >= before + 3, "%d WATCHDOG=1 in 30 s while cqrs_send() waited",
+		      now - before);
+	ck_assert_int_eq(cons_poison_count(e.conninfo), 0);
+
+	ck_assert_int_eq(write(fd, answer, strlen(answer)), (ssize_t)strlen(answer));
+	cons_poison_wait(e.c, e.conninfo, 1);
+	ck_assert(cons_wait_log(e.c, "live: consuming", 1, 30000));
+	ck_assert_int_eq(cons_stop(e.c), 0);
+	close(fd);
+	close(lfd);
+	env_fini(&e);
+	unlink(path);
+	rmdir(dir);
+	free(dir);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -235,6 +410,11 @@ suite(void)
 	tcase_add_test(tc, rabbitmq_restart_midstream);
 	tcase_add_test(tc, kill9_midstream_then_restart);
 	tcase_add_test(tc, bad_configurations_refused);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("watchdog");
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, watchdog_pings_between_handlers);
+	tcase_add_test(tc, watchdog_pings_while_send_waits);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -421,6 +421,84 @@ START_TEST(waits_for_the_broker)
 }
 END_TEST
 
+/* ---- the watchdog while a statement waits ---------------------------------------------- */
+
+static int
+count_in(const char *s, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = s; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+		n++;
+	return n;
+}
+
+/* Whether the tracker's session waits for a lock right now. */
+static bool
+tracker_waits_on_lock(PGconn *pg, const struct proc *p)
+{
+	char sql[300];
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+		 "LIKE 'cqrs-tracker@%%:%d' AND wait_event_type = 'Lock'", (int)proc_pid(p));
+	return fixture_query_int(pg, sql) > 0;
+}
+
+/*
+ * A statement of the tracker that does not come back (here the checkpoint
+ * write, held by a table lock the test takes, in the middle of catching up
+ * with 2,000 events) does not stop its watchdog pings: systemd must not
+ * kill a loop that is only waiting for its database. Once the lock goes,
+ * everything is published, once.
+ */
+START_TEST(watchdog_pings_while_a_statement_waits)
+{
+	struct env e;
+	struct proc *p;
+	struct rabbit_check chk = { .allow_dups = false };
+	PGconn *locker;
+	long long deadline;
+	int before, now = 0;
+
+	env_init(&e);
+	preload(&e, 10, 200);
+	locker = fixture_connect(e.conninfo);
+	/* reads go on (ACCESS SHARE), the checkpoint write waits (ROW EXCLUSIVE) */
+	fixture_exec(locker, "BEGIN");
+	fixture_exec(locker, "LOCK TABLE cqrs.checkpoints IN EXCLUSIVE MODE");
+	p = tracker_proc(&e, "100");
+	proc_setenv(p, "WATCHDOG_USEC", "1000000");	/* a ping every 500 ms */
+	proc_setenv(p, "WATCHDOG_PID", NULL);
+	proc_start(p);
+	deadline = proc_now_ms() + WAIT_MS;
+	while (!tracker_waits_on_lock(locker, p)) {
+		ck_assert_msg(proc_now_ms() < deadline, "the tracker never waited for the lock:\n%s",
+			      proc_log_tail(p, 20));
+		usleep(20 * 1000);
+	}
+	before = count_in(proc_notifications(p), "WATCHDOG=1");
+	deadline = proc_now_ms() + WAIT_MS;
+	while ((now = count_in(proc_notifications(p), "WATCHDOG=1")) < before + 3 &&
+	       proc_now_ms() < deadline)
+		usleep(50 * 1000);
+	ck_assert_msg(now >= before + 3, "%d WATCHDOG=1 in %d s while the checkpoint write waited",
+		      now - before, WAIT_MS / 1000);
+	/* and all of them while it waited: it still does */
+	ck_assert(tracker_waits_on_lock(locker, p));
+	ck_assert(proc_running(p));
+
+	fixture_exec(locker, "COMMIT");
+	check(&e, &chk);
+	ck_assert_int_eq(chk.events, 2000);
+	ck_assert_int_eq(chk.duplicates, 0);
+	ck_assert(proc_running(p));
+	ck_assert_int_eq(proc_stop(p), 0);
+	PQfinish(locker);
+	proc_free(p);
+	env_fini(&e);
+}
+END_TEST
+
 /* One case per test, so that CK_RUN_CASE=name runs one alone. */
 static void
 add(Suite *s, const char *name, const TTest *test)
@@ -444,6 +522,7 @@ faults_suite(void)
 	add(s, "lost_session", lost_session_stops_publishing);
 	add(s, "postgresql_restarted", postgresql_restarted);
 	add(s, "rabbitmq_restarted", rabbitmq_restarted);
+	add(s, "watchdog_while_waiting", watchdog_pings_while_a_statement_waits);
 	return s;
 }
 

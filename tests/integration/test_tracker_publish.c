@@ -675,6 +675,96 @@ START_TEST(ctl_status_reports)
 }
 END_TEST
 
+/* Rows read from cqrs.events so far, as the statistics count them (index
+ * entries and sequential reads, every session); this session's own reads
+ * are flushed first. */
+static long long
+events_rows_read(PGconn *pg)
+{
+	fixture_exec(pg, "SELECT pg_stat_force_next_flush()");
+	return fixture_query_int(pg, "SELECT coalesce(sum(i.idx_tup_read), 0) + "
+				     "(SELECT coalesce(t.seq_tup_read, 0) FROM pg_stat_user_tables t "
+				     " WHERE t.relid = 'cqrs.events'::regclass) "
+				     "FROM pg_stat_user_indexes i WHERE i.relid = 'cqrs.events'::regclass");
+}
+
+/*
+ * cqrs.tracker_status reads a bounded number of events whatever the
+ * backlog: it counts up to its limit (10000 by default) and estimates
+ * beyond; the tracker's status query, and `cqrsctl status`, stay cheap after
+ * a long broker outage.
+ */
+START_TEST(status_is_bounded)
+{
+	struct env e;
+	PGconn *pg, *holder;
+	PGresult *res;
+	long long before, read;
+	char *out;
+	struct json_object *o;
+
+	env_init(&e);
+	pg = fixture_connect(e.conninfo);
+	fixture_exec(pg, "SET stats_fetch_consistency = none");
+	/* no ANALYZE of ours among the reads counted */
+	fixture_exec(pg, "ALTER TABLE cqrs.events SET (autovacuum_enabled = false)");
+	/* (the subquery names s, so it runs, with new ids, for every stream) */
+	fixture_exec(pg, "SELECT count(*) FROM generate_series(1, 11) s, LATERAL cqrs.append("
+			 "'b-' || s, -1, NULL, (SELECT jsonb_agg(jsonb_build_object('id', "
+			 "gen_random_uuid(), 'type', 'Bulk', 'data', jsonb_build_object('s', s, 'i', g))) "
+			 "FROM generate_series(1, 1000) g))");
+	/* an open transaction older than the last 30 holds them back */
+	holder = fixture_connect(e.conninfo);
+	fixture_exec(holder, "BEGIN");
+	fixture_exec(holder, "SELECT pg_current_xact_id()");
+	fixture_exec(pg, "SELECT count(*) FROM cqrs.append('late-1', -1, NULL, (SELECT jsonb_agg("
+			 "jsonb_build_object('id', gen_random_uuid(), 'type', 'Late', 'data', '{}'::jsonb)) "
+			 "FROM generate_series(1, 30)))");
+
+	/* a limit of 10: at most 2 x 11 index entries and the last position */
+	before = events_rows_read(pg);
+	res = PQexec(pg, "SELECT lag_events, lag_exact::int, held_events "
+			 "FROM cqrs.tracker_status('tracker', 10)");
+	ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+	read = events_rows_read(pg) - before;
+	ck_assert_str_eq(PQgetvalue(res, 0, 0), "11030");	/* the estimate: no gaps here */
+	ck_assert_str_eq(PQgetvalue(res, 0, 1), "0");
+	ck_assert_str_eq(PQgetvalue(res, 0, 2), "11");		/* more than 10 */
+	PQclear(res);
+	ck_assert_msg(read <= 2 * 11 + 4, "tracker_status read %lld rows of 11030", read);
+
+	/* the default limit, as the tracker and cqrsctl call it */
+	before = events_rows_read(pg);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT lag_events FROM cqrs.tracker_status('tracker')"),
+			 11030);
+	read = events_rows_read(pg) - before;
+	ck_assert_msg(read <= 2 * (STORE_TRACKER_STATUS_LIMIT + 1) + 4,
+		      "tracker_status read %lld rows of 11030", read);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT lag_exact::int FROM cqrs.tracker_status('tracker')"), 0);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT held_events FROM cqrs.tracker_status('tracker')"), 30);
+	/* within the limit, counted */
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT lag_events FROM cqrs.tracker_status('tracker', 20000)"),
+			 11030);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT lag_exact::int FROM cqrs.tracker_status('tracker', 20000)"),
+			 1);
+
+	out = ctl_status(&e, "", 0);
+	ck_assert_msg(strstr(out, "lag: about 11030 events (more than 10000") != NULL &&
+		      strstr(out, "held back: 30 of them") != NULL, "%s", out);
+	free(out);
+	out = ctl_status(&e, "--json", 0);
+	o = json_tokener_parse(out);
+	ck_assert_msg(o != NULL, "%s", out);
+	ck_assert_int_eq(json_object_get_int64(json_object_object_get(o, "lag_events")), 11030);
+	ck_assert(!json_object_get_boolean(json_object_object_get(o, "lag_exact")));
+	json_object_put(o);
+	free(out);
+	PQfinish(holder);
+	PQfinish(pg);
+	env_fini(&e);
+}
+END_TEST
+
 /* ---- driven in-process ------------------------------------------------------------------ */
 
 struct runner {
@@ -877,6 +967,7 @@ publish_suite(void)
 	tcase_add_test(tc, watchdog_pings);
 	tcase_add_test(tc, options_and_config_check);
 	tcase_add_test(tc, ctl_status_reports);
+	tcase_add_test(tc, status_is_bounded);
 	tcase_add_test(tc, in_process_run_and_stop);
 	tcase_add_test(tc, metrics_and_health_scraped);
 	suite_add_tcase(s, tc);

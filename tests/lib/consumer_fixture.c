@@ -385,6 +385,19 @@ cons_wait_queue_depth(const char *queue, long want, int timeout_ms)
 }
 
 void
+cons_delete_queue(const char *queue)
+{
+	amqp_connection_state_t conn = open_amqp();
+	amqp_rpc_reply_t r;
+
+	ck_assert_ptr_nonnull(conn);
+	amqp_queue_delete(conn, 1, amqp_cstring_bytes(queue), 0, 0);
+	r = amqp_get_rpc_reply(conn);
+	close_amqp(conn, r.reply_type == AMQP_RESPONSE_NORMAL);
+	ck_assert_msg(r.reply_type == AMQP_RESPONSE_NORMAL, "deleting queue %s failed", queue);
+}
+
+void
 cons_delete_queues(const char *queue)
 {
 	char dead[256];

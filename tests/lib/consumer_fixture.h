@@ -95,6 +95,10 @@ long cons_wait_queue_depth(const char *queue, long want, int timeout_ms);
  * operator broke); fails the test when the broker refuses. */
 void cons_unbind(const char *queue, const char *exchange, const char *key);
 
+/* Deletes queue alone (not QUEUE.dead); fails the test when the broker
+ * refuses. */
+void cons_delete_queue(const char *queue);
+
 /* Deletes queue (and QUEUE.dead); missing ones are fine. */
 void cons_delete_queues(const char *queue);
 

@@ -1,7 +1,10 @@
 /* rabbit.c - private RabbitMQ for tests, and a collecting consumer. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #if defined(__has_include)
@@ -26,6 +30,7 @@
 #endif
 
 #include "envelope.h"
+#include "fixture.h"
 #include "hmap.h"
 #include "proc.h"
 #include "rabbit.h"
@@ -168,6 +173,207 @@ fixture_rabbit_start(void)
 	rc = system(cmd);
 	ck_assert_msg(rc == 0, "rabbit: could not start RabbitMQ again (see %s/restart.log)",
 		      rabbit_dir);
+}
+
+/* ---- a private node, to freeze ---------------------------------------------- */
+
+struct rabbit_node {
+	char root[64];			/* the temporary folder */
+	char dir[128];			/* root/rabbit: rabbitmq.sh's DIR */
+	char url[256];
+	int guard_fd;			/* write end of the guardian's pipe */
+	pid_t guardian;
+};
+
+static pid_t
+pid_file(const char *dir, const char *name)
+{
+	char path[300], buf[32] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	fclose(f);
+	return (pid_t)atol(buf);
+}
+
+/* The parent of pid (0 when it is gone). */
+static pid_t
+parent_of(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+	long ppid = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL)
+		(void)sscanf(p + 1, " %*c %ld", &ppid);
+	fclose(f);
+	return (pid_t)ppid;
+}
+
+/*
+ * Sends sig to every process of the node in dir: the Erlang VM, all its
+ * descendants (erl_child_setup, inet_gethost ...) and the node's private
+ * epmd. By pid, read from the node's pid files and /proc: nothing else is
+ * touched.
+ */
+static void
+signal_node(const char *dir, int sig)
+{
+	pid_t pids[256];
+	size_t n = 0;
+	pid_t vm = pid_file(dir, "rabbitmq.pid"), epmd = pid_file(dir, "epmd.pid");
+
+	if (vm > 0)
+		pids[n++] = vm;
+	/* descendants, to a fixed point (a child's pid may be lower) */
+	for (bool grew = true; grew && n > 0;) {
+		DIR *d = opendir("/proc");
+		struct dirent *de;
+
+		grew = false;
+		if (d == NULL)
+			break;
+		while ((de = readdir(d)) != NULL && n < sizeof(pids) / sizeof(pids[0])) {
+			pid_t pid = (pid_t)atol(de->d_name), pp;
+			bool known = false;
+
+			if (pid <= 0 || (pp = parent_of(pid)) <= 0)
+				continue;
+			for (size_t i = 0; i < n && !known; i++)
+				known = pids[i] == pid;
+			if (known)
+				continue;
+			for (size_t i = 0; i < n; i++)
+				if (pids[i] == pp) {
+					pids[n++] = pid;
+					grew = true;
+					break;
+				}
+		}
+		closedir(d);
+	}
+	if (epmd > 0 && n < sizeof(pids) / sizeof(pids[0]))
+		pids[n++] = epmd;
+	/* children first when stopping, the VM first when continuing */
+	for (size_t i = 0; i < n; i++)
+		(void)kill(sig == SIGSTOP ? pids[n - 1 - i] : pids[i], sig);
+}
+
+/* The guardian: when the test's process is gone (end of file on fd), the
+ * node is thawed, stopped and removed, however the test ended. */
+static void
+guardian(int fd, const char *dir, const char *root)
+{
+	char buf[64], cmd[700];
+
+	setsid();	/* out of the test's process group, which Check kills */
+	for (int i = 3; i < 1024; i++)
+		if (i != fd)
+			close(i);
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	signal_node(dir, SIGCONT);
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh stop %s >/dev/null 2>&1; rm -rf %s",
+		 CQRS_SRCDIR, dir, root);
+	_exit(system(cmd) == 0 ? 0 : 1);
+}
+
+struct rabbit_node *
+rabbit_node_start(void)
+{
+	struct rabbit_node *n = calloc(1, sizeof(*n));
+	char tmpl[] = "/tmp/cqrs-mqp.XXXXXX", cmd[700], path[300], line[512];
+	int p[2];
+	FILE *f;
+
+	ck_assert_ptr_nonnull(n);
+	ck_assert_msg(mkdtemp(tmpl) != NULL, "rabbit: mkdtemp: %s", strerror(errno));
+	chmod(tmpl, 0755);
+	snprintf(n->root, sizeof(n->root), "%s", tmpl);
+	snprintf(n->dir, sizeof(n->dir), "%s/rabbit", tmpl);
+	/* the guardian first, so that a node half started is stopped too */
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	n->guardian = fork();
+	ck_assert_int_ge(n->guardian, 0);
+	if (n->guardian == 0)
+		guardian(p[0], n->dir, n->root);
+	close(p[0]);
+	n->guard_fd = p[1];
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh start %s >%s/start.log 2>&1",
+		 CQRS_SRCDIR, n->dir, n->root);
+	ck_assert_msg(system(cmd) == 0, "rabbit: could not start a private node (see %s/start.log)",
+		      n->root);
+	snprintf(path, sizeof(path), "%s/env", n->dir);
+	f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "rabbit: cannot read %s", path);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strncmp(line, "CQRS_BROKER_URL=", 16) == 0)
+			snprintf(n->url, sizeof(n->url), "%.250s", line + 16);
+	}
+	fclose(f);
+	ck_assert_msg(n->url[0] != '\0', "rabbit: no CQRS_BROKER_URL in %s", path);
+	return n;
+}
+
+const char *
+rabbit_node_url(const struct rabbit_node *n)
+{
+	return n->url;
+}
+
+long
+rabbit_node_queue_messages(const struct rabbit_node *n, const char *queue)
+{
+	char cmd[700], *out = NULL, *line;
+	long messages = -1;
+
+	snprintf(cmd, sizeof(cmd), "sh %s/deploy/dev/rabbitmq.sh ctl %s list_queues -q name messages "
+		 "2>/dev/null", CQRS_SRCDIR, n->dir);
+	if (fixture_run(cmd, &out) != 0) {
+		free(out);
+		return -1;
+	}
+	for (line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+		size_t len = strlen(queue);
+
+		if (strncmp(line, queue, len) == 0 && (line[len] == '\t' || line[len] == ' '))
+			messages = atol(line + len + 1);
+	}
+	free(out);
+	return messages;
+}
+
+void
+rabbit_node_freeze(struct rabbit_node *n)
+{
+	signal_node(n->dir, SIGSTOP);
+}
+
+void
+rabbit_node_thaw(struct rabbit_node *n)
+{
+	signal_node(n->dir, SIGCONT);
+}
+
+void
+rabbit_node_free(struct rabbit_node *n)
+{
+	int status;
+
+	if (n == NULL)
+		return;
+	rabbit_node_thaw(n);
+	close(n->guard_fd);
+	(void)waitpid(n->guardian, &status, 0);
+	free(n);
 }
 
 /* ---- the collector ----------------------------------------------------------- */

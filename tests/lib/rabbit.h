@@ -33,6 +33,29 @@ const char *fixture_rabbit_dir(void);
 void fixture_rabbit_stop(void);
 void fixture_rabbit_start(void);
 
+/*
+ * A private node of the test's own (deploy/dev/rabbitmq.sh in a fresh
+ * directory, about ten seconds to start), for faults that must not reach
+ * the shared node: freezing it. A guardian process thaws, stops and removes
+ * it once the test's process is gone, however the test ends (a failed check
+ * leaves with _exit(), past any teardown), so a stopped node never outlives
+ * its test.
+ */
+struct rabbit_node;
+
+struct rabbit_node *rabbit_node_start(void);
+/* amqp://cqrs:cqrs@127.0.0.1:PORT/%2f (borrowed). */
+const char *rabbit_node_url(const struct rabbit_node *n);
+/* Messages in queue (ready and unacked), by rabbitmqctl (a few seconds);
+ * -1 when it is not there or rabbitmqctl fails. */
+long rabbit_node_queue_messages(const struct rabbit_node *n, const char *queue);
+/* SIGSTOP / SIGCONT every process of the node: the Erlang VM, its
+ * descendants, its epmd. */
+void rabbit_node_freeze(struct rabbit_node *n);
+void rabbit_node_thaw(struct rabbit_node *n);
+/* Thaws, stops and removes it (through the guardian), and waits. */
+void rabbit_node_free(struct rabbit_node *n);
+
 /* One message as the collector received it. Owned strings ("" when the
  * property was absent). */
 struct rabbit_msg {

@@ -10,6 +10,8 @@
  *   "wait": PATH     create PATH.held (the test sees an event in hand), then
  *                    block until the file PATH exists (a barrier the test
  *                    opens; given up after two minutes)
+ *   "send": COMMAND  cqrs_send() COMMAND to the stream's aggregate with data {}
+ *                    (retry when it fails): a handler waiting for cqrs-cmdd
  *   "commit": true   COMMIT the consumer's transaction after the record, then
  *                    return ok (a handler that breaks the rules)
  *   "rollback": true ROLLBACK it after the record, then return ok
@@ -122,6 +124,13 @@ on_event(struct cqrs_event_ctx *ctx, const struct cqrs_event *ev)
 			fclose(f);
 		for (int i = 0; i < 12000 && access(path, F_OK) != 0; i++)
 			usleep(10 * 1000);
+	}
+	if ((path = str_field(ev, "send")) != NULL) {
+		struct cqrs_err err = { 0 };
+
+		if (cqrs_send(ctx, "poison", path, ev->stream, json_object_new_object(), &err) < 0)
+			return cqrs_event_fail(ctx, CQRS_HANDLED_RETRY, "poison: send %s: %s", path,
+					       err.msg);
 	}
 	if ((path = str_field(ev, "abort")) != NULL && access(path, F_OK) != 0) {
 		cqrs_log_warn(cqrs_event_log(ctx), "poison: aborting on %s version %lld", ev->stream,
