@@ -4,6 +4,7 @@
 #   make check              install missing packages, build, run every test
 #   make demo               install missing packages, build, run the suite end to end
 #   make SANITIZE=address,undefined check
+#   make fuzz FUZZ_SECONDS=120    libFuzzer on each target in tests/fuzz/
 #   make install PREFIX=/usr DESTDIR=/tmp/stage
 
 PREFIX ?= /usr/local
@@ -150,6 +151,36 @@ $(B)/tests/%: $(B)/obj/tests/%.o $(FIXTURE_OBJS) $(LIB_SO) $$(call test_units,$$
 	$(say) LD $@
 	$(Q)$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
 
+# ---- fuzzing --------------------------------------------------------------
+# tests/fuzz/fuzz_T.c is one libFuzzer target; each links libcqrs and the
+# daemon units named below. `make check` runs test_fuzz_T: the target built
+# with the normal compiler around tests/fuzz/replay.c, which feeds it each
+# seed and each crash reproducer once. `make fuzz` builds the targets with
+# clang and libFuzzer (in a build of its own) and runs each for FUZZ_SECONDS.
+FUZZ_TARGETS := request envelope config message http
+fuzz_units_request := $(B)/obj/cmd/proto.o
+fuzz_units_config := $(cqrs-cmdd_UNIT_OBJS) $(cqrs-tracker_UNIT_OBJS) $(cqrs-consumer_UNIT_OBJS)
+fuzz_units_message := $(cqrs-consumer_UNIT_OBJS)
+FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(B)/tests/fuzz/test_fuzz_%)
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz_%)
+
+$(FUZZ_TARGETS:%=$(B)/obj/tests/fuzz/replay-%.o): $(B)/obj/tests/fuzz/replay-%.o: tests/fuzz/replay.c $(FLAGS_STAMP)
+	@mkdir -p $(@D)
+	$(say) CC $@
+	$(Q)$(CC) $(ALL_CFLAGS) -DFUZZ_TARGET='"$*"' -c -o $@ $<
+
+$(FUZZ_REPLAY): $(B)/tests/fuzz/test_fuzz_%: $(B)/obj/tests/fuzz/fuzz_%.o \
+		$(B)/obj/tests/fuzz/replay-%.o $(LIB_SO) $$(fuzz_units_$$*)
+	@mkdir -p $(@D)
+	$(say) LD $@
+	$(Q)$(CC) -o $@ $(filter %.o,$^) $(ALL_LDFLAGS) -Wl,-rpath,$(CURDIR)/$(B)/lib -lcqrs $(PKG_LIBS) $(CHECK_LIBS) -ldl -lm
+
+# Static: libFuzzer sees the library's coverage as the target's own.
+$(FUZZ_BINS): $(B)/fuzz/fuzz_%: $(B)/obj/tests/fuzz/fuzz_%.o $(LIB_A) $$(fuzz_units_$$*)
+	@mkdir -p $(@D)
+	$(say) LD $@
+	$(Q)$(CC) -fsanitize=fuzzer -o $@ $(filter %.o,$^) $(LIB_A) $(ALL_LDFLAGS) $(PKG_LIBS) -ldl -lm
+
 # ---- benchmarks -----------------------------------------------------------
 BENCH_BINS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 $(B)/bench/%: $(B)/obj/bench/%.o $(LIB_SO)
@@ -171,7 +202,7 @@ bench-consumer: deps
 
 # ---- top-level targets ----------------------------------------------------
 all: $(LIB_SO) $(LIB_A) $(PROGS) $(PLUGINS)
-tests: all $(TEST_BINS)
+tests: all $(TEST_BINS) $(FUZZ_REPLAY)
 
 deps:
 	@sh deploy/dev/deps.sh
@@ -182,10 +213,25 @@ check: deps
 	@$(MAKE) --no-print-directory test
 
 test: tests
-	@B=$(B) sh tests/run.sh $(UNIT_TESTS) -- $(INTEG_TESTS) -- $(E2E_TESTS)
+	@B=$(B) sh tests/run.sh $(UNIT_TESTS) $(FUZZ_REPLAY) -- $(INTEG_TESTS) -- $(E2E_TESTS)
 
 unit: tests
-	@B=$(B) sh tests/run.sh $(UNIT_TESTS)
+	@B=$(B) sh tests/run.sh $(UNIT_TESTS) $(FUZZ_REPLAY)
+
+# libFuzzer, one target after the other, FUZZ_SECONDS each (FUZZ_TARGETS
+# picks some). clang comes from Debian (deps.sh --fuzz); a build of its
+# own, with coverage and the sanitizers. Grown corpora and crashes stay in
+# build/fuzz/ (tests/fuzz/run.sh says where); see the README.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_SAN := fuzzer-no-link,address,undefined
+fuzz:
+	@sh deploy/dev/deps.sh --fuzz
+	@$(MAKE) --no-print-directory CC=$(FUZZ_CC) SANITIZE=$(FUZZ_SAN) fuzz-bins
+	@FUZZ_BIN=build/san-$(subst $(comma),-,$(FUZZ_SAN))/fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) \
+		sh tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-bins: $(FUZZ_BINS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -234,7 +280,8 @@ install: all
 clean:
 	rm -rf $(B)
 
-.PHONY: all tests deps check test unit demo up down install clean bench-cmd bench-tracker bench-consumer
+.PHONY: all tests deps check test unit demo up down install clean bench-cmd bench-tracker bench-consumer \
+	fuzz fuzz-bins
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .SECONDARY:

@@ -94,7 +94,9 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
 	req->root = json_tokener_parse_ex(tok, line, (int)len);
 	end = json_tokener_get_parse_end(tok);
-	while (req->root != NULL && end < len && strchr(" \t\r", line[end]) != NULL)
+	/* not strchr(): it finds the terminator, and a NUL is no blank */
+	while (req->root != NULL && end < len &&
+	       (line[end] == ' ' || line[end] == '\t' || line[end] == '\r'))
 		end++;
 	if (req->root == NULL || end != len) {
 		snprintf(msg, msgsize, "request is not JSON: %s",

@@ -123,14 +123,13 @@ fill_absent(char **s)
 	return *s != NULL ? 0 : -1;
 }
 
-/* Copies what we use of a received message into msg. CQRS_ENOMEM with msg
- * cleared, or 0. */
-static int
-decode(struct broker_msg *msg, const amqp_message_t *am, amqp_bytes_t routing_key)
+int
+cqrs_broker_msg_decode(struct broker_msg *msg, const amqp_message_t *am, amqp_bytes_t routing_key)
 {
 	const amqp_basic_properties_t *p = &am->properties;
 	int bad = 0;
 
+	memset(msg, 0, sizeof(*msg));
 	msg->routing_key = dup_bytes(routing_key);
 	msg->body = dup_bytes(am->body);
 	msg->body_len = am->body.len;
@@ -209,7 +208,7 @@ cqrs_broker_get(struct broker *b, const char *queue, struct broker_msg *msg, str
 		free(rk);
 		return rc;
 	}
-	rc = decode(msg, &am, amqp_cstring_bytes(rk));
+	rc = cqrs_broker_msg_decode(msg, &am, amqp_cstring_bytes(rk));
 	free(rk);
 	amqp_destroy_message(&am);
 	if (rc < 0)
@@ -277,7 +276,7 @@ cqrs_broker_next(struct broker *b, int timeout_ms, struct broker_msg *msg, struc
 	tv.tv_usec = (timeout_ms % 1000) * 1000;
 	r = amqp_consume_message(b->conn, &env, &tv, 0);
 	if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-		rc = decode(msg, &env.message, env.routing_key);
+		rc = cqrs_broker_msg_decode(msg, &env.message, env.routing_key);
 		msg->tag = env.delivery_tag;
 		msg->redelivered = env.redelivered;
 		amqp_destroy_envelope(&env);

@@ -1,6 +1,7 @@
 /*
  * broker_int.h - what broker.c (the connection), broker_publish.c and
- * broker_consume.c share. Not for use outside those three files.
+ * broker_consume.c share. Not for use outside those three files, except
+ * tests/fuzz/fuzz_message.c, which feeds cqrs_broker_msg_decode() any message.
  */
 #ifndef CQRS_BROKER_INT_H
 #define CQRS_BROKER_INT_H
@@ -81,5 +82,12 @@ int cqrs_broker_read_frame(struct broker *b, struct timeval *tv, const char *ste
 
 /* Records a basic.ack from the server (broker_publish.c). */
 int cqrs_broker_settle(struct broker *b, uint64_t tag, bool multiple, struct cqrs_err *err);
+
+/* Copies what we use of a received message (its properties, our headers,
+ * the first x-death entry, the body) into msg, every string NUL-terminated
+ * ("" when absent). 0, or CQRS_ENOMEM with msg cleared. No I/O: the message
+ * is what librabbitmq decoded from the wire. */
+int cqrs_broker_msg_decode(struct broker_msg *msg, const amqp_message_t *am,
+			   amqp_bytes_t routing_key) __attribute__((warn_unused_result));
 
 #endif

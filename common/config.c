@@ -294,25 +294,26 @@ on_pair(void *user, const char *section, const char *name, const char *value)
 	return 1;
 }
 
-/* Says what is wrong with the line libinih refused. */
+/* Says what is wrong with the line libinih refused. The text need not end
+ * in a NUL (cqrs_config_load_buffer()): every read is bounded by its end. */
 static int
 syntax_error(struct parse *ps, int line)
 {
-	const char *p = ps->text;
+	const char *p = ps->text, *end = ps->text + ps->len;
 
 	for (int i = 1; i < line && p != NULL; i++) {
-		p = memchr(p, '\n', ps->len - (size_t)(p - ps->text));
+		p = memchr(p, '\n', (size_t)(end - p));
 		if (p != NULL)
 			p++;
 	}
 	ps->lineno = line;
 	if (p != NULL) {
-		if (line == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+		if (line == 1 && end - p >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
 			p += 3;
-		while (*p == ' ' || *p == '\t')
+		while (p < end && (*p == ' ' || *p == '\t'))
 			p++;
 	}
-	if (p != NULL && *p == '[')
+	if (p != NULL && p < end && *p == '[')
 		return parse_fail(ps, CQRS_ECONFIG,
 				  "malformed section header (expected \"[name]\")");
 	return parse_fail(ps, CQRS_ECONFIG,
@@ -814,6 +815,17 @@ cqrs_config_load_string(const char *text, const char *name, struct config **out,
 		text = "";
 	return load(text, strnlen(text, CONFIG_FILE_MAX + 1), NULL,
 		    name != NULL ? name : "<string>", out, err);
+}
+
+int
+cqrs_config_load_buffer(const char *text, size_t len, const char *name, struct config **out,
+		   struct cqrs_err *err)
+{
+	if (text == NULL) {
+		text = "";
+		len = 0;
+	}
+	return load(text, len, NULL, name != NULL ? name : "<string>", out, err);
 }
 
 void

@@ -42,6 +42,7 @@
 #define CQRS_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cqrs/err.h"
@@ -62,6 +63,11 @@ int cqrs_config_load(const char *path, struct config **out, struct cqrs_err *err
 
 /* Same, from a string; name is used in messages in place of a file name. */
 int cqrs_config_load_string(const char *text, const char *name, struct config **out,
+		       struct cqrs_err *err) __attribute__((warn_unused_result));
+
+/* Same, from len bytes that need not end in a NUL (a NUL among them is an
+ * error, as in a file). */
+int cqrs_config_load_buffer(const char *text, size_t len, const char *name, struct config **out,
 		       struct cqrs_err *err) __attribute__((warn_unused_result));
 
 void cqrs_config_free(struct config *cfg);

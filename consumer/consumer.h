@@ -179,6 +179,21 @@ bool consumer_wants(const struct consumer *c, const char *routing_key);
 #define CONSUMER_KEY_MAX 512
 void consumer_routing_key(const struct cqrs_event *ev, char *buf, size_t size);
 
+/* ---- what a delivery says (run.c) -------------------------------------------------- */
+
+/* No I/O in these two: tests/fuzz/fuzz_message.c feeds them any message. */
+
+/* The event msg's body carries (owned by the caller: cqrs_event_free()), or
+ * NULL with the reason in why (at most size bytes) when the body is not a
+ * valid envelope: such a message is dead-lettered as it came. */
+struct cqrs_event *consumer_msg_event(const struct broker_msg *msg, char *why, size_t size);
+
+/* The message that dead-letters a delivery: its body as received, with the
+ * event's id, type, stream, version and position, or (ev NULL) the ones its
+ * properties and headers claimed. Borrows from msg and ev. */
+void consumer_dead_message(const struct broker_msg *msg, const struct cqrs_event *ev,
+			   struct broker_message *m);
+
 /* Sends WATCHDOG=1 when due, and runs a SIGHUP's reload (cqrs_daemon_tick()). */
 void consumer_watchdog(struct consumer *c);
 

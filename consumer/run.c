@@ -80,6 +80,37 @@ struct live {
 	bool busy_logged;
 };
 
+/* ---- what a delivery says -------------------------------------------------------- */
+
+struct cqrs_event *
+consumer_msg_event(const struct broker_msg *msg, char *why, size_t size)
+{
+	struct cqrs_event *ev = NULL;
+	struct cqrs_err err = { 0 };
+
+	if (size > 0)
+		why[0] = '\0';
+	if (cqrs_envelope_decode(msg->body, msg->body_len, &ev, &err) < 0) {
+		snprintf(why, size, "%.200s", err.msg);
+		return NULL;
+	}
+	return ev;
+}
+
+void
+consumer_dead_message(const struct broker_msg *msg, const struct cqrs_event *ev,
+		      struct broker_message *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->body = msg->body;
+	m->body_len = msg->body_len;
+	m->message_id = ev != NULL ? ev->id : msg->message_id;
+	m->type = ev != NULL ? ev->type : msg->type;
+	m->stream = ev != NULL ? ev->stream : msg->stream;
+	m->version = ev != NULL ? ev->version : msg->version;
+	m->position = ev != NULL ? ev->position : msg->position;
+}
+
 /* ---- hand -------------------------------------------------------------------------- */
 
 static void
@@ -97,7 +128,6 @@ static int
 hand_add(struct live *L, struct broker_msg *msg)
 {
 	struct delivery *d = calloc(1, sizeof(*d));
-	struct cqrs_err err = { 0 };
 
 	if (d != NULL && L->n_hand == L->cap_hand) {
 		size_t cap = L->cap_hand * 2 + 64;
@@ -116,10 +146,8 @@ hand_add(struct live *L, struct broker_msg *msg)
 		return -1;
 	}
 	cqrs_broker_msg_move(&d->msg, msg);
-	if (cqrs_envelope_decode(d->msg.body, d->msg.body_len, &d->ev, &err) < 0) {
-		d->ev = NULL;
-		snprintf(d->decode_err, sizeof(d->decode_err), "%.200s", err.msg);
-	} else if (cqrs_log_enabled(CQRS_LOG_DEBUG)) {
+	d->ev = consumer_msg_event(&d->msg, d->decode_err, sizeof(d->decode_err));
+	if (d->ev != NULL && cqrs_log_enabled(CQRS_LOG_DEBUG)) {
 		struct tm tm = { 0 };
 		struct timespec now;
 		const char *frac = strchr(d->ev->recorded_at, '.');
@@ -336,16 +364,9 @@ dead_letter(struct live *L, struct delivery *d, const char *reason)
 {
 	struct cqrs_err err = { 0 };
 	struct cqrs_log_ctx log;
-	struct broker_message m = {
-		.body = d->msg.body,
-		.body_len = d->msg.body_len,
-		.message_id = d->ev != NULL ? d->ev->id : d->msg.message_id,
-		.type = d->ev != NULL ? d->ev->type : d->msg.type,
-		.stream = d->ev != NULL ? d->ev->stream : d->msg.stream,
-		.version = d->ev != NULL ? d->ev->version : d->msg.version,
-		.position = d->ev != NULL ? d->ev->position : d->msg.position,
-	};
+	struct broker_message m;
 
+	consumer_dead_message(&d->msg, d->ev, &m);
 	if (publish_dead(L, &m, reason, &err) < 0)
 		return -1;
 	log_ctx_of(L, d, &log);

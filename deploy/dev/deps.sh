@@ -1,7 +1,10 @@
 #!/bin/sh
 # deps.sh - install the Debian packages needed to build and test cqrs.
 #
-# Usage: sh deploy/dev/deps.sh
+# Usage: sh deploy/dev/deps.sh [--fuzz]
+#
+# --fuzz adds clang and its libFuzzer runtime for `make fuzz` (large, so
+# `make check` does without them: it replays the fuzz seeds with gcc).
 #
 # Prints nothing and exits 0 when every package is already installed (it runs
 # at every `make check`, so this path is one dpkg-query call). As root it
@@ -14,6 +17,11 @@ set -eu
 
 PKGS="libpq-dev libevent-dev libjson-c-dev librabbitmq-dev check pkg-config
 postgresql rabbitmq-server libinih-dev libsystemd-dev systemd gcc make"
+case "${1:-}" in
+"") ;;
+--fuzz) PKGS="$PKGS clang libclang-rt-dev" ;;
+*) echo "usage: sh deploy/dev/deps.sh [--fuzz]" >&2; exit 2 ;;
+esac
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
 	echo "deps.sh: no dpkg-query (not Debian?); make sure the equivalents of these are installed:" >&2

@@ -769,6 +769,25 @@ START_TEST(nul_characters_are_refused_not_truncated)
 		ck_assert_msg(stream_count(cases[i].stream) == 0, "request %s wrote %s", cases[i].line,
 			      cases[i].stream);
 	}
+	/* raw NUL bytes after the object are not blanks (found by
+	 * tests/fuzz/fuzz_request.c): the request is refused, nothing written */
+	for (int n = 1; n <= 2; n++) {
+		const char *agg = daemon_fmt("nulraw%d", n);
+		const char *line = open_line(new_id(), agg);
+		size_t len = strlen(line);
+		char buf[512];
+		const char *a;
+
+		ck_assert(len + 4 < sizeof(buf));
+		memcpy(buf, line, len);
+		memcpy(buf + len, n == 1 ? "\0\n" : " \0 \r\n", n == 1 ? 2 : 5);
+		daemon_conn_write(c, buf, len + (n == 1 ? 2 : 5));
+		a = daemon_gc(daemon_conn_recv(c, DAEMON_RECV_TIMEOUT_MS));
+		ck_assert_msg(daemon_answer_error(a, "malformed") && strstr(a, "after the object"),
+			      "NUL after the object (%d): expected malformed, got %s", n,
+			      a ? a : "(closed)");
+		ck_assert_int_eq(stream_count(daemon_fmt("account-%s", agg)), 0);
+	}
 	/* the connection is still usable */
 	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), "nul6"))));
 	daemon_conn_close(c);

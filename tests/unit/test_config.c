@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -460,6 +461,59 @@ START_TEST(missing_file)
 }
 END_TEST
 
+/* cqrs_config_load_buffer() on len bytes put right before a page that may not
+ * be read: a read past the end is a crash, with or without a sanitizer. */
+static int
+load_guarded(const char *text, size_t len, struct config **cfg, struct cqrs_err *err)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int rc;
+
+	ck_assert(map != MAP_FAILED && len <= page);
+	ck_assert_int_eq(mprotect(map + page, page, PROT_NONE), 0);
+	memcpy(map + page - len, text, len);
+	rc = cqrs_config_load_buffer(map + page - len, len, "buf", cfg, err);
+	munmap(map, 2 * page);
+	return rc;
+}
+
+START_TEST(load_buffer_reads_only_its_bytes)
+{
+	static const struct {
+		const char *text;
+		const char *msg;	/* NULL: loads */
+	} cases[] = {
+		{ "", NULL },
+		{ "[a]\nk = v", NULL },
+		{ "\xEF\xBB\xBF[a]\nk = v", NULL },
+		/* found by tests/fuzz/fuzz_config.c: a refused last line that is
+		 * shorter than a BOM, or all blanks before its end */
+		{ "\xEF", "buf:1: expected \"key = value\"" },
+		{ "\xEF\xBB", "buf:1: expected \"key = value\"" },
+		{ "[a]\nk = v\n \t[b", "buf:3: malformed section" },
+		{ "[a]\nk = v\n \tjunk", "buf:3: expected \"key = value\"" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config *cfg = NULL;
+		struct cqrs_err err = { 0 };
+		int rc = load_guarded(cases[i].text, strlen(cases[i].text), &cfg, &err);
+
+		if (cases[i].msg == NULL) {
+			ck_assert_msg(rc == 0, "case %zu: %s", i, err.msg);
+			if (cases[i].text[0] != '\0')
+				ck_assert_str_eq(cqrs_config_get(cfg, "a", "k", NULL), "v");
+			cqrs_config_free(cfg);
+			continue;
+		}
+		ck_assert_msg(rc == CQRS_ECONFIG && cfg == NULL, "case %zu: rc %d", i, rc);
+		ck_assert_msg(strstr(err.msg, cases[i].msg) != NULL, "case %zu: \"%s\" should say \"%s\"",
+			      i, err.msg, cases[i].msg);
+	}
+}
+END_TEST
+
 START_TEST(syntax_errors_name_the_line)
 {
 	static const char no_equals[] = "[store]\nconninfo = x\n\nthis is not a pair\nk = v\n";
@@ -693,6 +747,7 @@ config_suite(void)
 	tcase_add_test(tc, load_string_and_null_path);
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, syntax_errors_name_the_line);
+	tcase_add_test(tc, load_buffer_reads_only_its_bytes);
 	tcase_add_test(tc, duplicate_key_names_both_lines);
 	tcase_add_test(tc, repeated_section_header_merges);
 	tcase_add_test(tc, size_limits);
