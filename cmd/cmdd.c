@@ -1,4 +1,5 @@
 /* cmdd.c - cqrs-cmdd's configuration, wiring and life (readiness, drain). */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,8 @@
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
 	"max_request_bytes", "idle_timeout", "shutdown_timeout", "store_timeout", "cache_size",
-	"snapshot_every", "max_retries", "max_pipeline", HTTPD_CONFIG_KEYS, NULL,
+	"snapshot_every", "max_retries", "max_pipeline", "client_budget", "memory_budget", "write_timeout",
+	HTTPD_CONFIG_KEYS, NULL,
 };
 
 static char *
@@ -80,6 +82,23 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
 		return rc;
 	out->max_pipeline = (int)v;
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "client_budget", 16 * 1024 * 1024, 64 * 1024,
+				      (int64_t)1 << 40, &out->client_budget, err)) < 0)
+		return rc;
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "memory_budget", 256 * 1024 * 1024, 64 * 1024,
+				      (int64_t)1 << 44, &out->memory_budget, err)) < 0)
+		return rc;
+	if ((rc = cqrs_config_get_ms(cfg, "cmd", "write_timeout", 60000, 100, 86400000,
+				     &out->write_timeout_ms, err)) < 0)
+		return rc;
+	/* a line of max_request_bytes must fit, with the read that ends it */
+	if (out->client_budget < 2 * out->max_request_bytes + CMDD_READ_CHUNK)
+		return cqrs_err_set(err, CQRS_ECONFIG, "[cmd] client_budget (%" PRId64 " bytes) must be "
+				    "at least twice max_request_bytes (%" PRId64 ") and 64 KiB",
+				    out->client_budget, out->max_request_bytes);
+	if (out->memory_budget < out->client_budget)
+		return cqrs_err_set(err, CQRS_ECONFIG, "[cmd] memory_budget (%" PRId64 " bytes) is below "
+				    "client_budget (%" PRId64 ")", out->memory_budget, out->client_budget);
 	if ((rc = cqrs_httpd_config_load(cfg, "cmd", &out->http, err)) < 0)
 		return rc;
 	if (out->socket_path == NULL || out->plugins == NULL)
@@ -167,6 +186,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	d->reg = reg;
 	d->log.comp = "cmdd";
 	TAILQ_INIT(&d->clients);
+	TAILQ_INIT(&d->budget_wait);
 	TAILQ_INIT(&d->lru);
 	TAILQ_INIT(&d->ready_jobs);
 	TAILQ_INIT(&d->live);

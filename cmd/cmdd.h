@@ -45,6 +45,9 @@ struct cmdd_config {
 	int snapshot_every;		/* 0: no snapshots */
 	int max_retries;		/* conflicts resolved by catch-up and re-run */
 	int max_pipeline;		/* requests in flight per connection */
+	int64_t client_budget;		/* bytes one client may hold */
+	int64_t memory_budget;		/* bytes all clients may hold past their floor */
+	int64_t write_timeout_ms;	/* a client that takes no answer bytes this long */
 	struct httpd_addr http;		/* /health and /metrics; http.len 0: none */
 };
 
@@ -52,6 +55,15 @@ struct cmdd_config {
 int cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 void cmdd_config_clear(struct cmdd_config *c);
+
+/* The most a client's socket is read at once. */
+#define CMDD_READ_CHUNK 65536
+/*
+ * Bytes a client may hold whatever the others hold (cmd.memory_budget counts
+ * only what clients hold past it): room for a few small commands, so that
+ * clients that fill the daemon's budget do not stall everybody else.
+ */
+#define CMDD_CLIENT_FLOOR (32 * 1024)
 
 struct job;
 struct client;
@@ -89,6 +101,8 @@ struct job {
 	struct job_queue waiters;	/* repeats of this command id */
 	TAILQ_ENTRY(job) waiter_link;
 	TAILQ_ENTRY(job) live_link;	/* in d->live until job_free() */
+	size_t held;			/* bytes counted for it (server_job_hold()) */
+	size_t append_held;		/* of held: the append's events, while prepared */
 	struct job *first;		/* when this is a repeat: the job it waits for */
 	uint64_t started_us;
 };
@@ -135,6 +149,15 @@ struct cmdd {
 	bool own_socket;		/* we bound it: unlink at exit */
 	struct client_list clients;
 	int n_clients;
+	/* byte budgets (server.c): what clients hold past CMDD_CLIENT_FLOOR,
+	 * what jobs of closed clients still hold; clients waiting for room */
+	size_t clients_over;
+	size_t detached;
+	size_t clients_held;		/* all that clients hold, for /metrics */
+	struct client_list budget_wait;
+	struct event *wake_ev;		/* runs budget_wait from the loop */
+	unsigned wake_gen;
+	bool waking;
 	struct hmap *aggs;		/* stream -> struct agg */
 	struct agg_list lru;		/* idle aggregates, oldest first */
 	int n_aggs;
@@ -166,6 +189,9 @@ void cmdd_begin_shutdown(struct cmdd *d);
 /* server.c */
 int server_listen(struct cmdd *d, struct cqrs_err *err) __attribute__((warn_unused_result));
 void server_close(struct cmdd *d);
+/* Counts delta more (or less) bytes held for job against its client's and
+ * the daemon's budgets. */
+void server_job_hold(struct job *job, long delta);
 /* A job's answer is ready: write what is next in order. */
 void server_job_done(struct job *job);
 /* Frees every client, answered or not (the end of cmdd_fini()). */

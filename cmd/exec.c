@@ -508,6 +508,17 @@ refuse(struct job *job, const char *code, const char *fmt, ...)
 
 /* ---- the append -------------------------------------------------------- */
 
+/* Frees the prepared append and what it was counted at. */
+static void
+append_clear(struct job *job)
+{
+	cqrs_store_append_req_clear(&job->append);
+	if (job->append_held > 0) {
+		server_job_hold(job, -(long)job->append_held);
+		job->append_held = 0;
+	}
+}
+
 static void
 append_done(void *arg, PGresult *res, PGconn *pg)
 {
@@ -518,7 +529,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 	int64_t before = a->version;
 	int rc;
 
-	cqrs_store_append_req_clear(&job->append);
+	append_clear(job);
 	if (res == NULL)
 		rc = cqrs_store_result_error(NULL, pg, "append", &err);
 	else
@@ -683,6 +694,16 @@ job_run(struct job *job)
 	rc = cqrs_store_append_prepare(&job->append, job->stream, a->version, in, job->ctx.n_events,
 				  job->req.id, job->req.command, &err);
 	free(in);
+	if (rc == 0) {
+		/* the events, as objects and as the text sent: counted as the
+		 * request is (server.c), until the append is answered */
+		size_t held = strlen(job->append.events_json) + 1;
+
+		for (size_t i = 0; i < job->ctx.n_events; i++)
+			held += proto_json_bytes(job->ctx.events[i].data);
+		job->append_held = held;
+		server_job_hold(job, (long)held);
+	}
 	if (rc < 0) {
 		cqrs_log_error(&job->log, "handler of %s raised a bad event: %s",
 			       job->req.command, err.msg);
@@ -691,7 +712,7 @@ job_run(struct job *job)
 	}
 	if (pool_query(d->pool, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, job->append.values,
 		       append_done, job) != 0) {
-		cqrs_store_append_req_clear(&job->append);
+		append_clear(job);
 		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
 	}
 }
@@ -807,7 +828,7 @@ job_finish(struct job *job, char *answer, const char *outcome)
 				      outcome);
 	}
 	cqrs_cmd_ctx_clear(&job->ctx);
-	cqrs_store_append_req_clear(&job->append);
+	append_clear(job);
 	if (job->in_map) {
 		cqrs_hmap_del(d->inflight, job->req.id);
 		job->in_map = false;
@@ -830,6 +851,8 @@ job_free(struct job *job)
 		return;
 	job->d->jobs_active--;
 	TAILQ_REMOVE(&job->d->live, job, live_link);
+	if (job->client == NULL)
+		job->d->detached -= job->held;	/* see job_detach() */
 	request_clear(&job->req);
 	json_object_put(job->event_meta);
 	cqrs_store_append_result_clear(&job->result);
@@ -857,7 +880,7 @@ exec_free_all(struct cmdd *d)
 			a->in_lru = true;
 		}
 		cqrs_cmd_ctx_clear(&job->ctx);
-		cqrs_store_append_req_clear(&job->append);
+		append_clear(job);
 		job_free(job);
 	}
 	exec_free_aggs(d);

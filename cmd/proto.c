@@ -57,6 +57,141 @@ request_clear(struct request *req)
 	memset(req, 0, sizeof(*req));
 }
 
+/*
+ * What malloc hands out for n bytes (glibc: an 8-byte header, 16-byte steps,
+ * 32 at least), so that many small objects are not counted at half their cost.
+ */
+static size_t
+alloc_cost(size_t n)
+{
+	size_t c = (n + 8 + 15) & ~(size_t)15;
+
+	if (c >= 128 * 1024)	/* M_MMAP_THRESHOLD: whole pages of their own */
+		return (n + 16 + 4095) & ~(size_t)4095;
+	return c < 32 ? 32 : c;
+}
+
+/*
+ * The heap a parsed JSON value holds, from json-c 0.15+'s layout: a 40-byte
+ * header per value and its own part per type (a string's bytes inline, 9 at
+ * least; a number the parser saw as a double keeps its text too); an
+ * object's hash table (56 bytes and 40 per slot) and a copy of each key; an
+ * array's list (32 bytes and 8 per slot). Slot counts are read from the
+ * value itself. The parser limits depth to 32 (json_tokener_new), so the
+ * recursion is bounded. tests/unit/test_cmdd_budget.c holds it against the
+ * allocator's own count.
+ */
+static size_t
+json_held(struct json_object *v)
+{
+	size_t n = 0;
+
+	switch (json_object_get_type(v)) {
+	case json_type_null:
+		return 0;	/* a NULL pointer */
+	case json_type_boolean:
+		return alloc_cost(48);
+	case json_type_double: {
+		const char *text = json_object_get_userdata(v);
+
+		return alloc_cost(48) + (text != NULL ? alloc_cost(strlen(text) + 1) : 0);
+	}
+	case json_type_int:
+		return alloc_cost(56);
+	case json_type_string: {
+		size_t len = (size_t)json_object_get_string_len(v);
+
+		return alloc_cost(48 + (len < 8 ? 9 : len + 1));
+	}
+	case json_type_object: {
+		struct lh_table *t = json_object_get_object(v);
+
+		n = alloc_cost(48) + alloc_cost(56) + alloc_cost((size_t)t->size * 40);
+		json_object_object_foreach(v, key, val) {
+			n += alloc_cost(strlen(key) + 1);
+			n += json_held(val);
+		}
+		return n;
+	}
+	case json_type_array: {
+		struct array_list *a = json_object_get_array(v);
+
+		n = alloc_cost(48) + alloc_cost(32) + alloc_cost(a->size * sizeof(void *));
+		for (size_t i = 0; i < a->length; i++)
+			n += json_held(a->array[i]);
+		return n;
+	}
+	}
+	return n;
+}
+
+/*
+ * Upper bounds, per piece of text, of what json_held() counts for it: an
+ * object with its 16-slot table 784; an array 112, and 16 per element for
+ * the slots it grows through; a key 176 (its copy, and table slots when the
+ * table doubles past two thirds full); a value 128 (the largest header, a
+ * double's copy of its text). Text bytes (strings, keys, numbers) count
+ * once more, for the copies the parser keeps.
+ */
+size_t
+proto_cost_bound(const char *line, size_t len)
+{
+	size_t objects = 0, arrays = 0, keys = 0, commas = 0;
+	bool in_string = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = line[i];
+
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+			continue;
+		}
+		switch (c) {
+		case '"':
+			in_string = true;
+			break;
+		case '{':
+			objects++;
+			break;
+		case '[':
+			arrays++;
+			break;
+		case ':':
+			keys++;
+			break;
+		case ',':
+			commas++;
+			break;
+		default:
+			break;
+		}
+	}
+	/* values: one per comma, the first of each container, the root */
+	return 784 * objects + 112 * arrays + 176 * keys + (128 + 16) * (commas + objects + arrays + 1) +
+	       2 * len;
+}
+
+size_t
+proto_json_bytes(struct json_object *v)
+{
+	return json_held(v);
+}
+
+size_t
+proto_request_bytes(const struct request *req)
+{
+	size_t n = 0;
+
+	if (req->root != NULL)
+		n += json_held(req->root);
+	if (req->echo_id != NULL)
+		n += alloc_cost(strlen(req->echo_id) + 1);
+	return n;
+}
+
 /* json-c keeps "\u0000" inside strings; C strings would stop there. */
 static bool
 has_nul(struct json_object *v)

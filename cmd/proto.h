@@ -48,6 +48,18 @@ struct request {
 int proto_parse(const char *line, size_t len, struct request *req, const char **code,
 		char *msg, size_t msgsize, bool *close);
 void request_clear(struct request *req);
+/* The heap bytes a parsed request holds (json-c's values included), for the
+ * byte budgets; close to what malloc counts, never far below. */
+size_t proto_request_bytes(const struct request *req);
+/* The same for one JSON value. */
+size_t proto_json_bytes(struct json_object *v);
+/*
+ * The most parsing line could hold, from its text alone (containers, keys
+ * and values counted at their largest): what the budgets reserve before
+ * parsing, so that a short line holding a hundred times its size (json-c
+ * gives each object a hash table) is never parsed past a budget.
+ */
+size_t proto_cost_bound(const char *line, size_t len);
 
 /* The id an answer carries: the request's id as sent (or the one made for
  * it). For a request that failed to parse, NULL when it had no id. */

@@ -20,9 +20,7 @@
 #include "cmdd.h"
 #include "sdnotify.h"
 
-/* Stop reading a client whose unread answers pile up past this. */
-#define OUTPUT_HIGH_WATER (4 * 1024 * 1024)
-#define READ_CHUNK 65536
+#define READ_CHUNK CMDD_READ_CHUNK
 
 /*
  * A client's socket is driven directly (read/write on the fd, one persistent
@@ -42,16 +40,143 @@ struct client {
 	bool closing;			/* no more requests: close once answered */
 	bool shut_rd;			/* closing: reading stopped for good */
 	bool in_read;			/* client_read is on the stack */
-	bool paused;			/* reading stopped: pipeline full or answers unread */
+	bool paused;			/* reading stopped (client_update()) */
 	bool eof;			/* the peer shut its side */
 	unsigned long no;
 	struct cqrs_log_ctx log;
+	struct event *ev_idle;		/* the idle timeout while reading is paused */
+	/* byte budgets: c->held = jobs_bytes + what in and out buffer */
+	size_t jobs_bytes;		/* its jobs' requests, events and answers */
+	size_t held;
+	size_t need;			/* a whole line waits for this much room */
+	bool budget_waiting;		/* in d->budget_wait: the daemon's budget is spent */
+	TAILQ_ENTRY(client) budget_link;
+	unsigned wake_gen;
 };
 
 static unsigned long client_counter;
 
 static void client_process(struct client *c);
 static void client_flush(struct client *c);
+static void client_update(struct client *c);
+
+/* ---- byte budgets -------------------------------------------------------
+ *
+ * Every byte a client makes the daemon hold is counted against it: the
+ * unparsed input, each queued job (the struct, its parsed request at what
+ * json-c really holds, its events while an append is prepared, its answer)
+ * and the answers not yet sent. A client may hold cmd.client_budget; all
+ * clients together cmd.memory_budget, counting only what each holds past
+ * CMDD_CLIENT_FLOOR, so that a few small commands always fit. Past a budget
+ * the client is not read any more (backpressure); nothing is buffered
+ * beyond it. Jobs of a client that went away still count until they end.
+ */
+
+static size_t
+over_floor(size_t held)
+{
+	return held > CMDD_CLIENT_FLOOR ? held - CMDD_CLIENT_FLOOR : 0;
+}
+
+/* Room the daemon's budget leaves, past the clients' floors. */
+static size_t
+daemon_room(const struct cmdd *d)
+{
+	size_t over = d->clients_over + d->detached;
+
+	return over < (size_t)d->cfg.memory_budget ? (size_t)d->cfg.memory_budget - over : 0;
+}
+
+/*
+ * The bytes c may still take in: up to its floor whatever the others hold,
+ * past it what both budgets leave. own_too false: its own budget left out
+ * (a client that holds nothing but its input must be able to take the next
+ * request that fits the budget at all).
+ */
+static size_t
+client_room(const struct client *c, bool own_too)
+{
+	const struct cmdd *d = c->d;
+	size_t floor = CMDD_CLIENT_FLOOR > c->held ? CMDD_CLIENT_FLOOR - c->held : 0;
+	size_t room = floor + daemon_room(d);
+
+	if (own_too) {
+		size_t own = (size_t)d->cfg.client_budget > c->held ?
+			     (size_t)d->cfg.client_budget - c->held : 0;
+		if (own < room)
+			room = own;
+	}
+	return room > floor ? room : floor;
+}
+
+static void
+budget_wake_later(struct cmdd *d)
+{
+	if (!TAILQ_EMPTY(&d->budget_wait) && d->wake_ev != NULL && daemon_room(d) > 0)
+		event_active(d->wake_ev, 0, 0);
+}
+
+/* Brings c->held and the daemon's sums up to date. */
+static void
+client_account(struct client *c)
+{
+	struct cmdd *d = c->d;
+	size_t held = c->jobs_bytes + evbuffer_get_length(c->in) + evbuffer_get_length(c->out);
+
+	d->clients_over = d->clients_over - over_floor(c->held) + over_floor(held);
+	d->clients_held = d->clients_held - c->held + held;
+	if (held < c->held)
+		budget_wake_later(d);
+	c->held = held;
+}
+
+void
+server_job_hold(struct job *job, long delta)
+{
+	struct cmdd *d = job->d;
+
+	job->held = (size_t)((long)job->held + delta);
+	if (job->client != NULL) {
+		job->client->jobs_bytes = (size_t)((long)job->client->jobs_bytes + delta);
+		client_account(job->client);
+	} else {
+		d->detached = (size_t)((long)d->detached + delta);
+		if (delta < 0)
+			budget_wake_later(d);
+	}
+}
+
+/* The job stays, its client goes (or has its answer): it counts apart. */
+static void
+job_detach(struct client *c, struct job *j)
+{
+	c->jobs_bytes -= j->held;
+	c->d->detached += j->held;
+	j->client = NULL;
+}
+
+/*
+ * Runs from the loop (never from inside another client's work): gives the
+ * clients waiting for the daemon's budget their turn, oldest first, each
+ * once, while room is left.
+ */
+static void
+budget_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct cmdd *d = arg;
+	unsigned gen = ++d->wake_gen;
+	struct client *c;
+
+	(void)fd;
+	(void)what;
+	while ((c = TAILQ_FIRST(&d->budget_wait)) != NULL && c->wake_gen != gen &&
+	       daemon_room(d) > 0) {
+		c->wake_gen = gen;
+		TAILQ_REMOVE(&d->budget_wait, c, budget_link);
+		TAILQ_INSERT_TAIL(&d->budget_wait, c, budget_link);
+		client_update(c);	/* may free c, or queue it again */
+	}
+}
 
 static void
 client_free(struct client *c)
@@ -61,19 +186,24 @@ client_free(struct client *c)
 	while (!TAILQ_EMPTY(&c->jobs)) {
 		struct job *j = TAILQ_FIRST(&c->jobs);
 		TAILQ_REMOVE(&c->jobs, j, client_link);
-		if (j->done) {
+		/* a running one finishes on its own; its answer has nowhere to go */
+		job_detach(c, j);
+		if (j->done)
 			job_free(j);
-		} else {
-			/* it finishes on its own; the answer has nowhere to go */
-			j->client = NULL;
-		}
 	}
+	if (c->budget_waiting)
+		TAILQ_REMOVE(&d->budget_wait, c, budget_link);
+	d->clients_over -= over_floor(c->held);
+	d->clients_held -= c->held;
+	budget_wake_later(d);
 	TAILQ_REMOVE(&d->clients, c, link);
 	d->n_clients--;
 	if (c->ev_read != NULL)
 		event_free(c->ev_read);
 	if (c->ev_write != NULL)
 		event_free(c->ev_write);
+	if (c->ev_idle != NULL)
+		event_free(c->ev_idle);
 	evbuffer_free(c->in);
 	evbuffer_free(c->out);
 	close(c->fd);
@@ -89,17 +219,25 @@ idle_timeval(const struct cmdd *d)
 	return tv;
 }
 
+static struct timeval
+ms_timeval(int64_t ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	return tv;
+}
+
 /*
- * Waits for the socket to take more of out. A closing client that does not
- * read its last answers within the idle timeout is dropped: nothing else
- * would ever end its connection.
+ * Waits for the socket to take more of out. A client that takes no byte of
+ * its answers for cmd.write_timeout is dropped: its answers would stay held
+ * for ever, and its budget with them.
  */
 static void
 client_wait_writable(struct client *c)
 {
-	struct timeval tv = idle_timeval(c->d);
+	struct timeval tv = ms_timeval(c->d->cfg.write_timeout_ms);
 
-	event_add(c->ev_write, c->shut_rd ? &tv : NULL);
+	event_add(c->ev_write, &tv);
 }
 
 /*
@@ -117,7 +255,9 @@ client_stop_reading(struct client *c)
 	if (!c->paused)
 		event_del(c->ev_read);
 	c->paused = true;
+	event_del(c->ev_idle);
 	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	client_account(c);
 	if (shutdown(c->fd, SHUT_RD) != 0)
 		cqrs_log_debug(&c->log, "client %lu: shutdown: %s", c->no, strerror(errno));
 }
@@ -129,19 +269,18 @@ client_send(struct client *c)
 	while (evbuffer_get_length(c->out) > 0) {
 		int n = evbuffer_write(c->out, c->fd);
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-				client_wait_writable(c);
-				return 0;
-			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				break;
 			cqrs_log_debug(&c->log, "client %lu: write: %s", c->no, strerror(errno));
 			client_free(c);
 			return -1;
 		}
-		if (n == 0) {
-			client_wait_writable(c);
-			return 0;
-		}
+		if (n == 0)
+			break;
 	}
+	if (evbuffer_get_length(c->out) > 0)
+		client_wait_writable(c);	/* the deadline restarts with each byte taken */
+	client_account(c);
 	return 0;
 }
 
@@ -152,7 +291,9 @@ client_writable(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	if (what & EV_TIMEOUT) {
-		cqrs_log_info(&c->log, "client %lu does not read its last answers: closing", c->no);
+		cqrs_log_info(&c->log, "client %lu took no answer bytes for cmd.write_timeout "
+			      "(%.1f s), %zu bytes unsent: closing", c->no,
+			      (double)c->d->cfg.write_timeout_ms / 1000, evbuffer_get_length(c->out));
 		client_free(c);
 		return;
 	}
@@ -173,6 +314,7 @@ client_flush(struct client *c)
 		TAILQ_REMOVE(&c->jobs, j, client_link);
 		c->n_jobs--;
 		evbuffer_add(c->out, j->answer, strlen(j->answer));
+		job_detach(c, j);
 		job_free(j);
 	}
 	if (c->in_read)
@@ -182,21 +324,91 @@ client_flush(struct client *c)
 	if (c->closing || c->eof || c->d->stopping) {
 		if (TAILQ_EMPTY(&c->jobs) && evbuffer_get_length(c->out) == 0)
 			client_free(c);
+		else
+			client_update(c);
 		return;
 	}
-	if (evbuffer_get_length(c->out) > OUTPUT_HIGH_WATER) {
-		if (!c->paused)
+	client_update(c);
+}
+
+enum stall { STALL_NONE, STALL_ENDING, STALL_PIPELINE, STALL_OWN, STALL_DAEMON };
+
+/* What keeps c from reading (or from taking its next whole line) now. */
+static enum stall
+client_stall(const struct client *c)
+{
+	size_t need = c->need > 0 ? c->need : 1;
+	bool own_too = c->need == 0 || c->n_jobs > 0 || evbuffer_get_length(c->out) > 0;
+
+	if (c->closing || c->eof || c->d->stopping)
+		return STALL_ENDING;
+	if (c->n_jobs >= c->d->cfg.max_pipeline)
+		return STALL_PIPELINE;
+	if (need <= client_room(c, own_too))
+		return STALL_NONE;
+	return need <= client_room(c, false) && own_too ? STALL_OWN : STALL_DAEMON;
+}
+
+/*
+ * Reads c, or stops reading it, as its state asks. A paused client still has
+ * its idle timeout (ev_idle); one stopped by the daemon's budget waits in
+ * d->budget_wait for budget_wake(). May free c (through client_process()).
+ */
+static void
+client_update(struct client *c)
+{
+	struct cmdd *d = c->d;
+	enum stall s = client_stall(c);
+	bool resumed = false;
+
+	if (s == STALL_DAEMON && !c->budget_waiting) {
+		TAILQ_INSERT_TAIL(&d->budget_wait, c, budget_link);
+		c->budget_waiting = true;
+	} else if (s != STALL_DAEMON && c->budget_waiting) {
+		TAILQ_REMOVE(&d->budget_wait, c, budget_link);
+		c->budget_waiting = false;
+	}
+	if (s != STALL_NONE) {
+		if (!c->paused) {
+			struct timeval tv = idle_timeval(d);
+
 			event_del(c->ev_read);
-		c->paused = true;
-	} else if (c->paused && c->n_jobs < c->d->cfg.max_pipeline) {
-		struct timeval tv = idle_timeval(c->d);
+			c->paused = true;
+			if (s != STALL_ENDING)
+				event_add(c->ev_idle, &tv);
+		}
+		return;
+	}
+	if (c->paused) {
+		struct timeval tv = idle_timeval(d);
 
 		c->paused = false;
+		event_del(c->ev_idle);
 		event_add(c->ev_read, &tv);
-		/* complete lines may be waiting in the input buffer */
-		if (evbuffer_get_length(c->in) > 0)
-			client_process(c);
+		resumed = true;
 	}
+	/* whole lines may be waiting in the input buffer */
+	if (!c->in_read && (resumed || c->need > 0) && evbuffer_get_length(c->in) > 0)
+		client_process(c);
+}
+
+/* The idle timeout of a client whose reading is paused. */
+static void
+client_idle(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	struct timeval tv = idle_timeval(c->d);
+
+	(void)fd;
+	(void)what;
+	if (c->n_jobs > 0 || evbuffer_get_length(c->out) > 0) {
+		event_add(c->ev_idle, &tv);	/* busy, not idle */
+		return;
+	}
+	cqrs_log_info(&c->log, "client %lu idle for cmd.idle_timeout with %zu bytes of an "
+		      "unfinished request while the daemon had no room: closing", c->no,
+		      evbuffer_get_length(c->in));
+	client_free(c);
 }
 
 void
@@ -208,6 +420,7 @@ server_job_done(struct job *job)
 		job_free(job);
 		return;
 	}
+	server_job_hold(job, (long)strlen(job->answer) + 1);
 	if (job == TAILQ_FIRST(&c->jobs))
 		client_flush(c);
 }
@@ -226,6 +439,8 @@ job_new(struct client *c)
 	j->log.comp = "cmdd";
 	TAILQ_INSERT_TAIL(&c->jobs, j, client_link);
 	c->n_jobs++;
+	j->held = sizeof(*j);
+	c->jobs_bytes += j->held;
 	c->d->stats.requests++;
 	c->d->jobs_active++;
 	return j;
@@ -251,13 +466,16 @@ handle_line(struct client *c, const char *line, size_t len)
 	const char *code;
 	char msg[CQRS_ERR_MSG_MAX];
 	bool close_after;
+	int rc;
 
 	j = job_new(c);
 	if (j == NULL) {
 		c->closing = true;
 		return;
 	}
-	if (proto_parse(line, len, &j->req, &code, msg, sizeof(msg), &close_after) < 0) {
+	rc = proto_parse(line, len, &j->req, &code, msg, sizeof(msg), &close_after);
+	server_job_hold(j, (long)proto_request_bytes(&j->req));
+	if (rc < 0) {
 		const char *id = j->req.echo_id ? j->req.echo_id : j->req.id_given ? j->req.id : NULL;
 		if (close_after)
 			c->closing = true;
@@ -274,14 +492,17 @@ static void
 client_process(struct client *c)
 {
 	size_t max = (size_t)c->d->cfg.max_request_bytes;
+	size_t budget = (size_t)c->d->cfg.client_budget;
 
 	if (c->in_read)
 		return;
 	c->in_read = true;
+	c->need = 0;
 	while (!c->closing && !c->d->stopping && c->n_jobs < c->d->cfg.max_pipeline) {
 		struct evbuffer_ptr eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
 		size_t avail = evbuffer_get_length(c->in);
-		size_t len;
+		size_t len, cost, net;
+		bool own_too;
 		char *line;
 
 		if (eol.pos < 0) {
@@ -301,20 +522,39 @@ client_process(struct client *c)
 			break;
 		}
 		line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)len + 1);
+		/* what parsing it may hold, at most, before it is parsed: json-c
+		 * can hold a hundred times the text ({"a":{}} ...) */
+		cost = sizeof(struct job) + proto_cost_bound(line, len);
+		if (cost > budget) {
+			char msg[160];
+
+			snprintf(msg, sizeof(msg), "request could hold up to %zu bytes once parsed, "
+				 "over cmd.client_budget (%zu)", cost, budget);
+			c->closing = true;
+			early_answer(c, NULL, PROTO_TOO_LARGE, msg);
+			evbuffer_drain(c->in, avail);
+			break;
+		}
+		/* its text leaves the input buffer as the job takes it */
+		net = cost > len + 1 ? cost - (len + 1) : 1;
+		own_too = c->n_jobs > 0 || evbuffer_get_length(c->out) > 0;
+		if (net > client_room(c, own_too)) {
+			c->need = net;	/* client_update() waits for room */
+			break;
+		}
 		if (len > 0 && line[len - 1] == '\r')
 			len--;
 		if (len > 0)
 			handle_line(c, line, len);	/* nothing drains c->in meanwhile */
 		evbuffer_drain(c->in, (size_t)eol.pos + 1);
+		client_account(c);
 	}
 	c->in_read = false;
+	client_account(c);
 	if (c->closing)
 		client_stop_reading(c);
-	if (!c->paused && !c->closing && c->n_jobs >= c->d->cfg.max_pipeline) {
-		c->paused = true;
-		event_del(c->ev_read);
-	}
-	/* answers that finished while reading; may also free the client */
+	/* answers that finished while reading; may also free the client;
+	 * pauses reading when the pipeline or a budget is full */
 	client_flush(c);
 }
 
@@ -323,6 +563,7 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
 	char buf[READ_CHUNK];
+	size_t room;
 	ssize_t n;
 
 	if (what & EV_TIMEOUT) {
@@ -332,9 +573,15 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 		client_free(c);
 		return;
 	}
-	if (c->shut_rd)
+	if (c->shut_rd || c->paused)
 		return;		/* an event already on its way */
-	n = read(fd, buf, sizeof(buf));
+	/* never more than the budgets leave: the input buffer counts too */
+	room = client_room(c, true);
+	if (room == 0) {
+		client_update(c);
+		return;
+	}
+	n = read(fd, buf, room < sizeof(buf) ? room : sizeof(buf));
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 			return;
@@ -348,6 +595,7 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 			cqrs_log_info(&c->log, "client %lu vanished mid-request", c->no);
 		c->eof = true;
 		event_del(c->ev_read);
+		event_del(c->ev_idle);
 		c->paused = true;
 		client_flush(c);
 		return;
@@ -399,9 +647,11 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->out = evbuffer_new();
 	c->ev_read = event_new(d->base, fd, EV_READ | EV_PERSIST, client_readable, c);
 	c->ev_write = event_new(d->base, fd, EV_WRITE, client_writable, c);
+	c->ev_idle = evtimer_new(d->base, client_idle, c);
 	TAILQ_INSERT_TAIL(&d->clients, c, link);
 	d->n_clients++;
-	if (c->in == NULL || c->out == NULL || c->ev_read == NULL || c->ev_write == NULL) {
+	if (c->in == NULL || c->out == NULL || c->ev_read == NULL || c->ev_write == NULL ||
+	    c->ev_idle == NULL) {
 		client_free(c);
 		return;
 	}
@@ -500,6 +750,10 @@ server_listen(struct cmdd *d, struct cqrs_err *err)
 		cqrs_log_info(&d->log, "listening on %s", d->cfg.socket_path);
 	}
 	evutil_make_socket_nonblocking(fd);
+	if ((d->wake_ev = event_new(d->base, -1, 0, budget_wake, d)) == NULL) {
+		close(fd);
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	}
 	d->listener = evconnlistener_new(d->base, accept_cb, d,
 					 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
 	if (d->listener == NULL) {
@@ -526,6 +780,9 @@ server_free_clients(struct cmdd *d)
 {
 	while (!TAILQ_EMPTY(&d->clients))
 		client_free(TAILQ_FIRST(&d->clients));
+	if (d->wake_ev != NULL)
+		event_free(d->wake_ev);
+	d->wake_ev = NULL;
 }
 
 void

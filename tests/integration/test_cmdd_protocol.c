@@ -1176,6 +1176,9 @@ START_TEST(long_queue_on_one_aggregate_runs_without_recursion)
 	conninfo = daemon_gc(fixture_db_new(true));
 	d = daemon_new_cmdd(conninfo, "bank");
 	daemon_set(d, "cmd", "max_pipeline", "65536");
+	/* some 4 KiB held per queued deposit: room for all of them */
+	daemon_set(d, "cmd", "client_budget", "1G");
+	daemon_set(d, "cmd", "memory_budget", "1G");
 	daemon_set(d, "cmd", "http", "127.0.0.1:0");
 	/* the daemon inherits the limit; this test's own stack is far smaller */
 	ck_assert_int_eq(getrlimit(RLIMIT_STACK, &old), 0);
