@@ -133,8 +133,10 @@ $(B)/obj/examples/%.o $(B)/obj/tests/plugins/%.o: ALL_CFLAGS += -fvisibility=hid
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 INTEG_TESTS := $(patsubst tests/integration/%.c,$(B)/tests/integration/%,$(wildcard tests/integration/test_*.c))
 E2E_TESTS := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
+# servers frozen, clients hostile: real servers, run after the integration suites
+FAULT_TESTS := $(patsubst tests/faults/%.c,$(B)/tests/faults/%,$(wildcard tests/faults/test_*.c))
 FIXTURE_OBJS := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/lib/*.c))
-TEST_BINS := $(UNIT_TESTS) $(INTEG_TESTS) $(E2E_TESTS)
+TEST_BINS := $(UNIT_TESTS) $(INTEG_TESTS) $(FAULT_TESTS) $(E2E_TESTS)
 
 $(B)/obj/tests/%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests/lib -DCQRS_SRCDIR='"$(CURDIR)"' -DCQRS_BUILDDIR='"$(CURDIR)/$(B)"'
 
@@ -213,7 +215,7 @@ check: deps
 	@$(MAKE) --no-print-directory test
 
 test: tests
-	@B=$(B) sh tests/run.sh $(UNIT_TESTS) $(FUZZ_REPLAY) -- $(INTEG_TESTS) -- $(E2E_TESTS)
+	@B=$(B) sh tests/run.sh $(UNIT_TESTS) $(FUZZ_REPLAY) -- $(INTEG_TESTS) $(FAULT_TESTS) -- $(E2E_TESTS)
 
 unit: tests
 	@B=$(B) sh tests/run.sh $(UNIT_TESTS) $(FUZZ_REPLAY)
