@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
+
 #include "../../cmd/proto.h"
+#include "store.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -186,6 +189,45 @@ START_TEST(small_text_can_hold_much_more)
 }
 END_TEST
 
+/*
+ * Preparing an append leaves nothing on the caller's objects: json-c keeps
+ * the text of json_object_to_json_string() in the object asked, for its
+ * life, and cqrs-cmdd keeps a command's metadata object until its answer is
+ * sent (one copy of the metadata per command, outside the byte budgets).
+ */
+START_TEST(append_prepare_keeps_no_text_on_the_events)
+{
+	const size_t pad = 256 * 1024;
+	char *text = malloc(pad + 1);
+	struct json_object *data, *meta;
+	struct store_event_in ev = { .type = "Padded" };
+	struct store_append_req req;
+	struct cqrs_err err = { 0 };
+	size_t before, after;
+
+	ck_assert_ptr_nonnull(text);
+	memset(text, 'x', pad);
+	text[pad] = '\0';
+	data = json_object_new_object();
+	json_object_object_add(data, "amount", json_object_new_int(1));
+	meta = json_object_new_object();
+	json_object_object_add(meta, "pad", json_object_new_string(text));
+	free(text);
+	ev.data_obj = data;
+	ev.metadata_obj = meta;
+	before = heap_in_use();
+	ck_assert_msg(cqrs_store_append_prepare(&req, "account-1", STORE_ANY, &ev, 1, NULL, NULL,
+						&err) == 0, "%s", err.msg);
+	ck_assert_uint_gt(strlen(req.events_json), pad);
+	cqrs_store_append_req_clear(&req);
+	after = heap_in_use();
+	ck_assert_msg(after < before + SLACK, "the objects hold %zu bytes more after the append "
+		      "was prepared and cleared", after - before);
+	json_object_put(data);
+	json_object_put(meta);
+}
+END_TEST
+
 static Suite *
 budget_suite(void)
 {
@@ -195,6 +237,7 @@ budget_suite(void)
 	tcase_add_loop_test(tc, request_counted_at_what_it_holds, 0,
 			    (int)(sizeof(shapes) / sizeof(shapes[0])));
 	tcase_add_test(tc, small_text_can_hold_much_more);
+	tcase_add_test(tc, append_prepare_keeps_no_text_on_the_events);
 	suite_add_tcase(s, tc);
 	return s;
 }
