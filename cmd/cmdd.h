@@ -107,6 +107,14 @@ struct job {
 	uint64_t started_us;
 };
 
+/*
+ * What a job is counted at before its request (server.c): the struct, and
+ * the entries it may add to the daemon's maps, at their largest: a new
+ * aggregate (struct agg, its stream's copy and map entry, some 650 bytes as
+ * malloc hands them out) and its command id in d->inflight (some 100).
+ */
+#define CMDD_JOB_BYTES (sizeof(struct job) + 1024)
+
 enum agg_status { AGG_EMPTY, AGG_LOADED, AGG_STALE };
 
 /* An aggregate in memory: its state and the commands queued on it. */
@@ -154,6 +162,8 @@ struct cmdd {
 	size_t clients_over;
 	size_t detached;
 	size_t clients_held;		/* all that clients hold, for /metrics */
+	int clients_paused;		/* reading stopped by a budget or the pipeline */
+	int budget_waiting;		/* clients in budget_wait */
 	struct client_list budget_wait;
 	struct event *wake_ev;		/* runs budget_wait from the loop */
 	unsigned wake_gen;

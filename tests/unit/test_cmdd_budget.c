@@ -228,6 +228,54 @@ START_TEST(append_prepare_keeps_no_text_on_the_events)
 }
 END_TEST
 
+/*
+ * A command's metadata object (cmd/exec.c, build_event_meta()): the
+ * request's keys and values, and three of its own. What it is counted at is
+ * what it adds to the heap, the values it shares with the request left out.
+ */
+START_TEST(metadata_copy_counted_at_what_it_adds)
+{
+	size_t room = 64 * 1024, n = 0;
+	char *line = malloc(room + 256);
+	struct request req = { 0 };
+	struct json_object *m;
+	const char *code = NULL;
+	char msg[256];
+	bool close_after = false;
+	size_t before, after, counted;
+
+	ck_assert_ptr_nonnull(line);
+	n += (size_t)sprintf(line, "{\"command\":\"account.deposit\",\"aggregate_id\":\"a1\","
+			     "\"data\":{\"amount\":1},\"metadata\":{");
+	for (int i = 0; n + 64 < room; i++)
+		n += (size_t)sprintf(line + n, "%s\"key%d\":\"value %d\"", i ? "," : "", i, i);
+	sprintf(line + n, "}}");
+	ck_assert_int_eq(proto_parse(line, strlen(line), &req, &code, msg, sizeof(msg),
+				     &close_after), 0);
+	before = heap_in_use();
+	m = json_object_new_object();
+	json_object_object_foreach(req.metadata, k, v)
+		json_object_object_add(m, k, json_object_get(v));
+	json_object_object_add(m, "correlation_id",
+			       json_object_new_string("0190a9f4-0000-7000-8000-000000000001"));
+	json_object_object_add(m, "causation_id",
+			       json_object_new_string("0190a9f4-0000-7000-8000-000000000001"));
+	json_object_object_add(m, "command", json_object_new_string("account.deposit"));
+	after = heap_in_use();
+	counted = proto_json_object_bytes(m, req.metadata);
+	fprintf(stderr, "metadata copy: heap +%zu, counted %zu\n", after - before, counted);
+	ck_assert_msg(counted + SLACK >= after - before, "counted %zu, the heap grew by %zu",
+		      counted, after - before);
+	ck_assert_msg(counted <= (after - before) * 2, "counted %zu, the heap grew by %zu only",
+		      counted, after - before);
+	/* the shared values are the request's: counted there, not twice */
+	ck_assert_uint_lt(counted, proto_request_bytes(&req));
+	json_object_put(m);
+	request_clear(&req);
+	free(line);
+}
+END_TEST
+
 static Suite *
 budget_suite(void)
 {
@@ -238,6 +286,7 @@ budget_suite(void)
 			    (int)(sizeof(shapes) / sizeof(shapes[0])));
 	tcase_add_test(tc, small_text_can_hold_much_more);
 	tcase_add_test(tc, append_prepare_keeps_no_text_on_the_events);
+	tcase_add_test(tc, metadata_copy_counted_at_what_it_adds);
 	suite_add_tcase(s, tc);
 	return s;
 }
