@@ -116,6 +116,68 @@ cmdd_config_clear(struct cmdd_config *c)
 	memset(c, 0, sizeof(*c));
 }
 
+/*
+ * libpq's output buffer: 16 KiB, doubled until a message fits, never shrunk
+ * (fe-misc.c, pqCheckOutBufferSpace()).
+ */
+static size_t
+libpq_out_buffer(size_t message)
+{
+	size_t n = 16 * 1024;
+
+	while (n < message)
+		n *= 2;
+	return n;
+}
+
+/*
+ * Every byte a client can make the daemon hold is in one of these terms
+ * (server.c, "byte budgets"; exec.c for the append):
+ *
+ * - cmd.memory_budget: what all clients hold past their floors: the unread
+ *   input (at the size of its block), each job (CMDD_JOB_BYTES, its parsed
+ *   request at what json-c holds, its events' metadata, its events while an
+ *   append is prepared, its answer) and the answers not sent. A client is
+ *   read only while the budgets leave room, and a line is taken only once
+ *   what it may hold parsed (proto_cost_bound()) fits.
+ * - max_connections x (CMDD_CLIENT_FLOOR + CMDD_CLIENT_OVERHEAD): the floor
+ *   each client may hold whatever the others do, and what a connection
+ *   holds uncounted (its structs, the slack of its answer buffer).
+ * - 2 x max_request_bytes + CMDD_READ_CHUNK: one at a time (the loop has
+ *   one thread), the largest block that is held for a moment only: json-c's
+ *   buffer for the longest string of the line being parsed, doubled as it
+ *   grows (the line itself is parsed where it lies, in the counted input),
+ *   or the old input block while realloc() moves it to a larger one (an
+ *   unfinished line, at most max_request_bytes and a read).
+ * - pool_size x libpq's output buffer: an append goes to PostgreSQL as one
+ *   message holding its events' text, which libpq builds in its output
+ *   buffer (16 KiB, doubled until the message fits) and never shrinks:
+ *   each connection keeps room for the largest append it sent. While the
+ *   append runs its events are counted against their client, who stops
+ *   being read past cmd.client_budget: an append is at most that for
+ *   commands whose events are no larger than the command (a request must
+ *   fit the budget). libpq's copy comes on top, and stays.
+ */
+size_t
+cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m)
+{
+	m->budget = (size_t)c->memory_budget;
+	m->per_client = CMDD_CLIENT_FLOOR + CMDD_CLIENT_OVERHEAD;
+	m->clients = (size_t)c->max_connections * m->per_client;
+	m->parse = 2 * (size_t)c->max_request_bytes + CMDD_READ_CHUNK;
+	m->per_store = libpq_out_buffer((size_t)c->client_budget);
+	m->store = (size_t)c->pool_size * m->per_store;
+	return m->budget + m->clients + m->parse + m->store;
+}
+
+size_t
+cmdd_memory_bound(const struct cmdd_config *c)
+{
+	struct cmdd_memory m;
+
+	return cmdd_memory_parts(c, &m);
+}
+
 static void
 maybe_exit(struct cmdd *d)
 {

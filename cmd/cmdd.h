@@ -56,6 +56,28 @@ int cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct c
 	__attribute__((warn_unused_result));
 void cmdd_config_clear(struct cmdd_config *c);
 
+/*
+ * The most bytes clients can make cqrs-cmdd hold with the settings c,
+ * whatever they send or fail to read (docs/deploy.md, "How much memory
+ * cqrs-cmdd can hold"). Not in it: what the data makes the daemon hold (the
+ * aggregates in memory, an aggregate's load), nor what the allocator keeps
+ * of freed memory.
+ */
+size_t cmdd_memory_bound(const struct cmdd_config *c);
+
+/* The terms of cmdd_memory_bound(), in bytes. */
+struct cmdd_memory {
+	size_t budget;			/* cmd.memory_budget */
+	size_t per_client;		/* CMDD_CLIENT_FLOOR + CMDD_CLIENT_OVERHEAD */
+	size_t clients;			/* max_connections x per_client */
+	size_t parse;			/* the line being parsed, or read */
+	size_t per_store;		/* libpq's copy of the largest append */
+	size_t store;			/* pool_size x per_store */
+};
+
+/* Fills m; returns their sum, cmdd_memory_bound(c). */
+size_t cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m);
+
 /* The most a client's socket is read at once. */
 #define CMDD_READ_CHUNK 65536
 /*
@@ -64,6 +86,15 @@ void cmdd_config_clear(struct cmdd_config *c);
  * clients that fill the daemon's budget do not stall everybody else.
  */
 #define CMDD_CLIENT_FLOOR (32 * 1024)
+/*
+ * What one connection may hold besides the bytes it is counted at: struct
+ * client, its answer buffer and three events, libevent's entry for its
+ * descriptor (some 1.4 KiB, measured with 1,000 idle connections), and the
+ * slack of the answer buffer, whose chains are counted at what they hold:
+ * a partly sent first chain and a partly filled last one, 4 KiB at most
+ * each for answers up to 4 KiB (libevent's EVBUFFER_CHAIN_MAX_AUTO_SIZE).
+ */
+#define CMDD_CLIENT_OVERHEAD (10 * 1024)
 
 struct job;
 struct client;
@@ -106,6 +137,14 @@ struct job {
 	struct job *first;		/* when this is a repeat: the job it waits for */
 	uint64_t started_us;
 };
+
+/*
+ * What a job is counted at before its request (server.c): the struct, and
+ * the entries it may add to the daemon's maps, at their largest: a new
+ * aggregate (struct agg, its stream's copy and map entry, some 650 bytes as
+ * malloc hands them out) and its command id in d->inflight (some 100).
+ */
+#define CMDD_JOB_BYTES (sizeof(struct job) + 1024)
 
 enum agg_status { AGG_EMPTY, AGG_LOADED, AGG_STALE };
 
@@ -154,6 +193,8 @@ struct cmdd {
 	size_t clients_over;
 	size_t detached;
 	size_t clients_held;		/* all that clients hold, for /metrics */
+	int clients_paused;		/* reading stopped by a budget or the pipeline */
+	int budget_waiting;		/* clients in budget_wait */
 	struct client_list budget_wait;
 	struct event *wake_ev;		/* runs budget_wait from the loop */
 	unsigned wake_gen;

@@ -618,6 +618,9 @@ build_event_meta(struct job *job)
 	json_object_object_add(m, "command", json_object_new_string(job->req.command));
 	job->event_meta = m;
 	job->log.correlation_id = job->correlation_id;
+	/* its table, keys and new values; the request's values it shares
+	 * are counted with the request */
+	server_job_hold(job, (long)proto_json_object_bytes(m, job->req.metadata));
 	return 0;
 }
 

@@ -65,6 +65,45 @@ run_migrations(const char *conninfo)
 	return 0;
 }
 
+/* n as the config file would say it, or near: 256 MiB, 42 KiB, 2.1 MiB. */
+static const char *
+size_text(char *buf, size_t size, size_t n)
+{
+	if (n >= 1024 * 1024 && n % (1024 * 1024) == 0)
+		snprintf(buf, size, "%zu MiB", n / (1024 * 1024));
+	else if (n < 1024 * 1024 && n % 1024 == 0)
+		snprintf(buf, size, "%zu KiB", n / 1024);
+	else
+		snprintf(buf, size, "%.1f MiB", (double)n / (1024 * 1024));
+	return buf;
+}
+
+/* The figure of docs/deploy.md, "How much memory cqrs-cmdd can hold". */
+static void
+print_memory_bound(const struct cmdd_config *c)
+{
+	struct cmdd_memory m;
+	size_t total = cmdd_memory_parts(c, &m);
+	char a[32], b[32], e[32], f[32];
+
+	printf("memory bound: %zu bytes (%zu MiB) = memory_budget %s + max_connections %d x %s "
+	       "(a client's floor and connection) + 2 x max_request_bytes + 64 KiB = %s (a line "
+	       "being parsed) + pool_size %d x %s (libpq's copy of the largest append, "
+	       "client_budget)\n", total, (total + 1024 * 1024 - 1) / (1024 * 1024),
+	       size_text(a, sizeof(a), m.budget), c->max_connections,
+	       size_text(b, sizeof(b), m.per_client), size_text(e, sizeof(e), m.parse),
+	       c->pool_size, size_text(f, sizeof(f), m.per_store));
+	if (c->snapshot_every > 0)
+		printf("not counted: the aggregates in memory (cache_size %d idle, and one per "
+		       "command in flight, each the size of its state) and an aggregate's load (its "
+		       "events since its last snapshot, up to snapshot_every %d, read in one "
+		       "result)\n", c->cache_size, c->snapshot_every);
+	else
+		printf("not counted: the aggregates in memory (cache_size %d idle, and one per "
+		       "command in flight, each the size of its state) and an aggregate's load (all "
+		       "its events, read in one result: snapshot_every is 0)\n", c->cache_size);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -93,6 +132,7 @@ main(int argc, char **argv)
 	if (dm.check_config) {
 		printf("configuration ok: %zu commands, %zu aggregates\n",
 		       cqrs_registry_command_count(reg), cqrs_registry_aggregate_count(reg));
+		print_memory_bound(&ccfg);
 		rc = 0;
 		goto out;
 	}

@@ -10,6 +10,8 @@
  *                                          command, are not timed)
  *   cqrs_cmdd_requests_total, cqrs_cmdd_commands_in_flight,
  *   cqrs_cmdd_clients, cqrs_cmdd_aggregates_cached,
+ *   cqrs_cmdd_client_bytes (clients_held + detached: what the budgets count),
+ *   cqrs_cmdd_clients_paused, cqrs_cmdd_clients_waiting_budget,
  *   cqrs_cmdd_store_connections_up, cqrs_cmdd_store_connections,
  *   cqrs_cmdd_conflicts_retried_total, cqrs_cmdd_aggregate_loads_total,
  *   cqrs_cmdd_snapshots_written_total, cqrs_cmdd_ready, cqrs_cmdd_build_info
@@ -97,6 +99,15 @@ write_metrics(void *arg, struct evbuffer *out)
 		    d->jobs_active);
 	cqrs_httpd_gauge(out, "cqrs_cmdd_clients", "Client connections open.", d->n_clients);
 	cqrs_httpd_gauge(out, "cqrs_cmdd_aggregates_cached", "Aggregates held in memory.", d->n_aggs);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_client_bytes",
+		    "Bytes clients make the daemon hold: unread input, queued requests, "
+		    "their events and answers (cmd.client_budget, cmd.memory_budget).",
+		    (double)(d->clients_held + d->detached));
+	cqrs_httpd_gauge(out, "cqrs_cmdd_clients_paused",
+		    "Clients not read because their pipeline or a byte budget is full.",
+		    d->clients_paused);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_clients_waiting_budget",
+		    "Clients waiting for room in cmd.memory_budget.", d->budget_waiting);
 	cqrs_httpd_gauge(out, "cqrs_cmdd_store_connections_up", "PostgreSQL connections up.",
 		    pool_up(d->pool));
 	cqrs_httpd_gauge(out, "cqrs_cmdd_store_connections",

@@ -181,6 +181,26 @@ proto_json_bytes(struct json_object *v)
 }
 
 size_t
+proto_json_object_bytes(struct json_object *o, struct json_object *from)
+{
+	struct lh_table *t;
+	size_t n;
+
+	if (!json_object_is_type(o, json_type_object))
+		return json_held(o);
+	t = json_object_get_object(o);
+	n = alloc_cost(48) + alloc_cost(56) + alloc_cost((size_t)t->size * 40);
+	json_object_object_foreach(o, key, val) {
+		struct json_object *orig = NULL;
+
+		n += alloc_cost(strlen(key) + 1);
+		if (from == NULL || !json_object_object_get_ex(from, key, &orig) || orig != val)
+			n += json_held(val);
+	}
+	return n;
+}
+
+size_t
 proto_request_bytes(const struct request *req)
 {
 	size_t n = 0;

@@ -53,6 +53,9 @@ void request_clear(struct request *req);
 size_t proto_request_bytes(const struct request *req);
 /* The same for one JSON value. */
 size_t proto_json_bytes(struct json_object *v);
+/* The same for object o, less the values it shares with object from (NULL:
+ * none), taken over with their keys (a copy of an object that adds keys). */
+size_t proto_json_object_bytes(struct json_object *o, struct json_object *from);
 /*
  * The most parsing line could hold, from its text alone (containers, keys
  * and values counted at their largest): what the budgets reserve before

@@ -33,7 +33,11 @@ struct client {
 	int fd;
 	struct event *ev_read;		/* persistent, with the idle timeout */
 	struct event *ev_write;		/* armed while out holds unsent bytes */
-	struct evbuffer *in, *out;
+	struct evbuffer *out;
+	/* the unread input: ibuf[ioff, ilen) of a block of icap bytes, counted
+	 * at icap (what it really holds); no '\n' in ibuf[ioff, iscan) */
+	char *ibuf;
+	size_t ioff, ilen, icap, iscan;
 	TAILQ_ENTRY(client) link;
 	struct job_queue jobs;		/* in request order */
 	int n_jobs;
@@ -41,11 +45,12 @@ struct client {
 	bool shut_rd;			/* closing: reading stopped for good */
 	bool in_read;			/* client_read is on the stack */
 	bool paused;			/* reading stopped (client_update()) */
+	bool held_back;			/* ... by a budget or the pipeline (d->clients_paused) */
 	bool eof;			/* the peer shut its side */
 	unsigned long no;
 	struct cqrs_log_ctx log;
 	struct event *ev_idle;		/* the idle timeout while reading is paused */
-	/* byte budgets: c->held = jobs_bytes + what in and out buffer */
+	/* byte budgets: c->held = jobs_bytes + icap + what out buffers */
 	size_t jobs_bytes;		/* its jobs' requests, events and answers */
 	size_t held;
 	size_t need;			/* a whole line waits for this much room */
@@ -59,6 +64,91 @@ static unsigned long client_counter;
 static void client_process(struct client *c);
 static void client_flush(struct client *c);
 static void client_update(struct client *c);
+
+/* ---- the input -----------------------------------------------------------
+ *
+ * A block of its own rather than an evbuffer: an evbuffer's chains are
+ * rounded up to powers of two (a read of 64 KiB takes a 128 KiB chain), and
+ * a few bytes of an unfinished line would keep a whole chain, uncounted,
+ * for as long as the client waits. Here the block grows to what it holds,
+ * is counted at its size, and is given back once the lines in it are taken.
+ * A line is parsed where it lies: no copy to make it contiguous.
+ */
+
+/* A block this small is kept when emptied: no malloc per read. */
+#define IN_KEEP 4096
+
+static size_t
+in_len(const struct client *c)
+{
+	return c->ilen - c->ioff;
+}
+
+static void
+in_free(struct client *c)
+{
+	free(c->ibuf);
+	c->ibuf = NULL;
+	c->ioff = c->ilen = c->icap = c->iscan = 0;
+}
+
+/* Drops the first n bytes (lines taken). */
+static void
+in_consume(struct client *c, size_t n)
+{
+	c->ioff += n;
+	if (c->iscan < c->ioff)
+		c->iscan = c->ioff;
+	if (c->ioff == c->ilen) {
+		c->ioff = c->ilen = c->iscan = 0;
+		if (c->icap > IN_KEEP)
+			in_free(c);
+	}
+}
+
+/*
+ * Moves what is left to the front and gives the rest of the block back. Done
+ * when what was taken is at least what is left, so that each byte moves at
+ * most once on average (a client whose pipeline is full has one line taken
+ * per answer), or when forced (before growing; when the client waits for
+ * room, which the taken part would hold).
+ */
+static void
+in_compact(struct client *c, bool force)
+{
+	size_t left = in_len(c);
+	char *b;
+
+	if (c->ioff == 0 || (!force && c->ioff < left))
+		return;
+	memmove(c->ibuf, c->ibuf + c->ioff, left);
+	c->iscan -= c->ioff;
+	c->ilen = left;
+	c->ioff = 0;
+	if (c->icap > left + IN_KEEP && left > 0 && (b = realloc(c->ibuf, left)) != NULL) {
+		c->ibuf = b;
+		c->icap = left;
+	}
+}
+
+static int
+in_append(struct client *c, const char *p, size_t n)
+{
+	if (c->ilen + n > c->icap) {
+		char *b;
+
+		in_compact(c, true);
+		if (c->ilen + n > c->icap) {
+			if ((b = realloc(c->ibuf, c->ilen + n)) == NULL)
+				return -1;
+			c->ibuf = b;
+			c->icap = c->ilen + n;
+		}
+	}
+	memcpy(c->ibuf + c->ilen, p, n);
+	c->ilen += n;
+	return 0;
+}
 
 /* ---- byte budgets -------------------------------------------------------
  *
@@ -116,12 +206,38 @@ budget_wake_later(struct cmdd *d)
 		event_active(d->wake_ev, 0, 0);
 }
 
+/* Keeps d->clients_paused: clients not read for a budget or the pipeline. */
+static void
+client_held_back(struct client *c, bool on)
+{
+	if (c->held_back != on) {
+		c->held_back = on;
+		c->d->clients_paused += on ? 1 : -1;
+	}
+}
+
+static void
+budget_wait_add(struct client *c)
+{
+	TAILQ_INSERT_TAIL(&c->d->budget_wait, c, budget_link);
+	c->budget_waiting = true;
+	c->d->budget_waiting++;
+}
+
+static void
+budget_wait_remove(struct client *c)
+{
+	TAILQ_REMOVE(&c->d->budget_wait, c, budget_link);
+	c->budget_waiting = false;
+	c->d->budget_waiting--;
+}
+
 /* Brings c->held and the daemon's sums up to date. */
 static void
 client_account(struct client *c)
 {
 	struct cmdd *d = c->d;
-	size_t held = c->jobs_bytes + evbuffer_get_length(c->in) + evbuffer_get_length(c->out);
+	size_t held = c->jobs_bytes + c->icap + evbuffer_get_length(c->out);
 
 	d->clients_over = d->clients_over - over_floor(c->held) + over_floor(held);
 	d->clients_held = d->clients_held - c->held + held;
@@ -192,7 +308,8 @@ client_free(struct client *c)
 			job_free(j);
 	}
 	if (c->budget_waiting)
-		TAILQ_REMOVE(&d->budget_wait, c, budget_link);
+		budget_wait_remove(c);
+	client_held_back(c, false);
 	d->clients_over -= over_floor(c->held);
 	d->clients_held -= c->held;
 	budget_wake_later(d);
@@ -204,7 +321,7 @@ client_free(struct client *c)
 		event_free(c->ev_write);
 	if (c->ev_idle != NULL)
 		event_free(c->ev_idle);
-	evbuffer_free(c->in);
+	free(c->ibuf);
 	evbuffer_free(c->out);
 	close(c->fd);
 	cqrs_log_debug(&c->log, "client %lu closed", c->no);
@@ -255,8 +372,9 @@ client_stop_reading(struct client *c)
 	if (!c->paused)
 		event_del(c->ev_read);
 	c->paused = true;
+	client_held_back(c, false);
 	event_del(c->ev_idle);
-	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	in_free(c);
 	client_account(c);
 	if (shutdown(c->fd, SHUT_RD) != 0)
 		cqrs_log_debug(&c->log, "client %lu: shutdown: %s", c->no, strerror(errno));
@@ -361,13 +479,11 @@ client_update(struct client *c)
 	enum stall s = client_stall(c);
 	bool resumed = false;
 
-	if (s == STALL_DAEMON && !c->budget_waiting) {
-		TAILQ_INSERT_TAIL(&d->budget_wait, c, budget_link);
-		c->budget_waiting = true;
-	} else if (s != STALL_DAEMON && c->budget_waiting) {
-		TAILQ_REMOVE(&d->budget_wait, c, budget_link);
-		c->budget_waiting = false;
-	}
+	if (s == STALL_DAEMON && !c->budget_waiting)
+		budget_wait_add(c);
+	else if (s != STALL_DAEMON && c->budget_waiting)
+		budget_wait_remove(c);
+	client_held_back(c, s == STALL_PIPELINE || s == STALL_OWN || s == STALL_DAEMON);
 	if (s != STALL_NONE) {
 		if (!c->paused) {
 			struct timeval tv = idle_timeval(d);
@@ -388,7 +504,7 @@ client_update(struct client *c)
 		resumed = true;
 	}
 	/* whole lines may be waiting in the input buffer */
-	if (!c->in_read && (resumed || c->need > 0) && evbuffer_get_length(c->in) > 0)
+	if (!c->in_read && (resumed || c->need > 0) && in_len(c) > 0)
 		client_process(c);
 }
 
@@ -407,7 +523,7 @@ client_idle(evutil_socket_t fd, short what, void *arg)
 	}
 	cqrs_log_info(&c->log, "client %lu idle for cmd.idle_timeout with %zu bytes of an "
 		      "unfinished request while the daemon had no room: closing", c->no,
-		      evbuffer_get_length(c->in));
+		      in_len(c));
 	client_free(c);
 }
 
@@ -439,7 +555,7 @@ job_new(struct client *c)
 	j->log.comp = "cmdd";
 	TAILQ_INSERT_TAIL(&c->jobs, j, client_link);
 	c->n_jobs++;
-	j->held = sizeof(*j);
+	j->held = CMDD_JOB_BYTES;
 	c->jobs_bytes += j->held;
 	c->d->stats.requests++;
 	c->d->jobs_active++;
@@ -487,7 +603,7 @@ handle_line(struct client *c, const char *line, size_t len)
 	exec_submit(j);
 }
 
-/* Runs every complete line in c->in, within the pipeline limit. */
+/* Runs every complete line of the input, within the pipeline limit. */
 static void
 client_process(struct client *c)
 {
@@ -499,32 +615,34 @@ client_process(struct client *c)
 	c->in_read = true;
 	c->need = 0;
 	while (!c->closing && !c->d->stopping && c->n_jobs < c->d->cfg.max_pipeline) {
-		struct evbuffer_ptr eol = evbuffer_search_eol(c->in, NULL, NULL, EVBUFFER_EOL_LF);
-		size_t avail = evbuffer_get_length(c->in);
+		size_t avail = in_len(c);
+		char *line = c->ibuf + c->ioff, *eol;
 		size_t len, cost, net;
 		bool own_too;
-		char *line;
 
-		if (eol.pos < 0) {
+		if (avail == 0)
+			break;
+		eol = memchr(c->ibuf + c->iscan, '\n', c->ilen - c->iscan);
+		if (eol == NULL) {
+			c->iscan = c->ilen;
 			if (avail > max) {
 				c->closing = true;
 				early_answer(c, NULL, PROTO_TOO_LARGE,
 					     "request line is over max_request_bytes");
-				evbuffer_drain(c->in, avail);
+				in_free(c);
 			}
 			break;
 		}
-		len = (size_t)eol.pos;
+		len = (size_t)(eol - line);
 		if (len > max) {
 			c->closing = true;
 			early_answer(c, NULL, PROTO_TOO_LARGE, "request line is over max_request_bytes");
-			evbuffer_drain(c->in, avail);
+			in_free(c);
 			break;
 		}
-		line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)len + 1);
 		/* what parsing it may hold, at most, before it is parsed: json-c
 		 * can hold a hundred times the text ({"a":{}} ...) */
-		cost = sizeof(struct job) + proto_cost_bound(line, len);
+		cost = CMDD_JOB_BYTES + proto_cost_bound(line, len);
 		if (cost > budget) {
 			char msg[160];
 
@@ -532,10 +650,10 @@ client_process(struct client *c)
 				 "over cmd.client_budget (%zu)", cost, budget);
 			c->closing = true;
 			early_answer(c, NULL, PROTO_TOO_LARGE, msg);
-			evbuffer_drain(c->in, avail);
+			in_free(c);
 			break;
 		}
-		/* its text leaves the input buffer as the job takes it */
+		/* its text leaves the input as the job takes it */
 		net = cost > len + 1 ? cost - (len + 1) : 1;
 		own_too = c->n_jobs > 0 || evbuffer_get_length(c->out) > 0;
 		if (net > client_room(c, own_too)) {
@@ -545,10 +663,12 @@ client_process(struct client *c)
 		if (len > 0 && line[len - 1] == '\r')
 			len--;
 		if (len > 0)
-			handle_line(c, line, len);	/* nothing drains c->in meanwhile */
-		evbuffer_drain(c->in, (size_t)eol.pos + 1);
+			handle_line(c, line, len);	/* nothing touches the input meanwhile */
+		in_consume(c, (size_t)(eol - line) + 1);
 		client_account(c);
 	}
+	/* what was taken goes; a client waiting for room must not hold it */
+	in_compact(c, c->need > 0);
 	c->in_read = false;
 	client_account(c);
 	if (c->closing)
@@ -591,16 +711,17 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 	}
 	if (n == 0) {
 		/* the client shut its side: answer what it sent, then close */
-		if (evbuffer_get_length(c->in) > 0)
+		if (in_len(c) > 0)
 			cqrs_log_info(&c->log, "client %lu vanished mid-request", c->no);
 		c->eof = true;
 		event_del(c->ev_read);
 		event_del(c->ev_idle);
 		c->paused = true;
+		client_held_back(c, false);
 		client_flush(c);
 		return;
 	}
-	if (evbuffer_add(c->in, buf, (size_t)n) != 0) {
+	if (in_append(c, buf, (size_t)n) != 0) {
 		client_free(c);
 		return;
 	}
@@ -643,14 +764,13 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->log.comp = "cmdd";
 	TAILQ_INIT(&c->jobs);
 	evutil_make_socket_nonblocking(fd);
-	c->in = evbuffer_new();
 	c->out = evbuffer_new();
 	c->ev_read = event_new(d->base, fd, EV_READ | EV_PERSIST, client_readable, c);
 	c->ev_write = event_new(d->base, fd, EV_WRITE, client_writable, c);
 	c->ev_idle = evtimer_new(d->base, client_idle, c);
 	TAILQ_INSERT_TAIL(&d->clients, c, link);
 	d->n_clients++;
-	if (c->in == NULL || c->out == NULL || c->ev_read == NULL || c->ev_write == NULL ||
+	if (c->out == NULL || c->ev_read == NULL || c->ev_write == NULL ||
 	    c->ev_idle == NULL) {
 		client_free(c);
 		return;

@@ -308,6 +308,30 @@ parse_object(const char *text, const char *what, size_t idx,
 	return 0;
 }
 
+/*
+ * The encoded size of data and metadata together. Through a container of
+ * its own: json-c keeps the text of json_object_to_json_string() in the
+ * object it was asked of, for the object's life, and these objects are the
+ * caller's (cqrs-cmdd keeps a command's metadata until its answer is sent:
+ * a copy of it held per command, uncounted by the daemon's byte budgets).
+ */
+static int
+encoded_bytes(struct json_object *data, struct json_object *meta, size_t *bytes,
+	      struct cqrs_err *err)
+{
+	struct json_object *pair = json_object_new_array_ext(2);
+	size_t len;
+
+	if (pair == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	json_object_array_add(pair, json_object_get(data));
+	json_object_array_add(pair, json_object_get(meta));
+	len = strlen(json_object_to_json_string_ext(pair, JSON_C_TO_STRING_PLAIN));
+	json_object_put(pair);
+	*bytes = len > 3 ? len - 3 : 0;		/* [data,meta] */
+	return 0;
+}
+
 int
 cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		     int64_t expected, const struct store_event_in *evs, size_t n,
@@ -337,7 +361,7 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		const struct store_event_in *e = &evs[i];
 		struct json_object *o = NULL, *data = NULL, *meta = NULL;
 		char idbuf[UUID_STR_LEN];
-		size_t bytes;
+		size_t bytes = 0;
 
 		if (e->id != NULL && !cqrs_uuid_valid(e->id)) {
 			rc = cqrs_err_set(err, CQRS_EINVALID, "event %zu: id \"%.64s\" is not a UUID",
@@ -382,8 +406,11 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		} else {
 			meta = json_object_new_object();
 		}
-		bytes = strlen(json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN)) +
-			strlen(json_object_to_json_string_ext(meta, JSON_C_TO_STRING_PLAIN));
+		if ((rc = encoded_bytes(data, meta, &bytes, err)) < 0) {
+			json_object_put(data);
+			json_object_put(meta);
+			goto fail;
+		}
 		if (bytes > CQRS_EVENT_MAX_BYTES) {
 			json_object_put(data);
 			json_object_put(meta);

@@ -7,6 +7,7 @@
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 
 #include <json-c/json.h>
 
+#include "../../cmd/cmdd.h"
 #include "cmdclient.h"
 #include "daemon.h"
 #include "fixture.h"
@@ -1254,6 +1256,297 @@ START_TEST(long_queue_on_one_aggregate_runs_without_recursion)
 }
 END_TEST
 
+/* ---- byte budgets ---------------------------------------------------------------------- */
+
+/* A deposit line (with its '\n') of about size bytes: metadata padding. */
+static char *
+padded_deposit(const char *agg, size_t size)
+{
+	size_t pad = size - 200;
+	char *p = malloc(pad + 1), *line;
+
+	ck_assert_ptr_nonnull(p);
+	memset(p, 'x', pad);
+	p[pad] = '\0';
+	line = daemon_fmt("{\"id\":\"%s\",\"command\":\"account.deposit\",\"aggregate_id\":\"%s\","
+			  "\"data\":{\"amount\":1},\"metadata\":{\"pad\":\"%s\"}}\n", new_id(), agg, p);
+	free(p);
+	return line;
+}
+
+/* Lines written to a socket as far as it takes them, never blocking. */
+struct feed {
+	int fd;
+	char **lines;
+	size_t n, i, off;	/* lines[i] is written up to off */
+	size_t written;
+};
+
+/* Writes what the socket takes now; returns how much it took. */
+static size_t
+feed_now(struct feed *f)
+{
+	size_t before = f->written;
+
+	while (f->i < f->n) {
+		size_t len = strlen(f->lines[f->i]);
+		ssize_t w = send(f->fd, f->lines[f->i] + f->off, len - f->off,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN)
+			break;
+		ck_assert_msg(w > 0, "send: %s", strerror(errno));
+		f->off += (size_t)w;
+		f->written += (size_t)w;
+		if (f->off == len) {
+			f->i++;
+			f->off = 0;
+		}
+	}
+	return f->written - before;
+}
+
+/* Lines sent whole, after writing the rest of one begun (blocking). */
+static size_t
+feed_finish_line(struct feed *f, struct daemon_conn *c)
+{
+	if (f->off > 0) {
+		daemon_conn_write(c, f->lines[f->i] + f->off, strlen(f->lines[f->i]) - f->off);
+		f->i++;
+		f->off = 0;
+	}
+	return f->i;
+}
+
+static double
+gauge(uint16_t port, const char *name)
+{
+	struct scrape *m = scrape_metrics(port);
+	double v = scrape_value(m, name, NULL);
+
+	scrape_free(m);
+	ck_assert_msg(!isnan(v), "no %s in /metrics", name);
+	return v;
+}
+
+/*
+ * A client that pipelines big commands and reads no answer, at an aggregate
+ * whose append is held by the stream's lock: the daemon reads it up to
+ * cmd.client_budget, then no more (its writes stop being taken). A second
+ * client then finds the daemon's budget spent and waits for it. /metrics
+ * shows both, and the bytes held, while it lasts; all of it goes once the
+ * lock goes and the answers are read.
+ */
+START_TEST(budgets_stop_reading_and_metrics_show_it)
+{
+	enum { LINES = 40, LINE = 200 * 1024, BIG = 500 * 1024 };
+	const size_t budget = 2 * 1024 * 1024, daemon_budget = 2560 * 1024;
+	struct daemon *d;
+	struct daemon_conn *ca, *cc;
+	struct feed fa = { 0 }, fc = { 0 };
+	PGconn *locker;
+	uint16_t port;
+	long long deadline;
+	double held, paused, waiting;
+	size_t sent_a, sent_c;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "client_budget", "2M");
+	/* room past A's budget for more than A's next line (A waits for its
+	 * own budget), less than C's line (C waits for the daemon's) */
+	daemon_set(d, "cmd", "memory_budget", "2560K");
+	daemon_set(d, "cmd", "max_request_bytes", "512K");
+	/* the held append waits for the lock, not for a deadline */
+	daemon_set(d, "cmd", "store_timeout", "10m");
+	daemon_set(d, "cmd", "http", "127.0.0.1:0");
+	daemon_start(d);
+	ck_assert(daemon_wait_log(d, "metrics and health on ", 30000));
+	port = scrape_port_from_log(strstr(daemon_gc(daemon_log(d)), "metrics and health on "));
+	ck_assert_uint_ne(port, 0);
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, open_line(new_id(), "gauge"))));
+	ck_assert(gauge(port, "cqrs_cmdd_client_bytes") == 0);
+	ck_assert(gauge(port, "cqrs_cmdd_clients_paused") == 0);
+	ck_assert(gauge(port, "cqrs_cmdd_clients_waiting_budget") == 0);
+	/* the append's lock on the stream (sql/001_event_store.sql) */
+	locker = fixture_connect(conninfo);
+	fixture_exec(locker, "SELECT pg_advisory_lock(1129468499, hashtext('account-gauge'))");
+
+	/* A: 8 MB of commands, far more than its budget and the socket hold */
+	ca = daemon_connect(d);
+	fa.fd = daemon_conn_fd(ca);
+	fa.n = LINES;
+	fa.lines = daemon_gc(calloc(LINES, sizeof(char *)));
+	for (int i = 0; i < LINES; i++)
+		fa.lines[i] = padded_deposit("gauge", LINE);
+	deadline = proc_now_ms() + 30000;
+	for (;;) {
+		struct pollfd p = { .fd = fa.fd, .events = POLLOUT };
+
+		feed_now(&fa);
+		paused = gauge(port, "cqrs_cmdd_clients_paused");
+		held = gauge(port, "cqrs_cmdd_client_bytes");
+		if (paused >= 1 && held >= (double)budget / 2)
+			break;
+		ck_assert_msg(proc_now_ms() < deadline, "A: %zu bytes written, %.0f held, %.0f "
+			      "clients paused", fa.written, held, paused);
+		(void)poll(&p, 1, 100);
+	}
+	ck_assert_msg(fa.i < LINES, "the daemon took all %d lines of A", LINES);
+	ck_assert_msg(held <= budget + CMDD_READ_CHUNK, "A: %.0f bytes held, over cmd.client_budget "
+		      "(%zu) and a read", held, budget);
+	ck_assert(gauge(port, "cqrs_cmdd_clients_waiting_budget") == 0);
+
+	/* C: one line bigger than the room A leaves in the daemon's budget */
+	cc = daemon_connect(d);
+	fc.fd = daemon_conn_fd(cc);
+	fc.n = 1;
+	fc.lines = daemon_gc(calloc(1, sizeof(char *)));
+	fc.lines[0] = padded_deposit("gauge", BIG);
+	deadline = proc_now_ms() + 30000;
+	for (;;) {
+		struct pollfd p = { .fd = fc.fd, .events = POLLOUT };
+
+		feed_now(&fc);
+		waiting = gauge(port, "cqrs_cmdd_clients_waiting_budget");
+		if (waiting >= 1)
+			break;
+		ck_assert_msg(proc_now_ms() < deadline, "C: %zu bytes written, no client waits "
+			      "for the daemon's budget", fc.written);
+		(void)poll(&p, 1, 100);
+	}
+	ck_assert(gauge(port, "cqrs_cmdd_clients_paused") == 2);
+	ck_assert(gauge(port, "cqrs_cmdd_clients_waiting_budget") == 1);
+
+	/*
+	 * Neither is read any more: their writes are not taken, and the bytes
+	 * held stay within the budget. Each scrape is a turn of the daemon's
+	 * loop, in which a readable client would be read.
+	 */
+	while (feed_now(&fa) > 0 || feed_now(&fc) > 0)
+		;
+	sent_a = fa.written;
+	sent_c = fc.written;
+	held = gauge(port, "cqrs_cmdd_client_bytes");
+	for (int k = 0; k < 10; k++) {
+		double now = gauge(port, "cqrs_cmdd_client_bytes");
+
+		ck_assert_msg(feed_now(&fa) == 0 && feed_now(&fc) == 0,
+			      "the daemon read on: A %zu, C %zu bytes taken after they were paused",
+			      fa.written - sent_a, fc.written - sent_c);
+		ck_assert_msg(now == held, "bytes held moved from %.0f to %.0f", held, now);
+	}
+	ck_assert_msg(held <= daemon_budget + 2 * CMDD_CLIENT_FLOOR + CMDD_READ_CHUNK,
+		      "%.0f bytes held, over cmd.memory_budget (%zu), two floors and a read", held,
+		      daemon_budget);
+	ck_assert_int_eq(qint("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+			      "AND NOT granted AND database = (SELECT oid FROM pg_database "
+			      "WHERE datname = current_database())"), 1);
+
+	/* the lock goes: every line sent whole is answered, in order */
+	fixture_exec(locker, "SELECT pg_advisory_unlock_all()");
+	PQfinish(locker);
+	feed_finish_line(&fc, cc);
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_recv(cc, 60000)));
+	for (size_t i = 0, n = feed_finish_line(&fa, ca); i < n; i++) {
+		char *a = daemon_gc(daemon_conn_recv(ca, 60000));
+		ck_assert_msg(a != NULL && daemon_answer_ok(a), "A's answer %zu: %s", i,
+			      a ? a : "(closed)");
+	}
+	ck_assert_int_eq(balance("account-gauge"), (long long)fa.i + 1);
+	deadline = proc_now_ms() + 30000;
+	while (gauge(port, "cqrs_cmdd_clients_paused") != 0 ||
+	       gauge(port, "cqrs_cmdd_clients_waiting_budget") != 0) {
+		ck_assert_msg(proc_now_ms() < deadline, "clients still paused once answered");
+		(void)poll(NULL, 0, 50);
+	}
+	daemon_conn_close(ca);
+	daemon_conn_close(cc);
+	deadline = proc_now_ms() + 30000;
+	while ((held = gauge(port, "cqrs_cmdd_client_bytes")) != 0) {
+		ck_assert_msg(proc_now_ms() < deadline, "%.0f bytes held with no client", held);
+		(void)poll(NULL, 0, 50);
+	}
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+/*
+ * Clients that each send a 64 KiB read of requests ending in a few bytes of
+ * an unfinished line, and wait: the daemon keeps those few bytes, counted at
+ * what it holds for them, not a buffer the size of the read (an evbuffer
+ * chain of 128 KiB each, uncounted, for as long as the client waits).
+ */
+START_TEST(unfinished_lines_keep_no_read_buffer)
+{
+	enum { CLIENTS = 400, READ = 64 * 1024, TAIL = 10 };
+	const long long bound_kb = 8 * 1024;
+	struct daemon *d;
+	struct daemon_conn **cs = daemon_gc(calloc(CLIENTS + 1, sizeof(*cs)));
+	char *blob = daemon_gc(malloc(READ)), *line;
+	size_t len = 0, n = 0, linelen;
+	long long before, after;
+	const char *asan = getenv("ASAN_OPTIONS");
+	uint16_t port;
+	pid_t pid;
+
+	conninfo = daemon_gc(fixture_db_new(true));
+	d = daemon_new_cmdd(conninfo, "bank");
+	daemon_set(d, "cmd", "http", "127.0.0.1:0");
+	/* ASan keeps freed blocks resident (its quarantine): measure what is held */
+	daemon_setenv(d, "ASAN_OPTIONS", daemon_fmt("%s%squarantine_size_mb=0", asan ? asan : "",
+						    asan && *asan ? ":" : ""));
+	daemon_start(d);
+	pid = daemon_pid(d);
+	ck_assert(daemon_wait_log(d, "metrics and health on ", 30000));
+	port = scrape_port_from_log(strstr(daemon_gc(daemon_log(d)), "metrics and health on "));
+	ck_assert_uint_ne(port, 0);
+
+	/* 1 KiB requests answered at once (no such command), then a line begun */
+	line = daemon_fmt("{\"command\":\"no.such\",\"aggregate_id\":\"a\",\"data\":{},"
+			  "\"metadata\":{\"pad\":\"%0900d\"}}\n", 0);
+	linelen = strlen(line);
+	while (len + linelen <= READ - TAIL) {
+		memcpy(blob + len, line, linelen);
+		len += linelen;
+		n++;
+	}
+	memset(blob + len, ' ', READ - TAIL - len);
+	memcpy(blob + READ - TAIL, "{\"command\"", TAIL);
+	for (int i = 0; i <= CLIENTS; i++) {
+		cs[i] = daemon_connect(d);
+		daemon_conn_write(cs[i], blob, READ);
+		for (size_t k = 0; k < n; k++)
+			DAEMON_ASSERT_ERROR(daemon_gc(daemon_conn_recv(cs[i], 30000)), "unknown_command");
+		if (i == 0)	/* the first one warms up what every connection shares */
+			before = status_kb(pid, "VmRSS");
+	}
+	after = status_kb(pid, "VmRSS");
+	{
+		struct scrape *m = scrape_metrics(port);
+		double held = scrape_value(m, "cqrs_cmdd_client_bytes", NULL);
+		double clients = scrape_value(m, "cqrs_cmdd_clients", NULL);
+
+		scrape_free(m);
+		ck_assert(clients == CLIENTS + 1);
+		/* each holds its unfinished line: the spaces and the 10 bytes */
+		ck_assert_msg(held == (double)(CLIENTS + 1) * (READ - len),
+			      "%.0f bytes counted for %d clients' %zu bytes each", held, CLIENTS + 1,
+			      (size_t)READ - len);
+	}
+	ck_assert_msg(after - before < bound_kb, "%d clients waiting with %zu bytes of a line "
+		      "each: the daemon's RSS grew by %lld kB", CLIENTS, (size_t)READ - len,
+		      after - before);
+	for (int i = 0; i <= CLIENTS; i++)
+		daemon_conn_close(cs[i]);
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
 /* ---- idempotency ---------------------------------------------------------------------- */
 
 static bool
@@ -1758,6 +2051,8 @@ cmdd_protocol_suite(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, long_queue_on_one_aggregate_runs_without_recursion);
+	tcase_add_test(tc, budgets_stop_reading_and_metrics_show_it);
+	tcase_add_test(tc, unfinished_lines_keep_no_read_buffer);
 	suite_add_tcase(s, tc);
 	return s;
 }

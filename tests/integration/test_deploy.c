@@ -3,7 +3,8 @@
  *
  *   units      `systemd-analyze verify` on deploy/systemd/ (through
  *              tests/deploy/verify-units.sh); the example configuration
- *              documents every key, and its defaults load
+ *              documents every key, and its defaults load; --check-config
+ *              prints the memory bound that docs/deploy.md gives
  *   install    `make install DESTDIR=... PREFIX=/usr` writes the expected
  *              tree; a plugin built out of tree against the installed
  *              headers with `pkg-config cqrs` is loaded by the installed
@@ -36,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../cmd/cmdd.h"
 #include "daemon.h"
 #include "fixture.h"
 #include "scrape.h"
@@ -447,6 +449,72 @@ START_TEST(example_config_documents_every_key)
 		ck_assert_msg(rc == 0, "cqrs-consumer, the defaults made live: exit %d:\n%s", rc,
 			      out);
 	}
+}
+END_TEST
+
+/* "memory bound: N bytes" of cqrs-cmdd --check-config on conf, with env set. */
+static size_t
+memory_bound(const char *env, const char *conf)
+{
+	const char *line;
+	size_t n = 0;
+	char *out;
+	int rc;
+
+	rc = sh(&out, "%s CQRS_CMD_PLUGINS=%s %s -c %s --check-config", env,
+		fixture_plugin("bank"), fixture_bin("cqrs-cmdd"), conf);
+	ck_assert_msg(rc == 0, "%s: exit %d:\n%s", env, rc, out);
+	line = strstr(out, "\nmemory bound: ");
+	ck_assert_msg(line != NULL && strstr(out, "configuration ok") < line,
+		      "%s: no \"memory bound:\" line after \"configuration ok\":\n%s", env, out);
+	ck_assert_msg(sscanf(line + 1, "memory bound: %zu bytes", &n) == 1, "%s", line);
+	/* what the figure leaves out is named next */
+	line = strchr(line + 1, '\n');
+	ck_assert_msg(line != NULL && strncmp(line, "\nnot counted: ", 14) == 0 &&
+		      strstr(line, "cache_size") != NULL && strstr(line, "snapshot") != NULL,
+		      "%s: no \"not counted:\" line naming the cache and the loads:\n%s", env, out);
+	return n;
+}
+
+/*
+ * The figure of docs/deploy.md, "How much memory cqrs-cmdd can hold": the
+ * defaults give the sum it shows, and each setting moves it by its term.
+ */
+START_TEST(check_config_prints_the_memory_bound)
+{
+	const size_t kib = 1024, mib = 1024 * 1024;
+	const size_t conn = CMDD_CLIENT_FLOOR + CMDD_CLIENT_OVERHEAD;
+	const char *example = daemon_fmt("%s/deploy/cqrs.conf.example", CQRS_SRCDIR);
+	const char *live = daemon_fmt("%s/live.conf", scratch());
+	const char *doc = slurp(daemon_fmt("%s/docs/deploy.md", CQRS_SRCDIR));
+	size_t defaults, want;
+	char *out;
+
+	/* every key at its default, written out */
+	ck_assert_int_eq(sh(&out, "sed -E 's/^#([a-z_]+ =( .*)?)$/\\1/' %s > %s", example, live), 0);
+	defaults = memory_bound("", live);
+	/* memory_budget + max_connections x (floor + connection) + 2 x
+	 * max_request_bytes + a read + pool_size x client_budget */
+	want = 256 * mib + 1024 * conn + 2 * mib + 64 * kib + 8 * 16 * mib;
+	ck_assert_msg(defaults == want, "the defaults give %zu bytes, the formula %zu", defaults, want);
+	ck_assert_msg(CMDD_READ_CHUNK == 64 * kib && conn == 42 * kib, "the constants moved: "
+		      "docs/deploy.md and this test say 64 KiB and 42 KiB");
+	/* a file without the keys gives the same (the example's defaults are the code's) */
+	ck_assert_uint_eq(memory_bound("", write_cmdd_conf(scratch(), NULL)), defaults);
+	ck_assert_msg(doc != NULL && strstr(doc, daemon_fmt("%zu bytes", defaults)) != NULL,
+		      "docs/deploy.md does not give the default figure, %zu bytes", defaults);
+
+	ck_assert_uint_eq(defaults - memory_bound("CQRS_CMD_MEMORY_BUDGET=64M", live), 192 * mib);
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_MAX_CONNECTIONS=2048", live) - defaults, 1024 * conn);
+	ck_assert_uint_eq(defaults - memory_bound("CQRS_CMD_MAX_CONNECTIONS=24", live), 1000 * conn);
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_MAX_REQUEST_BYTES=4M", live) - defaults, 6 * mib);
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_POOL_SIZE=16", live) - defaults, 8 * 16 * mib);
+	/* libpq's buffer is a power of two: 16 KiB doubled up to client_budget */
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_CLIENT_BUDGET=20M", live) - defaults, 8 * 16 * mib);
+	ck_assert_uint_eq(defaults - memory_bound("CQRS_CMD_CLIENT_BUDGET=4M", live), 8 * 12 * mib);
+	/* the data's part is named, not counted */
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_CACHE_SIZE=1000000 CQRS_CMD_SNAPSHOT_EVERY=0", live),
+			  defaults);
 }
 END_TEST
 
@@ -1258,6 +1326,7 @@ deploy_suite(void)
 	tcase_add_test(units, units_pass_systemd_analyze_verify);
 	tcase_add_test(units, units_say_what_the_design_says);
 	tcase_add_test(units, example_config_documents_every_key);
+	tcase_add_test(units, check_config_prints_the_memory_bound);
 	suite_add_tcase(s, units);
 
 	/* one install for the tcase, made in the parent before its tests */

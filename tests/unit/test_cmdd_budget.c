@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
+
 #include "../../cmd/proto.h"
+#include "store.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -186,6 +189,93 @@ START_TEST(small_text_can_hold_much_more)
 }
 END_TEST
 
+/*
+ * Preparing an append leaves nothing on the caller's objects: json-c keeps
+ * the text of json_object_to_json_string() in the object asked, for its
+ * life, and cqrs-cmdd keeps a command's metadata object until its answer is
+ * sent (one copy of the metadata per command, outside the byte budgets).
+ */
+START_TEST(append_prepare_keeps_no_text_on_the_events)
+{
+	const size_t pad = 256 * 1024;
+	char *text = malloc(pad + 1);
+	struct json_object *data, *meta;
+	struct store_event_in ev = { .type = "Padded" };
+	struct store_append_req req;
+	struct cqrs_err err = { 0 };
+	size_t before, after;
+
+	ck_assert_ptr_nonnull(text);
+	memset(text, 'x', pad);
+	text[pad] = '\0';
+	data = json_object_new_object();
+	json_object_object_add(data, "amount", json_object_new_int(1));
+	meta = json_object_new_object();
+	json_object_object_add(meta, "pad", json_object_new_string(text));
+	free(text);
+	ev.data_obj = data;
+	ev.metadata_obj = meta;
+	before = heap_in_use();
+	ck_assert_msg(cqrs_store_append_prepare(&req, "account-1", STORE_ANY, &ev, 1, NULL, NULL,
+						&err) == 0, "%s", err.msg);
+	ck_assert_uint_gt(strlen(req.events_json), pad);
+	cqrs_store_append_req_clear(&req);
+	after = heap_in_use();
+	ck_assert_msg(after < before + SLACK, "the objects hold %zu bytes more after the append "
+		      "was prepared and cleared", after - before);
+	json_object_put(data);
+	json_object_put(meta);
+}
+END_TEST
+
+/*
+ * A command's metadata object (cmd/exec.c, build_event_meta()): the
+ * request's keys and values, and three of its own. What it is counted at is
+ * what it adds to the heap, the values it shares with the request left out.
+ */
+START_TEST(metadata_copy_counted_at_what_it_adds)
+{
+	size_t room = 64 * 1024, n = 0;
+	char *line = malloc(room + 256);
+	struct request req = { 0 };
+	struct json_object *m;
+	const char *code = NULL;
+	char msg[256];
+	bool close_after = false;
+	size_t before, after, counted;
+
+	ck_assert_ptr_nonnull(line);
+	n += (size_t)sprintf(line, "{\"command\":\"account.deposit\",\"aggregate_id\":\"a1\","
+			     "\"data\":{\"amount\":1},\"metadata\":{");
+	for (int i = 0; n + 64 < room; i++)
+		n += (size_t)sprintf(line + n, "%s\"key%d\":\"value %d\"", i ? "," : "", i, i);
+	sprintf(line + n, "}}");
+	ck_assert_int_eq(proto_parse(line, strlen(line), &req, &code, msg, sizeof(msg),
+				     &close_after), 0);
+	before = heap_in_use();
+	m = json_object_new_object();
+	json_object_object_foreach(req.metadata, k, v)
+		json_object_object_add(m, k, json_object_get(v));
+	json_object_object_add(m, "correlation_id",
+			       json_object_new_string("0190a9f4-0000-7000-8000-000000000001"));
+	json_object_object_add(m, "causation_id",
+			       json_object_new_string("0190a9f4-0000-7000-8000-000000000001"));
+	json_object_object_add(m, "command", json_object_new_string("account.deposit"));
+	after = heap_in_use();
+	counted = proto_json_object_bytes(m, req.metadata);
+	fprintf(stderr, "metadata copy: heap +%zu, counted %zu\n", after - before, counted);
+	ck_assert_msg(counted + SLACK >= after - before, "counted %zu, the heap grew by %zu",
+		      counted, after - before);
+	ck_assert_msg(counted <= (after - before) * 2, "counted %zu, the heap grew by %zu only",
+		      counted, after - before);
+	/* the shared values are the request's: counted there, not twice */
+	ck_assert_uint_lt(counted, proto_request_bytes(&req));
+	json_object_put(m);
+	request_clear(&req);
+	free(line);
+}
+END_TEST
+
 static Suite *
 budget_suite(void)
 {
@@ -195,6 +285,8 @@ budget_suite(void)
 	tcase_add_loop_test(tc, request_counted_at_what_it_holds, 0,
 			    (int)(sizeof(shapes) / sizeof(shapes[0])));
 	tcase_add_test(tc, small_text_can_hold_much_more);
+	tcase_add_test(tc, append_prepare_keeps_no_text_on_the_events);
+	tcase_add_test(tc, metadata_copy_counted_at_what_it_adds);
 	suite_add_tcase(s, tc);
 	return s;
 }
