@@ -13,6 +13,8 @@
  * looks up one command per request and one applier per event it replays.
  */
 #include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -20,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "envelope.h"
 #include "plugin_host.h"
@@ -771,6 +775,61 @@ cqrs_registry_add(struct registry *reg, const struct cqrs_plugin *desc, const ch
 	return load_plugin(reg, p, err);
 }
 
+/*
+ * A plugin runs with the daemon's rights, so whoever can replace its file
+ * (or rename a folder on its way) owns the daemon. As sudo and sshd do for
+ * their files: the path must be absolute, and the file and every folder
+ * from / to it (symbolic links resolved) must be owned by root or by the
+ * daemon's user and writable by nobody else. A folder with the sticky bit
+ * owned by root (/tmp) is fine: others cannot rename or remove what is
+ * not theirs in it.
+ */
+static int
+plugin_path_check(const char *path, struct cqrs_err *err)
+{
+	char real[PATH_MAX];
+	uid_t me = geteuid();
+	bool first = true;
+	size_t end;
+
+	if (path[0] != '/')
+		return cqrs_err_set(err, CQRS_ECONFIG, "refusing plugin \"%s\": its path is not "
+				    "absolute", path);
+	if (realpath(path, real) == NULL)
+		return 0;	/* dlopen() says why, in its words */
+	/* the file, then each folder up to /: real is cut shorter each time */
+	for (end = strlen(real);;) {
+		const char *what = first ? "the file" : "its folder";
+		const char *name = end == 0 ? "/" : real;
+		struct stat st;
+
+		real[end] = '\0';
+		if (stat(name, &st) != 0)
+			return cqrs_err_set(err, CQRS_ECONFIG, "could not load plugin \"%s\": %s: %s",
+					    path, name, strerror(errno));
+		if (first && !S_ISREG(st.st_mode))
+			return cqrs_err_set(err, CQRS_ECONFIG, "refusing plugin \"%s\": not a regular "
+					    "file", path);
+		if (st.st_uid != 0 && st.st_uid != me)
+			return cqrs_err_set(err, CQRS_ECONFIG, "refusing plugin \"%s\": %s %s is owned "
+					    "by uid %u, not by root or the daemon's user (uid %u)", path,
+					    what, name, (unsigned)st.st_uid, (unsigned)me);
+		if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 &&
+		    !(S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX) && st.st_uid == 0))
+			return cqrs_err_set(err, CQRS_ECONFIG, "refusing plugin \"%s\": %s %s is "
+					    "writable by %s (mode %04o)", path, what, name,
+					    (st.st_mode & S_IWOTH) ? "anyone" : "its group",
+					    (unsigned)(st.st_mode & 07777));
+		if (end == 0)
+			return 0;
+		first = false;
+		while (end > 0 && real[end - 1] != '/')
+			end--;
+		if (end > 0)
+			end--;	/* the '/' before that last name */
+	}
+}
+
 int
 cqrs_registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
 {
@@ -783,6 +842,8 @@ cqrs_registry_load(struct registry *reg, const char *path, struct cqrs_err *err)
 
 	if (reg == NULL || path == NULL)
 		return cqrs_err_set(err, CQRS_ECONFIG, "cqrs_registry_load: no registry or path");
+	if ((rc = plugin_path_check(path, err)) < 0)
+		return rc;
 	p = calloc(1, sizeof(*p));
 	if (p == NULL || (p->origin = strdup(path)) == NULL) {
 		rc = cqrs_err_set(err, CQRS_ENOMEM, "could not load plugin \"%s\": out of memory",

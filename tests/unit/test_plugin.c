@@ -4,9 +4,13 @@
  * command handlers through cqrs_cmd_ctx_run().
  */
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -869,6 +873,140 @@ START_TEST(event_ctx_and_send)
 }
 END_TEST
 
+/* ---- who may have written the file ---------------------------------------- */
+
+/* A copy of bank.so at DIR/bank.so in a fresh folder under /tmp (mode
+ * dir_mode), the file with file_mode; the copy's path (static). */
+static const char *
+plugin_copy(mode_t dir_mode, mode_t file_mode, char *dir, size_t size)
+{
+	static char path[256];
+	char buf[65536];
+	int in, out;
+	ssize_t n;
+
+	snprintf(dir, size, "/tmp/cqrs-plugin.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/bank.so", dir);
+	in = open(PLUGIN("bank"), O_RDONLY);
+	out = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	ck_assert_int_ge(in, 0);
+	ck_assert_int_ge(out, 0);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		ck_assert_int_eq(write(out, buf, (size_t)n), n);
+	close(in);
+	close(out);
+	ck_assert_int_eq(chmod(path, file_mode), 0);
+	ck_assert_int_eq(chmod(dir, dir_mode), 0);
+	return path;
+}
+
+static void
+plugin_copy_remove(const char *dir)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/bank.so", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* Loading path fails naming want (NULL: it loads). */
+static void
+load_expect(const char *path, const char *want)
+{
+	struct registry *reg = new_registry();
+	struct cqrs_err err = { 0 };
+	int rc = cqrs_registry_load(reg, path, &err);
+
+	if (want == NULL) {
+		ck_assert_msg(rc == 0, "load %s: %s", path, err.msg);
+		ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 1);
+	} else {
+		ck_assert_msg(rc == CQRS_ECONFIG, "%s loaded; it should be refused for: %s", path,
+			      want);
+		ck_assert_has(err.msg, want);
+		ck_assert_uint_eq(cqrs_registry_plugin_count(reg), 0);
+	}
+	cqrs_registry_free(reg);
+}
+
+START_TEST(relative_path_refused)
+{
+	char cwd[512];
+
+	ck_assert_ptr_nonnull(getcwd(cwd, sizeof(cwd)));
+	ck_assert_int_eq(chdir(CQRS_BUILDDIR), 0);
+	load_expect("plugins/bank.so", "its path is not absolute");
+	load_expect("./plugins/bank.so", "its path is not absolute");
+	ck_assert_int_eq(chdir(cwd), 0);
+}
+END_TEST
+
+START_TEST(writable_by_others_refused)
+{
+	char dir[64];
+	const char *path;
+
+	path = plugin_copy(0755, 0664, dir, sizeof(dir));
+	load_expect(path, "the file");
+	load_expect(path, "is writable by its group (mode 0664)");
+	plugin_copy_remove(dir);
+
+	path = plugin_copy(0755, 0646, dir, sizeof(dir));
+	load_expect(path, "is writable by anyone (mode 0646)");
+	plugin_copy_remove(dir);
+
+	path = plugin_copy(0775, 0644, dir, sizeof(dir));
+	load_expect(path, "its folder");
+	load_expect(path, "is writable by its group (mode 0775)");
+	plugin_copy_remove(dir);
+
+	/* sticky and root's, like /tmp: others cannot replace what is ours */
+	path = plugin_copy(01777, 0644, dir, sizeof(dir));
+	load_expect(path, geteuid() == 0 ? NULL : "is writable by anyone");
+	plugin_copy_remove(dir);
+
+	/* a symbolic link is judged by where it leads */
+	path = plugin_copy(0755, 0664, dir, sizeof(dir));
+	{
+		char link[128];
+
+		snprintf(link, sizeof(link), "%s.link", dir);
+		ck_assert_int_eq(symlink(path, link), 0);
+		load_expect(link, "is writable by its group");
+		unlink(link);
+	}
+	plugin_copy_remove(dir);
+
+	path = plugin_copy(0755, 0644, dir, sizeof(dir));
+	load_expect(path, NULL);
+	plugin_copy_remove(dir);
+}
+END_TEST
+
+/* The tests run as root (make check installs packages): another owner is
+ * one chown away. */
+START_TEST(owned_by_another_user_refused)
+{
+	char dir[64];
+	const char *path;
+
+	ck_assert_msg(geteuid() == 0, "this test changes owners: run it as root");
+	path = plugin_copy(0755, 0644, dir, sizeof(dir));
+	ck_assert_int_eq(chown(path, 4242, 0), 0);
+	load_expect(path, "the file");
+	load_expect(path, "is owned by uid 4242, not by root or the daemon's user (uid 0)");
+	ck_assert_int_eq(chown(path, 0, 0), 0);
+	ck_assert_int_eq(chown(dir, 4242, 4242), 0);
+	load_expect(path, "its folder");
+	load_expect(path, "is owned by uid 4242");
+	ck_assert_int_eq(chown(dir, 0, 0), 0);
+	load_expect(path, NULL);
+	plugin_copy_remove(dir);
+}
+END_TEST
+
 static Suite *
 plugin_suite(void)
 {
@@ -878,6 +1016,9 @@ plugin_suite(void)
 	tc = tcase_create("loader");
 	tcase_add_checked_fixture(tc, quiet, NULL);
 	tcase_add_test(tc, missing_file_shows_dlerror);
+	tcase_add_test(tc, relative_path_refused);
+	tcase_add_test(tc, writable_by_others_refused);
+	tcase_add_test(tc, owned_by_another_user_refused);
 	tcase_add_test(tc, not_a_shared_object);
 	tcase_add_test(tc, bad_abi_refused);
 	tcase_add_test(tc, missing_entry_refused);
