@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include <sys/types.h>
 
 #include "cqrs/log.h"
 #include "cqrs_daemon.h"
@@ -96,6 +97,16 @@ size_t cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m);
  */
 #define CMDD_CLIENT_OVERHEAD (10 * 1024)
 
+/* Who sent a request: the socket's peer credentials, read on accept. */
+struct cmdd_peer {
+	bool known;			/* SO_PEERCRED answered */
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	char uid_text[16];		/* for log lines */
+	char user[64];			/* "" when the uid has no name */
+};
+
 struct job;
 struct client;
 struct agg;
@@ -115,6 +126,7 @@ struct job {
 	char stream[CQRS_STREAM_MAX + 1];
 	struct agg *agg;
 	struct cqrs_log_ctx log;
+	struct cmdd_peer peer;		/* its client's, copied: the client may go */
 	char correlation_id[CQRS_TYPE_MAX + 1];
 	struct json_object *event_meta;	/* owned: metadata of the events it raises */
 	struct cqrs_cmd_ctx ctx;

@@ -594,7 +594,8 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 	job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "ok");
 }
 
-/* Metadata for the events: the request's, plus correlation and causation. */
+/* Metadata for the events: the request's, plus correlation, causation, the
+ * command's name and who sent it (peer). */
 static int
 build_event_meta(struct job *job)
 {
@@ -616,6 +617,20 @@ build_event_meta(struct job *job)
 	json_object_object_add(m, "correlation_id", json_object_new_string(job->correlation_id));
 	json_object_object_add(m, "causation_id", json_object_new_string(job->req.id));
 	json_object_object_add(m, "command", json_object_new_string(job->req.command));
+	if (job->peer.known) {
+		struct json_object *p = json_object_new_object();
+
+		if (p == NULL) {
+			json_object_put(m);
+			return -1;
+		}
+		json_object_object_add(p, "uid", json_object_new_int64(job->peer.uid));
+		json_object_object_add(p, "gid", json_object_new_int64(job->peer.gid));
+		json_object_object_add(p, "pid", json_object_new_int64(job->peer.pid));
+		if (job->peer.user[0] != '\0')
+			json_object_object_add(p, "user", json_object_new_string(job->peer.user));
+		json_object_object_add(m, "peer", p);
+	}
 	job->event_meta = m;
 	job->log.correlation_id = job->correlation_id;
 	/* its table, keys and new values; the request's values it shares

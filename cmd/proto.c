@@ -339,6 +339,10 @@ proto_parse(const char *line, size_t len, struct request *req, const char **code
 		     json_object_get_string_len(corr) > CQRS_TYPE_MAX))
 			return fail(code, PROTO_MALFORMED, msg, msgsize,
 				    "\"metadata.correlation_id\" must be a string of 1..200 bytes");
+		/* who sent it is what the socket says, never what the sender says */
+		if (json_object_object_get_ex(v, "peer", NULL))
+			return fail(code, PROTO_MALFORMED, msg, msgsize,
+				    "\"metadata.peer\" is set by the daemon: who sent the command");
 		req->metadata = v;
 	}
 	return 0;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 struct client {
 	struct cmdd *d;
 	int fd;
+	struct cmdd_peer peer;
 	struct event *ev_read;		/* persistent, with the idle timeout */
 	struct event *ev_write;		/* armed while out holds unsent bytes */
 	struct evbuffer *out;
@@ -553,6 +555,9 @@ job_new(struct client *c)
 	TAILQ_INIT(&j->waiters);
 	TAILQ_INSERT_TAIL(&c->d->live, j, live_link);
 	j->log.comp = "cmdd";
+	j->peer = c->peer;
+	if (j->peer.known)
+		j->log.uid = j->peer.uid_text;
 	TAILQ_INSERT_TAIL(&c->jobs, j, client_link);
 	c->n_jobs++;
 	j->held = CMDD_JOB_BYTES;
@@ -728,6 +733,32 @@ client_readable(evutil_socket_t fd, short what, void *arg)
 	client_process(c);
 }
 
+/*
+ * The peer's credentials, as the kernel saw them at connect(): what every
+ * event of its commands records as metadata.peer. The name is looked up
+ * once per connection (NSS: /etc/passwd, or whatever nsswitch.conf says).
+ */
+static void
+peer_read(int fd, struct cmdd_peer *p)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct passwd pw, *found = NULL;
+	char buf[1024];
+
+	memset(p, 0, sizeof(*p));
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+		return;
+	p->known = true;
+	p->uid = cred.uid;
+	p->gid = cred.gid;
+	p->pid = cred.pid;
+	snprintf(p->uid_text, sizeof(p->uid_text), "%u", (unsigned)cred.uid);
+	if (getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found != NULL &&
+	    strlen(pw.pw_name) < sizeof(p->user))
+		snprintf(p->user, sizeof(p->user), "%s", pw.pw_name);
+}
+
 static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
 	  void *arg)
@@ -760,6 +791,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	}
 	c->d = d;
 	c->fd = fd;
+	peer_read(fd, &c->peer);
 	c->no = ++client_counter;
 	c->log.comp = "cmdd";
 	TAILQ_INIT(&c->jobs);
@@ -778,7 +810,8 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	tv.tv_sec = d->cfg.idle_timeout_ms / 1000;
 	tv.tv_usec = (d->cfg.idle_timeout_ms % 1000) * 1000;
 	event_add(c->ev_read, &tv);
-	cqrs_log_debug(&c->log, "client %lu connected", c->no);
+	cqrs_log_debug(&c->log, "client %lu connected: uid %s, pid %d", c->no,
+		       c->peer.known ? c->peer.uid_text : "unknown", (int)c->peer.pid);
 }
 
 /*

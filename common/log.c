@@ -304,6 +304,7 @@ format_line(char *buf, size_t size, const struct cqrs_log_ctx *ctx, int level,
 		put_field(&lb, "stream", ctx->stream);
 		put_field(&lb, "event_id", ctx->event_id);
 		put_field(&lb, "consumer", ctx->consumer);
+		put_field(&lb, "uid", ctx->uid);
 	}
 	put_str(&lb, " msg=");
 	/* msg is always quoted, so lines look alike and grep for msg=" works */

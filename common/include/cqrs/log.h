@@ -40,7 +40,10 @@ enum cqrs_log_level {
 	CQRS_LOG_DEBUG = 7,
 };
 
-/* What a line is about. All fields are borrowed and optional (NULL). */
+/* What a line is about. All fields are borrowed and optional (NULL). The
+ * daemons hand plugins theirs (cqrs_cmd_log(), cqrs_event_log()); one of
+ * your own must be zeroed whole ({ .comp = "x" }): fields are added at the
+ * end. */
 struct cqrs_log_ctx {
 	const char *comp;		/* component: "cmdd", "tracker", plugin name */
 	const char *correlation_id;
@@ -49,6 +52,7 @@ struct cqrs_log_ctx {
 	const char *stream;
 	const char *event_id;
 	const char *consumer;
+	const char *uid;		/* the uid that sent the command (cqrs-cmdd) */
 };
 
 /* Current threshold; lines above it (less severe) are dropped. */
