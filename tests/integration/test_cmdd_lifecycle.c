@@ -496,6 +496,8 @@ START_TEST(sigterm_drain_ends_at_shutdown_timeout)
 	int code;
 
 	daemon_set(d, "cmd", "shutdown_timeout", "1s");
+	/* the held append outlasts the drain, whatever the machine's pace */
+	daemon_set(d, "cmd", "store_timeout", "1h");
 	daemon_start(d);
 	c = daemon_connect(d);
 	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line("drain1"))));

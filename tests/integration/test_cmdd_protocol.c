@@ -1181,6 +1181,8 @@ START_TEST(long_queue_on_one_aggregate_runs_without_recursion)
 	/* some 4 KiB held per queued deposit: room for all of them */
 	daemon_set(d, "cmd", "client_budget", "1G");
 	daemon_set(d, "cmd", "memory_budget", "1G");
+	/* the held append stays held however long reading 50,000 lines takes */
+	daemon_set(d, "cmd", "store_timeout", "1h");
 	daemon_set(d, "cmd", "http", "127.0.0.1:0");
 	/* the daemon inherits the limit; this test's own stack is far smaller */
 	ck_assert_int_eq(getrlimit(RLIMIT_STACK, &old), 0);
