@@ -6,6 +6,7 @@
 
 #include <event2/event.h>
 
+#include "access.h"
 #include "clock.h"
 #include "cmdd.h"
 #include "config.h"
@@ -103,6 +104,24 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 		return rc;
 	if (out->socket_path == NULL || out->plugins == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	return access_load(cfg, &out->access, err);
+}
+
+int
+cmdd_reload(void *arg, const struct config *cfg, struct cqrs_err *err)
+{
+	struct cmdd *d = arg;
+	struct access_policy *p;
+	int rc;
+
+	if ((rc = access_load(cfg, &p, err)) < 0)
+		return rc;
+	access_free(d->cfg.access);
+	d->cfg.access = p;
+	if (p != NULL)
+		cqrs_log_info(&d->log, "[access]: %d rules", access_rules(p));
+	else
+		cqrs_log_info(&d->log, "[access]: none, every command allowed");
 	return 0;
 }
 
@@ -113,6 +132,7 @@ cmdd_config_clear(struct cmdd_config *c)
 	free(c->socket_path);
 	free(c->socket_group);
 	free(c->plugins);
+	access_free(c->access);
 	memset(c, 0, sizeof(*c));
 }
 

@@ -50,6 +50,7 @@ struct cmdd_config {
 	int64_t memory_budget;		/* bytes all clients may hold past their floor */
 	int64_t write_timeout_ms;	/* a client that takes no answer bytes this long */
 	struct httpd_addr http;		/* /health and /metrics; http.len 0: none */
+	struct access_policy *access;	/* owned; NULL: no [access], all allowed */
 };
 
 /* Reads [cmd], [store] and [log] from cfg; CQRS_ECONFIG naming the key. */
@@ -97,6 +98,8 @@ size_t cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m);
  */
 #define CMDD_CLIENT_OVERHEAD (10 * 1024)
 
+#define CMDD_PEER_GROUPS 64
+
 /* Who sent a request: the socket's peer credentials, read on accept. */
 struct cmdd_peer {
 	bool known;			/* SO_PEERCRED answered */
@@ -105,6 +108,8 @@ struct cmdd_peer {
 	pid_t pid;
 	char uid_text[16];		/* for log lines */
 	char user[64];			/* "" when the uid has no name */
+	int n_groups;			/* supplementary groups (SO_PEERGROUPS) */
+	gid_t groups[CMDD_PEER_GROUPS];	/* a peer in more is matched on these */
 };
 
 struct job;
@@ -173,8 +178,8 @@ struct agg {
 	TAILQ_ENTRY(agg) lru;
 };
 
-/* ok, duplicate and the nine PROTO_* codes */
-#define CMDD_OUTCOMES 11
+/* ok, duplicate and the ten PROTO_* codes */
+#define CMDD_OUTCOMES 12
 
 struct cmdd_stats {
 	uint64_t requests;
@@ -238,6 +243,9 @@ int cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config 
 int cmdd_run(struct cmdd *d);
 void cmdd_fini(struct cmdd *d);
 void cmdd_begin_shutdown(struct cmdd *d);
+/* SIGHUP: what may change without a restart ([access]); nothing changes
+ * when cfg is refused. */
+int cmdd_reload(void *d, const struct config *cfg, struct cqrs_err *err);
 
 /* server.c */
 int server_listen(struct cmdd *d, struct cqrs_err *err) __attribute__((warn_unused_result));

@@ -148,6 +148,9 @@ main(int argc, char **argv)
 		cqrs_log_error(NULL, "out of memory");
 		goto out;
 	}
+	dm.reload = cmdd_reload;
+	dm.reload_arg = &d;
+	dm.reload_what = "[access]";
 	rc = cmdd_init(&d, base, &ccfg, reg, &err);
 	memset(&ccfg, 0, sizeof(ccfg));	/* d owns it now, also after a failure */
 	if (rc < 0) {

@@ -24,6 +24,7 @@ struct json_object;
 #define PROTO_UNAVAILABLE "unavailable"
 #define PROTO_INTERNAL "internal"
 #define PROTO_ID_REUSED "id_reused"
+#define PROTO_FORBIDDEN "forbidden"
 
 struct request {
 	struct json_object *root;	/* owned: the parsed line */

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "access.h"
 #include "cmdd.h"
 #include "sdnotify.h"
 
@@ -605,6 +606,20 @@ handle_line(struct client *c, const char *line, size_t len)
 		return;
 	}
 	j->log.command_id = j->req.id;
+	if (!access_allows(c->d->cfg.access, j->req.command, &c->peer)) {
+		char m[CQRS_ERR_MSG_MAX];
+
+		if (c->peer.known)
+			snprintf(m, sizeof(m), "uid %u%s%s%s may not send %s ([access])",
+				 (unsigned)c->peer.uid, c->peer.user[0] ? " (" : "", c->peer.user,
+				 c->peer.user[0] ? ")" : "", j->req.command);
+		else
+			snprintf(m, sizeof(m), "a sender without credentials may not send %s "
+				 "([access])", j->req.command);
+		cqrs_log_warn(&j->log, "forbidden: %s", m);
+		exec_answer(j, proto_answer_error(j->req.id, PROTO_FORBIDDEN, m), PROTO_FORBIDDEN);
+		return;
+	}
 	exec_submit(j);
 }
 
@@ -754,6 +769,11 @@ peer_read(int fd, struct cmdd_peer *p)
 	p->gid = cred.gid;
 	p->pid = cred.pid;
 	snprintf(p->uid_text, sizeof(p->uid_text), "%u", (unsigned)cred.uid);
+	len = sizeof(p->groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, p->groups, &len) == 0)
+		p->n_groups = (int)(len / sizeof(p->groups[0]));
+	/* more than CMDD_PEER_GROUPS (ERANGE): the first ones are not given
+	 * either, so rules on groups match none; names and uids still do */
 	if (getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &found) == 0 && found != NULL &&
 	    strlen(pw.pw_name) < sizeof(p->user))
 		snprintf(p->user, sizeof(p->user), "%s", pw.pw_name);
@@ -792,6 +812,8 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	c->d = d;
 	c->fd = fd;
 	peer_read(fd, &c->peer);
+	if (c->peer.known)
+		c->log.uid = c->peer.uid_text;
 	c->no = ++client_counter;
 	c->log.comp = "cmdd";
 	TAILQ_INIT(&c->jobs);

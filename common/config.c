@@ -981,6 +981,17 @@ cqrs_config_each_section(const struct config *cfg, const char *prefix,
 			fn(cfg->sections[i], arg);
 }
 
+void
+cqrs_config_each_key(const struct config *cfg, const char *section,
+		     void (*fn)(const char *key, const char *value, int line, void *arg), void *arg)
+{
+	if (cfg == NULL || section == NULL)
+		return;
+	for (size_t i = 0; i < cfg->n_entries; i++)
+		if (strcmp(cfg->entries[i].section, section) == 0)
+			fn(cfg->entries[i].key, cfg->entries[i].value, cfg->entries[i].line, arg);
+}
+
 const char *
 cqrs_config_path(const struct config *cfg)
 {

@@ -117,6 +117,12 @@ int cqrs_config_check_keys(const struct config *cfg, const char *section,
 void cqrs_config_each_section(const struct config *cfg, const char *prefix,
 			 void (*fn)(const char *section, void *arg), void *arg);
 
+/* Calls fn for each key of section in the file, in file order, with its
+ * value and line. Environment overrides are not seen. */
+void cqrs_config_each_key(const struct config *cfg, const char *section,
+			  void (*fn)(const char *key, const char *value, int line, void *arg),
+			  void *arg);
+
 /* Where the file was read from: the path, cqrs_config_load_string()'s name (or
  * "<string>"), or NULL for none. */
 const char *cqrs_config_path(const struct config *cfg);

@@ -154,11 +154,15 @@ cqrs_daemon_reload(struct cqrs_daemon *d)
 		cqrs_log_error(&d->log, "reload: log.level \"%s\" is not error, warn, info or debug",
 			       cqrs_config_get(cfg, "log", "level", ""));
 		rc = CQRS_ECONFIG;
+	} else if (d->reload != NULL && (rc = d->reload(d->reload_arg, cfg, &err)) < 0) {
+		cqrs_log_error(&d->log, "reload: %s (keeping the running configuration)", err.msg);
 	} else {
 		cqrs_log_set_level(level);
 		/* warn: seen at every level but error */
-		cqrs_log_warn(&d->log, "reloaded %s: log.level=%s; other keys take effect at restart",
-			      d->config_path, cqrs_log_level_name(level));
+		cqrs_log_warn(&d->log, "reloaded %s: log.level=%s%s%s; other keys take effect at "
+			      "restart", d->config_path, cqrs_log_level_name(level),
+			      d->reload_what != NULL ? ", " : "",
+			      d->reload_what != NULL ? d->reload_what : "");
 	}
 	cqrs_config_free(cfg);
 	if (announce)

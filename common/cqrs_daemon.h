@@ -37,6 +37,7 @@
 #include "cqrs/log.h"
 
 struct config;
+struct cqrs_err;
 struct event_base;
 struct event;
 
@@ -75,6 +76,11 @@ struct cqrs_daemon {
 	volatile int terms;		/* SIGTERM/SIGINT seen */
 	struct event_base *base;	/* borrowed: the libevent shape */
 	struct event *ev[3];		/* its SIGTERM, SIGINT and SIGHUP events */
+	/* SIGHUP: what the daemon takes from the new file besides log.level
+	 * (reload_what names it in the log); a refusal keeps everything */
+	int (*reload)(void *arg, const struct config *cfg, struct cqrs_err *err);
+	void *reload_arg;
+	const char *reload_what;
 };
 
 /*
@@ -112,8 +118,8 @@ int cqrs_daemon_signals_event(struct cqrs_daemon *d, struct event_base *base,
 			      void (*stop)(void *arg), void *arg) __attribute__((warn_unused_result));
 
 /*
- * SIGHUP's work: re-reads d->config_path for log.level and logs the
- * outcome. RELOADING=1 and READY=1 are sent around it when the daemon has
+ * SIGHUP's work: re-reads d->config_path for log.level (and what
+ * d->reload takes) and logs the outcome. RELOADING=1 and READY=1 are sent around it when the daemon has
  * said READY=1 and not STOPPING=1. Returns 0, or the error's code when
  * nothing changed.
  */

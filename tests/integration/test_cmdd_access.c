@@ -10,6 +10,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 
 #define ALICE "cqrs-test-alice"
 #define BOB "cqrs-test-bob"
+#define TELLERS "cqrs-test-tellers"
 
 /* The user's uid, creating it (a system user without a home) if needed. */
 static uid_t
@@ -42,6 +44,33 @@ test_user(const char *name)
 	}
 	ck_assert_msg(pw != NULL, "no user %s", name);
 	return pw->pw_uid;
+}
+
+/* The group's gid, creating it if needed, with member as a supplementary
+ * member (NULL: none). */
+static gid_t
+test_group(const char *name, const char *member)
+{
+	struct group *gr = getgrnam(name);
+	char *out = NULL;
+	int rc;
+
+	if (gr == NULL) {
+		rc = fixture_run(daemon_fmt("groupadd --system %s", name), &out);
+		ck_assert_msg(rc == 0 || getgrnam(name) != NULL, "groupadd %s: exit %d: %s", name,
+			      rc, out ? out : "");
+		free(out);
+		out = NULL;
+		gr = getgrnam(name);
+	}
+	ck_assert_msg(gr != NULL, "no group %s", name);
+	if (member != NULL) {
+		rc = fixture_run(daemon_fmt("usermod -a -G %s %s", name, member), &out);
+		ck_assert_msg(rc == 0, "usermod -a -G %s %s: exit %d: %s", name, member, rc,
+			      out ? out : "");
+		free(out);
+	}
+	return getgrnam(name)->gr_gid;
 }
 
 /*
@@ -107,9 +136,9 @@ send_as(struct daemon *d, const char *name, const char *line, pid_t *pid_out)
 	return have > 0 ? daemon_gc(strdup(buf)) : NULL;
 }
 
-/* A daemon whose socket anybody may reach. */
+/* A daemon whose socket anybody may reach, not started. */
 static struct daemon *
-start_open_cmdd(const char **conninfo)
+new_open_cmdd(const char **conninfo)
 {
 	struct daemon *d;
 
@@ -117,6 +146,14 @@ start_open_cmdd(const char **conninfo)
 	d = daemon_new_cmdd(*conninfo, "bank");
 	daemon_set(d, "cmd", "socket_mode", "0666");
 	ck_assert_int_eq(chmod(daemon_dir(d), 0755), 0);
+	return d;
+}
+
+static struct daemon *
+start_open_cmdd(const char **conninfo)
+{
+	struct daemon *d = new_open_cmdd(conninfo);
+
 	daemon_start(d);
 	return d;
 }
@@ -194,6 +231,123 @@ START_TEST(a_request_that_names_its_own_peer_is_malformed)
 }
 END_TEST
 
+static const char *
+cmd_line(const char *command, const char *agg, const char *data)
+{
+	return daemon_fmt("{\"command\":\"%s\",\"aggregate_id\":\"%s\",\"data\":%s}", command, agg,
+			  data);
+}
+
+/* Replaces the line starting with "key =" in the daemon's config file. */
+static void
+config_replace(struct daemon *d, const char *key, const char *line)
+{
+	char *text = fixture_read_file(daemon_config_path(d));
+	char *at, *eol;
+	FILE *f;
+
+	ck_assert_ptr_nonnull(text);
+	at = strstr(text, daemon_fmt("\n%s =", key));
+	ck_assert_msg(at != NULL, "no %s in the config", key);
+	eol = strchr(at + 1, '\n');
+	f = fopen(daemon_config_path(d), "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "%.*s\n%s%s", (int)(at - text), text, line, eol ? eol : "\n");
+	fclose(f);
+	free(text);
+}
+
+START_TEST(the_policy_allows_and_forbids_by_name_uid_and_group)
+{
+	const char *conninfo;
+	struct daemon *d;
+	uid_t alice = test_user(ALICE), bob = test_user(BOB);
+	long long before;
+	char *a;
+
+	test_group(TELLERS, BOB);
+	d = new_open_cmdd(&conninfo);
+	daemon_set(d, "access", "account.open", "%s uid:%u", ALICE, (unsigned)bob);
+	daemon_set(d, "access", "account.deposit", "@%s", TELLERS);
+	/* alice's primary group (useradd --system makes one of her name) */
+	daemon_set(d, "access", "account.withdraw", "@%s", ALICE);
+	daemon_set(d, "access", "account.*", "root");
+	daemon_start(d);
+
+	/* by name, by uid:N, by prefix */
+	DAEMON_ASSERT_OK(send_as(d, ALICE, cmd_line("account.open", "p1", "{\"owner\":\"a\"}"), NULL));
+	DAEMON_ASSERT_OK(send_as(d, BOB, cmd_line("account.open", "p2", "{\"owner\":\"b\"}"), NULL));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_call(d, cmd_line("account.close", "p2", "{}"))));
+	/* a supplementary group */
+	DAEMON_ASSERT_OK(send_as(d, BOB, cmd_line("account.deposit", "p1", "{\"amount\":10}"), NULL));
+	/* a primary group */
+	DAEMON_ASSERT_OK(send_as(d, ALICE, cmd_line("account.withdraw", "p1", "{\"amount\":3}"),
+				 NULL));
+
+	/* and nobody else: forbidden, nothing appended, logged with uid and command */
+	before = qint(conninfo, "SELECT count(*) FROM cqrs.events");
+	a = send_as(d, ALICE, cmd_line("account.deposit", "p1", "{\"amount\":1}"), NULL);
+	DAEMON_ASSERT_ERROR(a, "forbidden");
+	ck_assert_msg(strstr(a, "account.deposit") != NULL, "%s", a);
+	a = send_as(d, BOB, cmd_line("account.withdraw", "p1", "{\"amount\":1}"), NULL);
+	DAEMON_ASSERT_ERROR(a, "forbidden");
+	a = send_as(d, BOB, cmd_line("account.close", "p1", "{}"), NULL);
+	DAEMON_ASSERT_ERROR(a, "forbidden");
+	ck_assert_int_eq(qint(conninfo, "SELECT count(*) FROM cqrs.events"), before);
+	ck_assert(daemon_wait_log(d, daemon_fmt("uid=%u msg=\"forbidden: uid %u (%s) may not "
+						"send account.deposit", (unsigned)alice,
+						(unsigned)alice, ALICE), 10000));
+
+	/* SIGHUP: a new policy takes effect; one that names nobody known is
+	 * refused and the running one kept */
+	config_replace(d, "account.deposit", daemon_fmt("account.deposit = @%s %s", TELLERS, ALICE));
+	daemon_signal(d, SIGHUP);
+	ck_assert(daemon_wait_log(d, "log.level=info, [access]", 20000));
+	DAEMON_ASSERT_OK(send_as(d, ALICE, cmd_line("account.deposit", "p1", "{\"amount\":1}"),
+				 NULL));
+	config_replace(d, "account.deposit", "account.deposit = cqrs-test-nobody-such");
+	daemon_signal(d, SIGHUP);
+	ck_assert(daemon_wait_log(d, "reload: [access] account.deposit: no user named "
+				  "\\\"cqrs-test-nobody-such\\\"", 20000));
+	DAEMON_ASSERT_OK(send_as(d, ALICE, cmd_line("account.deposit", "p1", "{\"amount\":1}"),
+				 NULL));
+	ck_assert_int_eq(daemon_stop(d), 0);
+	daemon_free(d);
+}
+END_TEST
+
+START_TEST(check_config_refuses_unknown_names)
+{
+	static const struct {
+		const char *key, *value, *want;
+	} bad[] = {
+		/* as the log writes them: quotes escaped */
+		{ "account.open", "cqrs-test-nobody-such",
+		  "account.open: no user named \\\"cqrs-test-nobody-such\\\"" },
+		{ "account.open", "@cqrs-test-no-group",
+		  "account.open: no group named \\\"cqrs-test-no-group\\\"" },
+		{ "account.open", "uid:x1", "account.open: \\\"uid:x1\\\" is not uid:N" },
+		{ "account.*.x", "root", "a pattern is a command name, \\\"prefix.*\\\" or \\\"*\\\"" },
+		{ "account.open", ",", "account.open: lists nobody" },
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *conninfo;
+		struct daemon *d = new_open_cmdd(&conninfo);
+		char *log;
+
+		daemon_set(d, "access", bad[i].key, "%s", bad[i].value);
+		daemon_add_arg(d, "--check-config");
+		ck_assert_int_eq(daemon_run(d, 30000), 1);
+		log = daemon_log(d);
+		ck_assert_msg(strstr(log, bad[i].want) != NULL, "[access] %s = %s: want \"%s\" in %s",
+			      bad[i].key, bad[i].value, bad[i].want, log);
+		free(log);
+		daemon_free(d);
+	}
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -210,6 +364,13 @@ access_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, each_event_records_who_sent_its_command);
 	tcase_add_test(tc, a_request_that_names_its_own_peer_is_malformed);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("policy");
+	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, the_policy_allows_and_forbids_by_name_uid_and_group);
+	tcase_add_test(tc, check_config_refuses_unknown_names);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1054,7 +1054,8 @@ outcome(const struct scrape *m, const char *name)
 START_TEST(metrics_scraped_as_commands_run)
 {
 	static const char *const outcomes[] = { "ok", "duplicate", "malformed", "too_large",
-		"unknown_command", "invalid", "rejected", "conflict", "id_reused", "unavailable", "internal" };
+		"unknown_command", "invalid", "rejected", "conflict", "forbidden", "id_reused", "unavailable",
+		"internal" };
 	struct daemon *d = daemon_new_cmdd(db(), "bank");
 	struct daemon_conn *c, *big;
 	struct scrape *m;
