@@ -59,6 +59,7 @@ cqrs_err_name(int code)
 	case CQRS_EREJECTED: return "rejected";
 	case CQRS_ETOOLARGE: return "too_large";
 	case CQRS_EIDREUSED: return "id_reused";
+	case CQRS_EFORBIDDEN: return "forbidden";
 	}
 	return "unknown";
 }

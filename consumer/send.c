@@ -272,7 +272,8 @@ read_answer(const char *answer, const char *command, const char *id, struct cqrs
 		{ "rejected", CQRS_EREJECTED },	  { "invalid", CQRS_EINVALID },
 		{ "conflict", CQRS_ECONFLICT },	  { "unavailable", CQRS_EUNAVAILABLE },
 		{ "unknown_command", CQRS_EINVALID }, { "malformed", CQRS_EINVALID },
-		{ "too_large", CQRS_EINVALID },
+		{ "too_large", CQRS_EINVALID },	  { "id_reused", CQRS_EIDREUSED },
+		{ "forbidden", CQRS_EFORBIDDEN },
 	};
 	struct json_object *o = json_tokener_parse(answer);
 	struct json_object *ok, *e, *v;

@@ -37,6 +37,8 @@ enum cqrs_errcode {
 	CQRS_ETOOLARGE = -10,
 	/* a command id was recorded for another stream or another command */
 	CQRS_EIDREUSED = -11,
+	/* cqrs-cmdd's [access] policy does not allow this sender this command */
+	CQRS_EFORBIDDEN = -12,
 };
 
 #define CQRS_ERR_MSG_MAX 512
