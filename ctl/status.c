@@ -133,7 +133,7 @@ print_json(struct ctl *ctl, const char *name, PGresult *res)
 static void
 print_text(struct ctl *ctl, const char *name, PGresult *res)
 {
-	const char *app = val(res, C_A_APP);
+	const char *app = val(res, C_A_APP), *since;
 	char host[128], limit_text[24];
 	long pid;
 
@@ -164,14 +164,16 @@ print_text(struct ctl *ctl, const char *name, PGresult *res)
 			val(res, C_B_SECONDS) ? val(res, C_B_SECONDS) : "?",
 			val(res, C_B_PID) ? val(res, C_B_PID) : "none: prepared",
 			val(res, C_B_APP) ? val(res, C_B_APP) : "", val(res, C_B_XID) ? val(res, C_B_XID) : "?");
+	/* another role's session shows no start time (pg_stat_activity) */
+	since = val(res, C_A_SINCE) != NULL ? val(res, C_A_SINCE) : "? (not shown to this role)";
 	if (val(res, C_A_PID) == NULL)
 		fprintf(ctl->out, "active: none\n");
 	else if (parse_app(app, host, sizeof(host), &pid))
 		fprintf(ctl->out, "active: %s (pid %ld on %s; backend pid %s, client %s, since %s)\n",
-			app, pid, host, val(res, C_A_PID), val(res, C_A_CLIENT), val(res, C_A_SINCE));
+			app, pid, host, val(res, C_A_PID), val(res, C_A_CLIENT), since);
 	else
 		fprintf(ctl->out, "active: application \"%s\" (backend pid %s, client %s, since %s)\n",
-			app ? app : "", val(res, C_A_PID), val(res, C_A_CLIENT), val(res, C_A_SINCE));
+			app ? app : "", val(res, C_A_PID), val(res, C_A_CLIENT), since);
 }
 
 int
