@@ -320,6 +320,7 @@ cqrs_broker_connect(const char *url, const struct broker_options *opt, struct br
 	rc = cqrs_broker_check_reply(b, amqp_login_with_properties(b->conn, b->url.vhost, 0, FRAME_MAX,
 								   opt->heartbeat_s, &client_props,
 								   AMQP_SASL_METHOD_PLAIN, b->url.user,
+								   opt->password != NULL ? opt->password :
 								   b->url.password),
 				     0, "login", err);
 	if (rc < 0) {

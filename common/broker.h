@@ -113,6 +113,7 @@ struct broker_options {
 					 * /etc/ssl/certs/ca-certificates.crt) */
 	const char *cert, *key;		/* client certificate and key (PEM), both or none */
 	bool verify;			/* check the server's certificate and name (default true) */
+	const char *password;		/* borrowed; NULL: the URL's */
 };
 
 /* Fills o with the defaults above. */
@@ -125,6 +126,7 @@ struct broker_config {
 	int heartbeat_s;		/* broker.heartbeat */
 	bool verify;			/* broker.verify */
 	char *cacert, *cert, *key;	/* broker.cacert, .cert, .key (amqps); NULL: unset */
+	char *password;			/* from broker.password_file; NULL: the URL's */
 };
 
 struct config;

@@ -8,6 +8,8 @@
  *   verify = true             amqps: check the server's certificate and name
  *   cacert = FILE             amqps: CA bundle (default: the system's)
  *   cert = FILE, key = FILE   amqps: client certificate, both or neither
+ *   password_file = FILE      the password, instead of the URL's: an absolute
+ *                             path or a systemd credential's name (secret.h)
  *
  * A URL that does not parse is refused here, at start-up, rather than
  * retried for ever by a reconnect loop.
@@ -17,6 +19,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "secret.h"
 
 static int
 dup_opt(const char *s, char **out)
@@ -59,6 +62,15 @@ cqrs_broker_config_load(const struct config *cfg, struct broker_config *out,
 		rc = cqrs_err_set(err, CQRS_ECONFIG, "broker.cert and broker.key go together");
 		goto bad;
 	}
+	{
+		const char *pf = cqrs_config_get(cfg, "broker", "password_file", NULL);
+
+		if (pf != NULL && pf[0] != '\0' &&
+		    (out->password = cqrs_secret_read("broker.password_file", pf, err)) == NULL) {
+			rc = err->code;
+			goto bad;
+		}
+	}
 	return 0;
 nomem:
 	rc = cqrs_err_set(err, CQRS_ENOMEM, "[broker]: out of memory");
@@ -74,6 +86,10 @@ cqrs_broker_config_clear(struct broker_config *c)
 	free(c->cacert);
 	free(c->cert);
 	free(c->key);
+	if (c->password != NULL) {
+		memset(c->password, 0, strlen(c->password));
+		free(c->password);
+	}
 	memset(c, 0, sizeof(*c));
 }
 
@@ -86,4 +102,5 @@ cqrs_broker_config_options(const struct broker_config *c, struct broker_options 
 	o->cacert = c->cacert;
 	o->cert = c->cert;
 	o->key = c->key;
+	o->password = c->password;
 }

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "config.h"
 #include "cqrs_daemon.h"
+#include "secret.h"
 #include "sdnotify.h"
 
 /* val of --check-config: beyond every letter a daemon's option may use */
@@ -117,6 +118,12 @@ cqrs_daemon_start(struct cqrs_daemon *d, const struct cqrs_daemon_spec *spec, in
 		return 1;
 	}
 	cqrs_log_set_level(level);
+	if (cqrs_secret_setup(d->cfg, &err) < 0) {
+		fprintf(stderr, "%s: %s\n", spec->name, err.msg);
+		cqrs_config_free(d->cfg);
+		d->cfg = NULL;
+		return 1;
+	}
 	return CQRS_DAEMON_RUN;
 }
 

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "cqrs/log.h"
 #include "ctl.h"
+#include "secret.h"
 
 static void
 usage(FILE *f)
@@ -75,6 +76,11 @@ main(int argc, char **argv)
 		{
 			int level = cqrs_log_level_parse(cqrs_config_get(ctl.cfg, "log", "level", "warn"));
 			cqrs_log_set_level(level < 0 ? CQRS_LOG_WARN : level);
+		}
+		if (cqrs_secret_setup(ctl.cfg, &err) < 0) {
+			fprintf(stderr, "cqrsctl: %s\n", err.msg);
+			cqrs_config_free(ctl.cfg);
+			return 1;
 		}
 		rc = v->run(&ctl, argc - optind, argv + optind);
 		cqrs_config_free(ctl.cfg);

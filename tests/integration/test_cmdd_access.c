@@ -348,6 +348,57 @@ START_TEST(check_config_refuses_unknown_names)
 }
 END_TEST
 
+/* Passwords belong in files only the daemons' user reads: a config that
+ * holds one where others can read it is warned about, so is such a file;
+ * a credential's name needs systemd's $CREDENTIALS_DIRECTORY. */
+START_TEST(passwords_where_others_can_read_them_are_warned_about)
+{
+	const char *conninfo = daemon_gc(fixture_db_new(true));
+	struct daemon *d = daemon_new_cmdd(daemon_fmt("%s password=hunter2", conninfo), "bank");
+	const char *pass;
+	char *log;
+	FILE *f;
+
+	daemon_add_arg(d, "--check-config");
+	daemon_setenv(d, "CREDENTIALS_DIRECTORY", NULL);
+	/* the fixture writes cqrs.conf 0644 */
+	ck_assert_int_eq(daemon_run(d, 30000), 0);
+	log = daemon_log(d);
+	ck_assert_msg(strstr(log, "cqrs.conf holds a password (store.conninfo or broker.url) and "
+			      "can be read by anyone (mode 0644)") != NULL, "%s", log);
+	ck_assert_msg(strstr(log, "hunter2") == NULL, "the password is in the log: %s", log);
+	free(log);
+	ck_assert_int_eq(chmod(daemon_config_path(d), 0600), 0);
+	ck_assert_int_eq(daemon_run(d, 30000), 0);
+	log = daemon_log_tail(d, 3);
+	ck_assert_msg(strstr(log, "holds a password") == NULL, "%s", log);
+	free(log);
+
+	/* libpq's password file: a credential's name without systemd, refused */
+	daemon_set(d, "store", "conninfo", "%s", conninfo);
+	daemon_set(d, "store", "passfile", "pgpass");
+	ck_assert_int_eq(daemon_run(d, 30000), 1);
+	/* (on stderr before logging starts: quotes as they are) */
+	ck_assert(daemon_wait_log(d, "store.passfile \"pgpass\" names a systemd credential, but "
+				  "$CREDENTIALS_DIRECTORY is not set", 1000));
+	/* with it, fine; one others may read is warned about by name */
+	pass = daemon_fmt("%s/pgpass", daemon_dir(d));
+	f = fopen(pass, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs("*:*:*:*:hunter2\n", f);
+	fclose(f);
+	ck_assert_int_eq(chmod(pass, 0640), 0);
+	daemon_setenv(d, "CREDENTIALS_DIRECTORY", daemon_dir(d));
+	ck_assert_int_eq(daemon_run(d, 30000), 0);
+	ck_assert(daemon_wait_log(d, daemon_fmt("store.passfile %s holds a password and can be read "
+						"by its group (mode 0640)", pass), 1000));
+	log = daemon_log(d);
+	ck_assert_msg(strstr(log, "hunter2") == NULL, "the password is in the log: %s", log);
+	free(log);
+	daemon_free(d);
+}
+END_TEST
+
 static void
 teardown(void)
 {
@@ -371,6 +422,12 @@ access_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, the_policy_allows_and_forbids_by_name_uid_and_group);
 	tcase_add_test(tc, check_config_refuses_unknown_names);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("secrets");
+	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, passwords_where_others_can_read_them_are_warned_about);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -337,6 +337,8 @@ START_TEST(units_say_what_the_design_says)
 	sock = slurp(daemon_fmt("%s/deploy/systemd/cqrs-cmdd.socket", CQRS_SRCDIR));
 	ck_assert_ptr_nonnull(sock);
 	ck_assert_msg(strstr(sock, "ListenStream=/run/cqrs/cmd.sock\n") != NULL, "%s", sock);
+	/* senders are not the daemons' group, which reads cqrs.conf */
+	ck_assert_msg(strstr(sock, "\nSocketGroup=cqrs-clients\n") != NULL, "%s", sock);
 	svc = slurp(daemon_fmt("%s/deploy/systemd/cqrs-cmdd.service", CQRS_SRCDIR));
 	ck_assert_msg(strstr(svc, "Requires=cqrs-cmdd.socket\n") != NULL, "%s", svc);
 	ck_assert_msg(strstr(svc, "RuntimeDirectory=cqrs\n") != NULL &&
@@ -647,10 +649,12 @@ START_TEST(install_writes_the_expected_tree)
 		/* systemd-sysusers makes the user and group from it (in a scratch root) */
 		const char *root = scratch();
 		rc = sh(&out, "mkdir -p %s/etc && systemd-sysusers --root=%s %s && "
-			"grep '^cqrs:' %s/etc/passwd %s/etc/group", root, root,
+			"grep '^cqrs' %s/etc/passwd %s/etc/group", root, root,
 			staged("usr/lib/sysusers.d/cqrs.conf"), root, root);
 		ck_assert_msg(rc == 0 && strstr(out, ":cqrs daemons:/var/lib/cqrs:/usr/sbin/nologin\n"),
 			      "systemd-sysusers: exit %d:\n%s", rc, out);
+		ck_assert_msg(strstr(out, "/etc/group:cqrs-clients:x:") != NULL,
+			      "no group cqrs-clients: %s", out);
 	}
 	expect_file(stage, "etc/cqrs/cqrs.conf.example", 0644);
 	ck_assert(strstr(slurp(staged("etc/cqrs/cqrs.conf.example")),

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__has_include)
@@ -23,6 +24,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "cqrs/log.h"
 #include "envelope.h"
 #include "fixture.h"
 #include "proc.h"
@@ -212,6 +214,114 @@ START_TEST(connect_errors_name_broker_and_step)
 		ck_assert_int_lt(cqrs_broker_connect(url, &o, &b, &err), 0);
 		ck_assert_msg(strstr(err.msg, "TLS"), "%s", err.msg);
 	}
+}
+END_TEST
+
+/* A file of mode, holding text, in dir; its path (static buffer). */
+static const char *
+secret_file(const char *dir, const char *name, const char *text, mode_t mode)
+{
+	static char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs(text, f);
+	fclose(f);
+	ck_assert_int_eq(chmod(path, mode), 0);
+	return path;
+}
+
+/* Connects with [broker] text (%d: the test node's port); 0 or the error. */
+static int
+connect_with(const char *text_fmt, struct cqrs_err *err)
+{
+	char text[1024];
+	struct broker_config bc;
+	struct broker_options o;
+	struct broker *b = NULL;
+	struct config *cfg;
+	int rc;
+
+	snprintf(text, sizeof(text), text_fmt, fixture_rabbit_port());
+	ck_assert_int_eq(cqrs_config_load_string(text, "t.conf", &cfg, err), 0);
+	rc = cqrs_broker_config_load(cfg, &bc, err);
+	cqrs_config_free(cfg);
+	if (rc < 0)
+		return rc;
+	cqrs_broker_config_options(&bc, &o);
+	o.connect_timeout_ms = 10000;
+	rc = cqrs_broker_connect(bc.url, &o, &b, err);
+	cqrs_broker_free(b);
+	cqrs_broker_config_clear(&bc);
+	return rc;
+}
+
+/* The password from a file or a systemd credential, not from the URL (which
+ * cqrs.conf holds, readable by the daemons' group). */
+START_TEST(broker_password_from_a_file)
+{
+	char *dir = fixture_tmpdir(), *log = NULL;
+	struct cqrs_err err = { 0 };
+	char path[600], logpath[600];
+	FILE *lf;
+	size_t n;
+
+	snprintf(logpath, sizeof(logpath), "%s/log", dir);
+	/* the URL alone has no password (librabbitmq says "guest"): refused */
+	ck_assert_int_lt(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n", &err), 0);
+	ck_assert_msg(strstr(err.msg, "login") != NULL, "%s", err.msg);
+
+	/* an absolute path */
+	snprintf(path, sizeof(path), "%s", secret_file(dir, "pw", "cqrs\n", 0600));
+	{
+		char text[1024];
+		snprintf(text, sizeof(text), "[broker]\nurl = amqp://cqrs@127.0.0.1:%%d/%%%%2f\n"
+			 "password_file = %s\n", path);
+		ck_assert_msg(connect_with(text, &err) == 0, "%s", err.msg);
+		/* the file's password wins over the URL's */
+		snprintf(text, sizeof(text), "[broker]\nurl = amqp://cqrs:wrong@127.0.0.1:%%d/%%%%2f\n"
+			 "password_file = %s\n", path);
+		ck_assert_msg(connect_with(text, &err) == 0, "%s", err.msg);
+	}
+
+	/* a systemd credential: a bare name in $CREDENTIALS_DIRECTORY */
+	secret_file(dir, "broker-password", "cqrs", 0600);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	ck_assert_int_eq(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				      "password_file = broker-password\n", &err), CQRS_ECONFIG);
+	ck_assert_msg(strstr(err.msg, "$CREDENTIALS_DIRECTORY is not set") != NULL, "%s", err.msg);
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
+	ck_assert_msg(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				   "password_file = broker-password\n", &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				      "password_file = ../broker-password\n", &err), CQRS_ECONFIG);
+	ck_assert_int_eq(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				      "password_file = missing\n", &err), CQRS_ECONFIG);
+	ck_assert_msg(strstr(err.msg, "cannot read") != NULL, "%s", err.msg);
+	secret_file(dir, "empty", "\n", 0600);
+	ck_assert_int_eq(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				      "password_file = empty\n", &err), CQRS_ECONFIG);
+	ck_assert_msg(strstr(err.msg, "is empty") != NULL, "%s", err.msg);
+
+	/* a file others may read works, with a warning that names it */
+	secret_file(dir, "open", "cqrs\n", 0644);
+	lf = fopen(logpath, "w+");
+	ck_assert_ptr_nonnull(lf);
+	cqrs_log_set_output(lf, 0);
+	ck_assert_msg(connect_with("[broker]\nurl = amqp://cqrs@127.0.0.1:%d/%%2f\n"
+				   "password_file = open\n", &err) == 0, "%s", err.msg);
+	cqrs_log_set_output(stderr, -1);
+	fclose(lf);
+	log = fixture_read_file(logpath);
+	n = strlen(log);
+	ck_assert_msg(n > 0 && strstr(log, "broker.password_file") && strstr(log, "/open holds a "
+		      "password and can be read by anyone (mode 0644)"), "%s", log);
+	ck_assert_msg(strstr(log, "cqrs\n") == NULL, "the password is in the log: %s", log);
+	free(log);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	free(dir);
 }
 END_TEST
 
@@ -470,6 +580,7 @@ broker_suite(void)
 	tcase_add_test(tc, broker_section);
 	tcase_add_test(tc, routing_keys);
 	tcase_add_test(tc, connect_errors_name_broker_and_step);
+	tcase_add_test(tc, broker_password_from_a_file);
 	tcase_add_test(tc, publish_properties_exactly);
 	tcase_add_test(tc, many_in_flight_then_confirms);
 	tcase_add_test(tc, nack_is_an_error);
