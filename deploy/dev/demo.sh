@@ -96,6 +96,9 @@ up() {
 	step "RabbitMQ ready ($(sed -n 's/^CQRS_BROKER_URL=.*@//p' "$rabbitdir/env"))"
 	conninfo=$(sed -n "s/^CQRS_STORE_CONNINFO='\(.*\)'$/\1/p" "$pgdir/env")
 	broker=$(sed -n 's/^CQRS_BROKER_URL=//p' "$rabbitdir/env")
+	# each daemon on its own broker user, with only its rights (docs/deploy.md)
+	tracker_url=$(sed -n 's/^CQRS_DEV_TRACKER_URL=//p' "$rabbitdir/env")
+	consumer_url=$(sed -n 's/^CQRS_DEV_CONSUMER_URL=//p' "$rabbitdir/env")
 	cat > "$CONF" <<CONF
 # written by deploy/dev/demo.sh
 [store]
@@ -123,9 +126,10 @@ CONF
 	say "starting the daemons"
 	start_daemon cmdd "$B/bin/cqrs-cmdd" -c "$CONF"
 	wait_for 10 "the command socket" test -S "$RUN/cmd.sock"
-	start_daemon tracker "$B/bin/cqrs-tracker" -c "$CONF"
+	start_daemon tracker env CQRS_BROKER_URL="$tracker_url" "$B/bin/cqrs-tracker" -c "$CONF"
 	for c in $CONSUMERS; do
-		start_daemon "consumer-$c" "$B/bin/cqrs-consumer" -n "$c" -c "$CONF"
+		start_daemon "consumer-$c" env CQRS_BROKER_URL="$consumer_url" \
+			"$B/bin/cqrs-consumer" -n "$c" -c "$CONF"
 	done
 	sleep 1
 	for n in cmdd tracker consumer-projections consumer-notifications consumer-transfers; do

@@ -22,8 +22,11 @@
 # own epmd on a private port: nothing is shared with a system-wide RabbitMQ.
 # AMQP listens on 127.0.0.1 only, on a free port chosen at the first start and
 # kept for the life of DIR (a restart comes back on the same port, with the
-# same data). Users: cqrs/cqrs (administrator, all permissions on vhost /)
-# and guest/guest (loopback only).
+# same data). Users: cqrs/cqrs (administrator, all permissions on vhost /),
+# guest/guest (loopback only), and the least-privilege users of
+# docs/deploy.md: cqrs-tracker/cqrs-tracker (writes cqrs.events only) and
+# cqrs-consumer/cqrs-consumer (its queues and dead letters; never writes
+# cqrs.events).
 #
 # Pids: DIR/rabbitmq.pid (Erlang VM), DIR/server.pid (the rabbitmq-server
 # shell wrapper), DIR/epmd.pid (the private epmd).
@@ -180,6 +183,8 @@ print_env() {
 	{
 		echo "RABBITMQ_NODENAME=$NODE"
 		echo "CQRS_BROKER_URL=amqp://cqrs:cqrs@127.0.0.1:$AMQP_PORT/%2f"
+		echo "CQRS_DEV_TRACKER_URL=amqp://cqrs-tracker:cqrs-tracker@127.0.0.1:$AMQP_PORT/%2f"
+		echo "CQRS_DEV_CONSUMER_URL=amqp://cqrs-consumer:cqrs-consumer@127.0.0.1:$AMQP_PORT/%2f"
 		echo "CQRS_TEST_AMQP_PORT=$AMQP_PORT"
 		echo "CQRS_RABBITMQ_DIR=$DIR"
 	} >"$DIR/env.tmp"
@@ -206,10 +211,16 @@ EOF
   "vhosts": [{"name": "/"}],
   "users": [
     {"name": "cqrs", "password": "cqrs", "tags": "administrator"},
+    {"name": "cqrs-tracker", "password": "cqrs-tracker", "tags": ""},
+    {"name": "cqrs-consumer", "password": "cqrs-consumer", "tags": ""},
     {"name": "guest", "password": "guest", "tags": "administrator"}
   ],
   "permissions": [
     {"user": "cqrs", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+    {"user": "cqrs-tracker", "vhost": "/", "configure": "^cqrs\\.events$",
+     "write": "^cqrs\\.events$", "read": "^$"},
+    {"user": "cqrs-consumer", "vhost": "/", "configure": "^cqrs\\.",
+     "write": "^(cqrs\\.dead|cqrs\\.(?!events$|dead$).+)$", "read": "^cqrs\\."},
     {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
   ]
 }

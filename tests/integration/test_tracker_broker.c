@@ -325,6 +325,47 @@ START_TEST(broker_password_from_a_file)
 }
 END_TEST
 
+/* The least-privilege users of the dev node (deploy/dev/rabbitmq.sh, as
+ * docs/deploy.md sets them up): a consumer's user can never publish an
+ * event, the tracker's can publish events and read nothing. */
+START_TEST(broker_users_hold_only_their_rights)
+{
+	struct broker *b = NULL;
+	struct cqrs_err err = { 0 };
+	struct broker_message m = { .routing_key = "account.MoneyDeposited", .body = "{}",
+				    .body_len = 2 };
+	struct broker_msg msg;
+	char url[256];
+	int rc;
+
+	/* the consumer's user: its exchange declarations pass, a publish to
+	 * cqrs.events is refused by the broker */
+	snprintf(url, sizeof(url), "amqp://cqrs-consumer:cqrs-consumer@127.0.0.1:%d/%%2f",
+		 fixture_rabbit_port());
+	ck_assert_msg(cqrs_broker_connect(url, NULL, &b, &err) == 0, "%s", err.msg);
+	ck_assert_msg(cqrs_broker_declare_topology(b, &err) == 0, "%s", err.msg);
+	rc = cqrs_broker_publish(b, &m, NULL, &err);
+	if (rc == 0)
+		rc = cqrs_broker_wait_confirms(b, 0, 10000, &err);
+	ck_assert_msg(rc < 0 && strstr(err.msg, "ACCESS_REFUSED") != NULL,
+		      "the consumer's user published to cqrs.events: %d %s", rc, err.msg);
+	cqrs_broker_free(b);
+	b = NULL;
+
+	/* the tracker's user: publishes, and reads no queue */
+	snprintf(url, sizeof(url), "amqp://cqrs-tracker:cqrs-tracker@127.0.0.1:%d/%%2f",
+		 fixture_rabbit_port());
+	ck_assert_msg(cqrs_broker_connect(url, NULL, &b, &err) == 0, "%s", err.msg);
+	ck_assert_msg(cqrs_broker_declare_topology(b, &err) == 0, "%s", err.msg);
+	ck_assert_msg(cqrs_broker_publish(b, &m, NULL, &err) == 0 &&
+		      cqrs_broker_wait_confirms(b, 0, 10000, &err) == 0, "%s", err.msg);
+	rc = cqrs_broker_get(b, "cqrs.projections", &msg, &err);
+	ck_assert_msg(rc < 0 && strstr(err.msg, "ACCESS_REFUSED") != NULL,
+		      "the tracker's user read a queue: %d %s", rc, err.msg);
+	cqrs_broker_free(b);
+}
+END_TEST
+
 START_TEST(publish_properties_exactly)
 {
 	struct broker *b = connect_ok(NULL);
@@ -581,6 +622,7 @@ broker_suite(void)
 	tcase_add_test(tc, routing_keys);
 	tcase_add_test(tc, connect_errors_name_broker_and_step);
 	tcase_add_test(tc, broker_password_from_a_file);
+	tcase_add_test(tc, broker_users_hold_only_their_rights);
 	tcase_add_test(tc, publish_properties_exactly);
 	tcase_add_test(tc, many_in_flight_then_confirms);
 	tcase_add_test(tc, nack_is_an_error);
