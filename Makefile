@@ -237,14 +237,14 @@ fuzz-bins: $(FUZZ_BINS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	@sh deploy/dev/demo.sh demo
+	@CQRS_BUILD_DIR=$(B) sh deploy/dev/demo.sh demo
 
 up: deps
 	@$(MAKE) --no-print-directory all
-	@sh deploy/dev/demo.sh up
+	@CQRS_BUILD_DIR=$(B) sh deploy/dev/demo.sh up
 
 down:
-	@sh deploy/dev/demo.sh down
+	@CQRS_BUILD_DIR=$(B) sh deploy/dev/demo.sh down
 
 # install: what a Debian admin expects, under PREFIX (/usr/local by default;
 # PREFIX=/usr for a host-wide install). Units go to PREFIX/lib/systemd/system

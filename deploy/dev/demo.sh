@@ -11,7 +11,11 @@
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 mode=${1:-demo}
-B="$top/build"
+# the build to run: make passes its own (build/san-... under SANITIZE=)
+case "${CQRS_BUILD_DIR:-build}" in
+/*) B=$CQRS_BUILD_DIR ;;
+*) B="$top/${CQRS_BUILD_DIR:-build}" ;;
+esac
 # CQRS_RUN_DIR moves the whole run folder (the end-to-end test uses one).
 RUN="${CQRS_RUN_DIR:-$top/.run}"
 LOGS="$RUN/logs"
@@ -119,6 +123,7 @@ plugins = $B/plugins/bank.so
 [log]
 level = info
 CONF
+	chmod 600 "$CONF"	# it holds the dev servers' passwords
 
 	say "migrating the event store"
 	step "$($CTL migrate)"
