@@ -466,6 +466,7 @@ START_TEST(thousand_transfers_conserve_money)
 	char **lines = calloc(transfers, sizeof(*lines));
 	long long concluded = 0, deadline, sum;
 	int killed = 0;
+	pid_t pids[3] = { 0, 0, 0 };
 
 	env_init(&e, NULL);
 	env_tracker(&e);
@@ -475,6 +476,8 @@ START_TEST(thousand_transfers_conserve_money)
 	cons_start(t1);
 	cons_start(t2);
 	cons_start(p);
+	pids[0] = proc_pid(cons_proc(t1));
+	pids[1] = proc_pid(cons_proc(t2));
 	open_accounts(&e, accounts, 10000);
 	srandom(8);
 	for (int i = 0; i < transfers; i++) {
@@ -505,6 +508,7 @@ START_TEST(thousand_transfers_conserve_money)
 			cons_kill(t1);
 			killed = 1;
 			cons_start(t1);
+			pids[2] = proc_pid(cons_proc(t1));
 		}
 		if (concluded >= transfers)
 			break;
@@ -551,6 +555,13 @@ START_TEST(thousand_transfers_conserve_money)
 			       "(t.outcome = 'TransferFailed' AND ((w.n IS NULL AND d.n IS NULL) OR "
 			       "(w.n = 1 AND d.n = 1))))"),
 		0);
+	/* the commands the process manager sent carry its process as peer */
+	ck_assert_int_eq(cons_query_int(e.conninfo, daemon_fmt(
+		"SELECT count(*) FROM cqrs.events WHERE metadata ? 'cause_stream' AND "
+		"(metadata->'peer'->>'pid')::int NOT IN (%d, %d, %d)", (int)pids[0], (int)pids[1],
+		(int)pids[2])), 0);
+	ck_assert_int_gt(cons_query_int(e.conninfo, "SELECT count(*) FROM cqrs.events WHERE "
+					"metadata ? 'cause_stream' AND metadata ? 'peer'"), 100);
 	ck_assert_int_eq(cons_stop(t1), 0);
 	ck_assert_int_eq(cons_stop(t2), 0);
 	ck_assert_int_eq(cons_stop(p), 0);
