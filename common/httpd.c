@@ -15,13 +15,18 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 
 #include "config.h"
 #include "httpd.h"
@@ -37,11 +42,21 @@ struct httpd {
 	struct evhttp *http;
 	struct httpd_handlers hd;
 	uint16_t port;
-	char address[96];
+	char address[136];
 	bool threaded;
 	pthread_t thread;
 	int wake[2];			/* threaded mode: a byte on wake[1] stops the loop */
 	struct event *wake_ev;
+	char *unix_path;		/* owned: the socket file we made, unlinked at the end */
+	/* the connection cap: evhttp 2.1 says nothing when it frees a
+	 * connection, so each one's bufferevent is made here (bevcb) and held
+	 * by one more reference; evhttp's bufferevent_free() clears its
+	 * callbacks, which sweep() sees */
+	struct evconnlistener *listener;
+	struct bufferevent *conns[HTTPD_MAX_CONNECTIONS + 1];
+	atomic_int n_conns;
+	bool paused;
+	struct event *sweep_ev;
 };
 
 static const uint64_t default_le_us[] = { HTTPD_HIST_DEFAULT_BUCKETS };
@@ -101,6 +116,21 @@ cqrs_httpd_parse_addr(const char *spec, bool allow_remote, const char *what, str
 
 	memset(&a, 0, sizeof(a));
 	if (spec == NULL || spec[0] == '\0') {
+		*out = a;
+		return 0;
+	}
+	if (spec[0] == '/') {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&a.ss;
+		size_t len = strlen(spec);
+
+		if (len >= sizeof(sun->sun_path) || len + 5 >= sizeof(a.text))
+			return cqrs_err_set(err, CQRS_ECONFIG, "%s: \"%s\" is too long for a Unix "
+					    "socket (at most %zu bytes)", what, spec,
+					    sizeof(sun->sun_path) - 1);
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, spec, len + 1);
+		a.len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+		snprintf(a.text, sizeof(a.text), "unix:%s", spec);
 		*out = a;
 		return 0;
 	}
@@ -262,16 +292,49 @@ thread_main(void *arg)
 }
 
 /* Binds and listens; the fd, or a negative error. */
+/* A socket file left at path: removed when nobody answers on it (what a
+ * daemon that died leaves), else the start stops. */
+static int
+unix_clear(const struct httpd_addr *addr, struct cqrs_err *err)
+{
+	const char *path = ((const struct sockaddr_un *)&addr->ss)->sun_path;
+	struct stat st;
+	int fd, e;
+
+	if (lstat(path, &st) != 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode))
+		return cqrs_err_set(err, CQRS_EIO, "http %s: exists and is not a socket; not "
+				    "removing it", addr->text);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return cqrs_err_set(err, CQRS_EIO, "http %s: socket: %s", addr->text,
+				    strerror(errno));
+	e = connect(fd, (const struct sockaddr *)&addr->ss, addr->len) == 0 ? 0 : errno;
+	close(fd);
+	if (e != ECONNREFUSED)
+		return cqrs_err_set(err, CQRS_EIO, "http %s: %s; not removing it", addr->text,
+				    e == 0 ? "another process serves it" : strerror(e));
+	if (unlink(path) != 0)
+		return cqrs_err_set(err, CQRS_EIO, "http %s: cannot remove the stale socket: %s",
+				    addr->text, strerror(errno));
+	return 0;
+}
+
 static int
 bind_addr(const struct httpd_addr *addr, struct cqrs_err *err)
 {
-	int one = 1;
-	int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1, fd, rc;
+
+	if (addr->ss.ss_family == AF_UNIX && (rc = unix_clear(addr, err)) < 0)
+		return rc;
+	fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return cqrs_err_set(err, CQRS_EIO, "http %s: socket: %s", addr->text,
 				    strerror(errno));
-	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (addr->ss.ss_family != AF_UNIX)
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (addr->ss.ss_family == AF_INET6)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 || listen(fd, 64) != 0) {
@@ -280,7 +343,75 @@ bind_addr(const struct httpd_addr *addr, struct cqrs_err *err)
 		return cqrs_err_set(err, CQRS_EIO, "http: cannot listen on %s: %s", addr->text,
 				    strerror(e));
 	}
+	/* who may scrape is who may open the file: the daemons' group */
+	if (addr->ss.ss_family == AF_UNIX &&
+	    chmod(((const struct sockaddr_un *)&addr->ss)->sun_path, 0660) != 0) {
+		int e = errno;
+		close(fd);
+		return cqrs_err_set(err, CQRS_EIO, "http %s: chmod: %s", addr->text, strerror(e));
+	}
 	return fd;
+}
+
+/* ---- the connection cap -------------------------------------------------- */
+
+/* Drops the connections evhttp has freed; accepts again below the cap. */
+static void
+sweep(struct httpd *h)
+{
+	int n = atomic_load(&h->n_conns);
+
+	for (int i = 0; i < n;) {
+		bufferevent_data_cb r, w;
+		bufferevent_event_cb e;
+		void *arg;
+
+		bufferevent_getcb(h->conns[i], &r, &w, &e, &arg);
+		if (r != NULL || w != NULL || e != NULL) {
+			i++;
+			continue;
+		}
+		bufferevent_decref(h->conns[i]);	/* evhttp's is gone: closes it */
+		h->conns[i] = h->conns[--n];
+	}
+	atomic_store(&h->n_conns, n);
+	if (h->paused && n < HTTPD_MAX_CONNECTIONS && h->listener != NULL) {
+		evconnlistener_enable(h->listener);
+		h->paused = false;
+	}
+}
+
+static void
+on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	sweep(arg);
+}
+
+/* evhttp's new connection: its bufferevent, counted. */
+static struct bufferevent *
+conn_new(struct event_base *base, void *arg)
+{
+	struct httpd *h = arg;
+	struct bufferevent *bev;
+	int n;
+
+	sweep(h);
+	bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL)
+		return NULL;
+	n = atomic_load(&h->n_conns);
+	if (n >= HTTPD_MAX_CONNECTIONS + 1)
+		return bev;	/* cannot happen: accepting stops at the cap */
+	bufferevent_incref(bev);
+	h->conns[n++] = bev;
+	atomic_store(&h->n_conns, n);
+	if (n >= HTTPD_MAX_CONNECTIONS && h->listener != NULL && !h->paused) {
+		evconnlistener_disable(h->listener);
+		h->paused = true;
+	}
+	return bev;
 }
 
 int
@@ -326,8 +457,21 @@ cqrs_httpd_new(struct event_base *base, const struct httpd_addr *addr,
 	evhttp_set_max_headers_size(h->http, HTTP_MAX_HEADERS);
 	evhttp_set_max_body_size(h->http, 0);
 	evhttp_set_gencb(h->http, on_request, h);
+	evhttp_set_bevcb(h->http, conn_new, h);
+	h->sweep_ev = event_new(h->base, -1, EV_PERSIST, on_sweep, h);
+	if (h->sweep_ev == NULL || event_add(h->sweep_ev, &(struct timeval){ 1, 0 }) != 0) {
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+		goto fail;
+	}
 	if ((fd = bind_addr(addr, err)) < 0) {
 		rc = fd;
+		goto fail;
+	}
+	if (addr->ss.ss_family == AF_UNIX &&
+	    (h->unix_path = strdup(((const struct sockaddr_un *)&addr->ss)->sun_path)) == NULL) {
+		close(fd);
+		unlink(((const struct sockaddr_un *)&addr->ss)->sun_path);
+		rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto fail;
 	}
 	if (getsockname(fd, (struct sockaddr *)&bound, &blen) != 0) {
@@ -336,7 +480,10 @@ cqrs_httpd_new(struct event_base *base, const struct httpd_addr *addr,
 		close(fd);
 		goto fail;
 	}
-	if (bound.ss_family == AF_INET6) {
+	if (bound.ss_family == AF_UNIX) {
+		h->port = 0;
+		snprintf(h->address, sizeof(h->address), "%s", addr->text);
+	} else if (bound.ss_family == AF_INET6) {
 		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&bound;
 		h->port = ntohs(s6->sin6_port);
 		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
@@ -348,10 +495,15 @@ cqrs_httpd_new(struct event_base *base, const struct httpd_addr *addr,
 		snprintf(h->address, sizeof(h->address), "%s:%u", host, (unsigned)h->port);
 	}
 	/* once accepted, evhttp owns fd and closes it in evhttp_free() */
-	if (evhttp_accept_socket_with_handle(h->http, fd) == NULL) {
-		close(fd);
-		rc = cqrs_err_set(err, CQRS_EIO, "http: cannot serve on %s", addr->text);
-		goto fail;
+	{
+		struct evhttp_bound_socket *bound_sock = evhttp_accept_socket_with_handle(h->http, fd);
+
+		if (bound_sock == NULL) {
+			close(fd);
+			rc = cqrs_err_set(err, CQRS_EIO, "http: cannot serve on %s", addr->text);
+			goto fail;
+		}
+		h->listener = evhttp_bound_socket_get_listener(bound_sock);
 	}
 	if (h->threaded) {
 		sigset_t all, old;
@@ -386,7 +538,15 @@ cqrs_httpd_free(struct httpd *h)
 		pthread_join(h->thread, NULL);
 	}
 	if (h->http != NULL)
-		evhttp_free(h->http);
+		evhttp_free(h->http);	/* frees its connections: ours go below */
+	for (int i = 0; i < atomic_load(&h->n_conns); i++)
+		bufferevent_decref(h->conns[i]);
+	if (h->sweep_ev != NULL)
+		event_free(h->sweep_ev);
+	if (h->unix_path != NULL) {
+		unlink(h->unix_path);
+		free(h->unix_path);
+	}
 	if (h->wake_ev != NULL)
 		event_free(h->wake_ev);
 	if (h->wake[0] >= 0)
@@ -402,6 +562,12 @@ uint16_t
 cqrs_httpd_port(const struct httpd *h)
 {
 	return h->port;
+}
+
+int
+cqrs_httpd_connections(const struct httpd *h)
+{
+	return atomic_load(&h->n_conns);
 }
 
 const char *

@@ -12,7 +12,9 @@
  *   other paths 404, other methods than GET and HEAD 405.
  *
  * Address ([SECTION] http): "PORT" (127.0.0.1), "HOST:PORT" with an IPv4
- * literal or "localhost", or "[IPV6]:PORT". Empty or absent: no endpoint.
+ * literal or "localhost", "[IPV6]:PORT", or an absolute path: a Unix socket
+ * (mode 0660; file permissions are its access control; a stale one is
+ * replaced, a live one refused). Empty or absent: no endpoint.
  * PORT 0 binds an ephemeral port; cqrs_httpd_port() tells which. Only loopback
  * addresses are accepted, because the endpoint has no authentication:
  * [SECTION] http_allow_remote = true lifts that (for a Prometheus on
@@ -27,6 +29,10 @@
  * a thread of its own (for daemons whose main loop blocks, like the
  * tracker's): the callbacks then run on that thread, and must only read what
  * is safe to read from another thread (atomics, or under the owner's lock).
+ *
+ * At most HTTPD_MAX_CONNECTIONS connections are open at once: past that the
+ * endpoint stops accepting (later ones wait in the listen backlog) until
+ * one closes; an idle or slow one is closed after 10 s.
  *
  * The metric helpers below only format text; the histogram's counters are
  * C11 atomics (relaxed), so one thread may observe while another scrapes.
@@ -50,11 +56,14 @@ struct httpd;
 /* The two keys cqrs_httpd_config_load() reads, for a daemon's list of known keys. */
 #define HTTPD_CONFIG_KEYS "http", "http_allow_remote"
 
+#define HTTPD_MAX_CONNECTIONS 32
+
 /* Where to listen; len 0: no endpoint. */
 struct httpd_addr {
 	struct sockaddr_storage ss;
 	socklen_t len;
-	char text[80];			/* as configured, for logs: "127.0.0.1:9101" */
+	char text[128];			/* as configured, for logs: "127.0.0.1:9101",
+					 * "unix:/run/cqrs/metrics.sock" */
 };
 
 /*
@@ -100,6 +109,8 @@ void cqrs_httpd_free(struct httpd *h);
 
 /* The bound port (the ephemeral one for port 0). */
 uint16_t cqrs_httpd_port(const struct httpd *h);
+/* Connections open now (the endpoint's own thread or loop counts them). */
+int cqrs_httpd_connections(const struct httpd *h);
 
 /* "HOST:PORT" as bound ("127.0.0.1:41234", "[::1]:9101"). Borrowed. */
 const char *cqrs_httpd_address(const struct httpd *h);

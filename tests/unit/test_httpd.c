@@ -4,15 +4,20 @@
  * latency histogram, and serving /health and /metrics on a caller's loop
  * and on its own thread.
  */
+#include <arpa/inet.h>
 #include <check.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -451,6 +456,138 @@ START_TEST(serve_on_own_thread)
 }
 END_TEST
 
+/* A TCP connection to 127.0.0.1:port that sends nothing; its fd. */
+static int
+idle_conn(uint16_t port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_ge(fd, 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	return fd;
+}
+
+/* Waits up to ms for cqrs_httpd_connections(h) == want. */
+static bool
+connections_become(struct httpd *h, int want, int ms)
+{
+	for (int i = 0; i < ms / 10; i++) {
+		if (cqrs_httpd_connections(h) == want)
+			return true;
+		usleep(10000);
+	}
+	return cqrs_httpd_connections(h) == want;
+}
+
+/* Clients that open connections and send nothing cannot take more than
+ * HTTPD_MAX_CONNECTIONS: past it the endpoint stops accepting, and serves
+ * again as soon as one closes. */
+START_TEST(connections_are_capped)
+{
+	struct httpd_addr a = addr_ok("127.0.0.1:0", false);
+	struct httpd *h = NULL;
+	struct cqrs_err err = { 0 };
+	int fds[HTTPD_MAX_CONNECTIONS], extra;
+	struct pollfd pfd;
+	char buf[256];
+	ssize_t n;
+
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, NULL, &h, &err), 0);
+	for (int i = 0; i < HTTPD_MAX_CONNECTIONS; i++)
+		fds[i] = idle_conn(cqrs_httpd_port(h));
+	ck_assert_msg(connections_become(h, HTTPD_MAX_CONNECTIONS, 5000), "%d open",
+		      cqrs_httpd_connections(h));
+	/* one more: the kernel completes it, the endpoint leaves it waiting */
+	extra = idle_conn(cqrs_httpd_port(h));
+	ck_assert_int_eq(write(extra, "GET /health HTTP/1.0\r\n\r\n", 24), 24);
+	pfd = (struct pollfd){ .fd = extra, .events = POLLIN };
+	ck_assert_int_eq(poll(&pfd, 1, 300), 0);
+	ck_assert_int_eq(cqrs_httpd_connections(h), HTTPD_MAX_CONNECTIONS);
+	/* one closes: the waiting one is served */
+	close(fds[0]);
+	pfd = (struct pollfd){ .fd = extra, .events = POLLIN };
+	ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
+	n = read(extra, buf, sizeof(buf) - 1);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+	ck_assert_msg(strncmp(buf, "HTTP/1.0 200", 12) == 0 || strncmp(buf, "HTTP/1.1 200", 12) == 0,
+		      "%s", buf);
+	close(extra);
+	for (int i = 1; i < HTTPD_MAX_CONNECTIONS; i++)
+		close(fds[i]);
+	ck_assert_msg(connections_become(h, 0, 20000), "%d still open", cqrs_httpd_connections(h));
+	cqrs_httpd_free(h);
+}
+END_TEST
+
+/* An absolute path: a Unix socket, 0660, a stale one replaced, a live one
+ * refused, removed at the end. */
+START_TEST(serve_on_a_unix_socket)
+{
+	char dir[] = "/tmp/cqrs-httpd.XXXXXX", path[64], spec[80], buf[512];
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct httpd_addr a;
+	struct httpd *h = NULL, *h2 = NULL;
+	struct cqrs_err err = { 0 };
+	struct stat st;
+	int fd;
+	ssize_t n;
+	size_t got = 0;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/metrics.sock", dir);
+	snprintf(spec, sizeof(spec), "%s", path);
+	/* a stale socket file (nobody listens) */
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	close(fd);
+	a = addr_ok(spec, false);
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, NULL, &h, &err), 0);
+	ck_assert_int_eq(cqrs_httpd_port(h), 0);
+	{
+		char want[96];
+		snprintf(want, sizeof(want), "unix:%s", path);
+		ck_assert_str_eq(cqrs_httpd_address(h), want);
+	}
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0660);
+	/* a live one is left alone */
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, NULL, &h2, &err), CQRS_EIO);
+	ck_assert_msg(strstr(err.msg, "another process serves it") != NULL, "%s", err.msg);
+	/* it answers */
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	ck_assert_int_eq(write(fd, "GET /health HTTP/1.0\r\n\r\n", 24), 24);
+	while (got < sizeof(buf) - 1 && (n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+		got += (size_t)n;
+	buf[got] = '\0';
+	close(fd);
+	ck_assert_msg(strstr(buf, " 200 ") != NULL && strstr(buf, "\r\n\r\nok\n") != NULL, "%s", buf);
+	cqrs_httpd_free(h);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	/* a path too long for sun_path, and a file that is no socket */
+	{
+		char lng[200];
+		struct httpd_addr b;
+
+		memset(lng, 'x', sizeof(lng) - 1);
+		lng[0] = '/';
+		lng[sizeof(lng) - 1] = '\0';
+		ck_assert_int_eq(cqrs_httpd_parse_addr(lng, false, "[cmd] http", &b, &err), CQRS_ECONFIG);
+		ck_assert_msg(strstr(err.msg, "too long for a Unix socket") != NULL, "%s", err.msg);
+	}
+	fd = open(path, O_CREAT | O_WRONLY, 0600);
+	close(fd);
+	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, NULL, &h2, &err), CQRS_EIO);
+	ck_assert_msg(strstr(err.msg, "is not a socket") != NULL, "%s", err.msg);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
 START_TEST(serve_ipv6_loopback)
 {
 	struct httpd_addr a = addr_ok("[::1]:0", false);
@@ -485,6 +622,8 @@ httpd_suite(void)
 	tcase_add_test(tc, serve_on_callers_loop);
 	tcase_add_test(tc, serve_on_own_thread);
 	tcase_add_test(tc, serve_ipv6_loopback);
+	tcase_add_test(tc, connections_are_capped);
+	tcase_add_test(tc, serve_on_a_unix_socket);
 	suite_add_tcase(s, tc);
 	return s;
 }
