@@ -21,6 +21,7 @@
 #include "access.h"
 #include "cmdd.h"
 #include "sdnotify.h"
+#include "unixsock.h"
 
 #define READ_CHUNK CMDD_READ_CHUNK
 
@@ -847,39 +848,14 @@ bind_path(struct cmdd *d, struct cqrs_err *err)
 {
 	const char *path = d->cfg.socket_path;
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	struct stat st;
-	int fd = -1;
+	bool removed;
+	int fd, rc;
 
-	if (strlen(path) >= sizeof(sun.sun_path))
-		return cqrs_err_set(err, CQRS_ECONFIG, "cmd.socket \"%s\" is too long (max %zu bytes)",
-				    path, sizeof(sun.sun_path) - 1);
-	memcpy(sun.sun_path, path, strlen(path) + 1);
-	if (lstat(path, &st) == 0) {
-		int e;
-
-		if (!S_ISSOCK(st.st_mode))
-			return cqrs_err_set(err, CQRS_EIO, "cmd.socket \"%s\" exists and is not a socket; "
-					    "not removing it", path);
-		/* nonblocking: a listener with a full backlog says EAGAIN at once */
-		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (fd < 0)
-			return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));
-		if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
-			close(fd);
-			return cqrs_err_set(err, CQRS_EIO, "another daemon is listening on \"%s\"", path);
-		}
-		e = errno;
-		close(fd);
-		if (e == ECONNREFUSED) {
-			if (unlink(path) != 0)
-				return cqrs_err_set(err, CQRS_EIO, "cannot remove stale socket \"%s\": %s",
-						    path, strerror(errno));
-			cqrs_log_info(&d->log, "removed stale socket %s", path);
-		} else if (e != ENOENT) {
-			return cqrs_err_set(err, CQRS_EIO, "socket \"%s\" is there but cannot be checked: "
-					    "connect: %s; not removing it", path, strerror(e));
-		}
-	}
+	if ((rc = cqrs_unix_socket_clear(path, "cmd.socket", &removed, err)) < 0)
+		return rc;
+	if (removed)
+		cqrs_log_info(&d->log, "removed stale socket %s", path);
+	memcpy(sun.sun_path, path, strlen(path) + 1);	/* its length checked above */
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return cqrs_err_set(err, CQRS_EIO, "socket: %s", strerror(errno));

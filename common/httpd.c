@@ -30,6 +30,7 @@
 
 #include "config.h"
 #include "httpd.h"
+#include "unixsock.h"
 
 /* Slow or idle scrapers are cut off after this. */
 #define HTTP_TIMEOUT_S 10
@@ -292,41 +293,15 @@ thread_main(void *arg)
 }
 
 /* Binds and listens; the fd, or a negative error. */
-/* A socket file left at path: removed when nobody answers on it (what a
- * daemon that died leaves), else the start stops. */
-static int
-unix_clear(const struct httpd_addr *addr, struct cqrs_err *err)
-{
-	const char *path = ((const struct sockaddr_un *)&addr->ss)->sun_path;
-	struct stat st;
-	int fd, e;
-
-	if (lstat(path, &st) != 0)
-		return 0;
-	if (!S_ISSOCK(st.st_mode))
-		return cqrs_err_set(err, CQRS_EIO, "http %s: exists and is not a socket; not "
-				    "removing it", addr->text);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return cqrs_err_set(err, CQRS_EIO, "http %s: socket: %s", addr->text,
-				    strerror(errno));
-	e = connect(fd, (const struct sockaddr *)&addr->ss, addr->len) == 0 ? 0 : errno;
-	close(fd);
-	if (e != ECONNREFUSED)
-		return cqrs_err_set(err, CQRS_EIO, "http %s: %s; not removing it", addr->text,
-				    e == 0 ? "another process serves it" : strerror(e));
-	if (unlink(path) != 0)
-		return cqrs_err_set(err, CQRS_EIO, "http %s: cannot remove the stale socket: %s",
-				    addr->text, strerror(errno));
-	return 0;
-}
-
 static int
 bind_addr(const struct httpd_addr *addr, struct cqrs_err *err)
 {
 	int one = 1, fd, rc;
+	bool removed;
 
-	if (addr->ss.ss_family == AF_UNIX && (rc = unix_clear(addr, err)) < 0)
+	if (addr->ss.ss_family == AF_UNIX &&
+	    (rc = cqrs_unix_socket_clear(((const struct sockaddr_un *)&addr->ss)->sun_path,
+					 "http", &removed, err)) < 0)
 		return rc;
 	fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 

@@ -556,7 +556,7 @@ START_TEST(serve_on_a_unix_socket)
 	ck_assert_int_eq(st.st_mode & 0777, 0660);
 	/* a live one is left alone */
 	ck_assert_int_eq(cqrs_httpd_new(NULL, &a, NULL, &h2, &err), CQRS_EIO);
-	ck_assert_msg(strstr(err.msg, "another process serves it") != NULL, "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "another daemon is listening on") != NULL, "%s", err.msg);
 	/* it answers */
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
