@@ -47,22 +47,25 @@ cqrs_secret_path(const char *key, const char *value, struct cqrs_err *err)
 	return path;
 }
 
-void
-cqrs_secret_check_mode(const char *key, const char *path)
+/* Warns when the file what ("store.passfile PATH") holds a password (in
+ * which: "" or " (KEY)") that others than its owner can read; tail says what
+ * to do. */
+static void
+warn_readable(const char *what, const char *which, mode_t mode, const char *tail)
 {
-	struct stat st;
-
-	if (stat(path, &st) == 0 && (st.st_mode & 077) != 0)
-		cqrs_log_warn(NULL, "%s %s holds a password and can be read by %s (mode %04o): "
-			      "make it 0600, owned by the daemons' user", key, path,
-			      (st.st_mode & 007) ? "anyone" : "its group",
-			      (unsigned)(st.st_mode & 07777));
+	if ((mode & 077) != 0)
+		cqrs_log_warn(NULL, "%s holds a password%s and can be read by %s (mode %04o)%s",
+			      what, which, (mode & 007) ? "anyone" : "its group",
+			      (unsigned)(mode & 07777), tail);
 }
+
+#define ADVICE_FILE ": make it 0600, owned by the daemons' user"
 
 char *
 cqrs_secret_read(const char *key, const char *value, struct cqrs_err *err)
 {
-	char *path = cqrs_secret_path(key, value, err), *buf = NULL;
+	char *path = cqrs_secret_path(key, value, err), *buf = NULL, what[600];
+	struct stat st;
 	ssize_t n;
 	size_t len = 0;
 	int fd;
@@ -73,7 +76,9 @@ cqrs_secret_read(const char *key, const char *value, struct cqrs_err *err)
 		cqrs_err_set(err, CQRS_ECONFIG, "%s: cannot read %s: %s", key, path, strerror(errno));
 		goto out;
 	}
-	cqrs_secret_check_mode(key, path);
+	snprintf(what, sizeof(what), "%s %s", key, path);
+	if (fstat(fd, &st) == 0)
+		warn_readable(what, "", st.st_mode, ADVICE_FILE);
 	if ((buf = malloc(SECRET_MAX + 1)) == NULL) {
 		cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 		goto out;
@@ -141,17 +146,20 @@ cqrs_secret_setup(const struct config *cfg, struct cqrs_err *err)
 			return rc;
 		}
 		/* libpq ignores a password file others may read; say so first */
-		cqrs_secret_check_mode("store.passfile", p);
+		if (stat(p, &st) == 0) {
+			char what[600];
+
+			snprintf(what, sizeof(what), "store.passfile %s", p);
+			warn_readable(what, "", st.st_mode, ADVICE_FILE);
+		}
 		setenv("PGPASSFILE", p, 1);
 		free(p);
 	}
-	if (path != NULL && stat(path, &st) == 0 && (st.st_mode & 077) != 0 &&
+	if (path != NULL && stat(path, &st) == 0 &&
 	    has_password(cqrs_config_get(cfg, "store", "conninfo", NULL),
 			 cqrs_config_get(cfg, "broker", "url", NULL)))
-		cqrs_log_warn(NULL, "%s holds a password (store.conninfo or broker.url) and can be "
-			      "read by %s (mode %04o), also by those who only send commands if "
-			      "they are in its group: move it to store.passfile or "
-			      "broker.password_file", path, (st.st_mode & 007) ? "anyone" : "its group",
-			      (unsigned)(st.st_mode & 07777));
+		warn_readable(path, " (store.conninfo or broker.url)", st.st_mode,
+			      ", also by those who only send commands if they are in its group: "
+			      "move it to store.passfile or broker.password_file");
 	return 0;
 }

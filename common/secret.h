@@ -24,9 +24,6 @@ struct config;
  * setting in messages ("broker.password_file"). */
 char *cqrs_secret_path(const char *key, const char *value, struct cqrs_err *err);
 
-/* Warns (naming key and path) when path can be read by its group or others. */
-void cqrs_secret_check_mode(const char *key, const char *path);
-
 /* Reads the password of the file key names: its first line, without the
  * line end (malloc'd; the caller wipes and frees it). */
 char *cqrs_secret_read(const char *key, const char *value, struct cqrs_err *err);
