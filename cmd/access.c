@@ -88,9 +88,9 @@ rule_parse(const char *key, const char *value, struct rule *r, struct cqrs_err *
 	char *copy, *save = NULL, *tok;
 	int rc = 0;
 
+	/* star is the first '*': ending the key, it is the only one */
 	if (star != NULL && !(strcmp(key, "*") == 0 ||
-			      (star[1] == '\0' && star - key >= 2 && star[-1] == '.' &&
-			       strchr(key, '*') == star)))
+			      (star[1] == '\0' && star - key >= 2 && star[-1] == '.')))
 		return cqrs_err_set(err, CQRS_ECONFIG, "[access] \"%s\": a pattern is a command "
 				    "name, \"prefix.*\" or \"*\"", key);
 	if ((r->pattern = strdup(key)) == NULL)
