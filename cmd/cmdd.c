@@ -18,7 +18,7 @@
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
 	"max_request_bytes", "idle_timeout", "shutdown_timeout", "store_timeout", "cache_size",
-	"snapshot_every", "max_retries", "max_pipeline", "client_budget", "memory_budget", "write_timeout",
+	"snapshot_every", "max_retries", "batch_max", "max_pipeline", "client_budget", "memory_budget", "write_timeout",
 	HTTPD_CONFIG_KEYS, NULL,
 };
 
@@ -80,6 +80,9 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_retries", 5, 0, 1000, &v, err)) < 0)
 		return rc;
 	out->max_retries = (int)v;
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "batch_max", 32, 1, 256, &v, err)) < 0)
+		return rc;
+	out->batch_max = (int)v;
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
 		return rc;
 	out->max_pipeline = (int)v;
@@ -176,7 +179,10 @@ libpq_out_buffer(size_t message)
  *   append runs its events are counted against their client, who stops
  *   being read past cmd.client_budget: an append is at most that for
  *   commands whose events are no larger than the command (a request must
- *   fit the budget). libpq's copy comes on top, and stays.
+ *   fit the budget). libpq's copy comes on top, and stays. Appends joined
+ *   into one transaction (group commit) are at most CMDD_BATCH_BYTES
+ *   together when there are several; their joined text is one more copy,
+ *   held while the batch runs.
  */
 size_t
 cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m)
@@ -185,7 +191,9 @@ cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m)
 	m->per_client = CMDD_CLIENT_FLOOR + CMDD_CLIENT_OVERHEAD;
 	m->clients = (size_t)c->max_connections * m->per_client;
 	m->parse = 2 * (size_t)c->max_request_bytes + CMDD_READ_CHUNK;
-	m->per_store = libpq_out_buffer((size_t)c->client_budget);
+	m->per_store = libpq_out_buffer((size_t)c->client_budget > CMDD_BATCH_BYTES ?
+					(size_t)c->client_budget : CMDD_BATCH_BYTES) +
+		       CMDD_BATCH_BYTES;
 	m->store = (size_t)c->pool_size * m->per_store;
 	return m->budget + m->clients + m->parse + m->store;
 }
@@ -280,6 +288,7 @@ cmdd_init(struct cmdd *d, struct event_base *base, const struct cmdd_config *cfg
 	if (d->aggs == NULL || d->inflight == NULL || d->pool == NULL || d->notify == NULL)
 		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	exec_notify_init(d);
+	exec_batch_init(d);
 	if ((rc = server_listen(d, err)) < 0)
 		return rc;
 	if ((rc = metrics_start(d, err)) < 0)

@@ -19,6 +19,7 @@
 #include "cqrs_daemon.h"
 #include "httpd.h"
 #include "plugin_host.h"
+#include "pool.h"
 #include "proto.h"
 #include "store.h"
 
@@ -45,6 +46,7 @@ struct cmdd_config {
 	int cache_size;			/* aggregates kept in memory */
 	int snapshot_every;		/* 0: no snapshots */
 	int max_retries;		/* conflicts resolved by catch-up and re-run */
+	int batch_max;			/* commands appended in one transaction */
 	int max_pipeline;		/* requests in flight per connection */
 	int64_t client_budget;		/* bytes one client may hold */
 	int64_t memory_budget;		/* bytes all clients may hold past their floor */
@@ -98,6 +100,12 @@ size_t cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m);
  */
 #define CMDD_CLIENT_OVERHEAD (10 * 1024)
 
+/*
+ * The most bytes of appends joined into one transaction (the first goes
+ * whatever its size): the joined text is a copy, held while its query runs.
+ */
+#define CMDD_BATCH_BYTES (1024 * 1024)
+
 #define CMDD_PEER_GROUPS 64
 
 /* Who sent a request: the socket's peer credentials, read on accept. */
@@ -137,6 +145,8 @@ struct job {
 	struct cqrs_cmd_ctx ctx;
 	struct store_append_req append;
 	struct store_append_result result;
+	struct pool_hold *hold;		/* the locked path's connection */
+	int loaded;			/* events the last catch-up found */
 	const char *params[3];
 	char pbuf[2][24];
 	int retries;
@@ -173,6 +183,7 @@ struct agg {
 	int64_t version;
 	enum agg_status status;
 	bool busy;			/* a job runs on it */
+	int contended;			/* > 0: take the stream's lock first (exec.c) */
 	bool in_lru;
 	struct job_queue waiting;
 	TAILQ_ENTRY(agg) lru;
@@ -187,6 +198,8 @@ struct cmdd_stats {
 	uint64_t duplicates;
 	uint64_t failed;
 	uint64_t conflicts_retried;
+	uint64_t batches;		/* appends sent joined, and their commands */
+	uint64_t batched;
 	uint64_t loads;
 	uint64_t snapshots;
 	uint64_t outcomes[CMDD_OUTCOMES];	/* answers by outcome (metrics.c) */
@@ -198,6 +211,7 @@ struct cmdd {
 	struct cmdd_config cfg;
 	struct registry *reg;		/* borrowed */
 	struct pool *pool;
+	struct pool_batcher batcher;	/* joins the appends queued on pool */
 	struct pool *notify;		/* one connection for the tracker's wake-up */
 	bool notify_inflight, notify_again;
 	struct event *notify_timer;
@@ -269,6 +283,7 @@ void exec_submit(struct job *job);
 /* Finishes job with an answer line (owned); used by server.c for early errors. */
 void exec_answer(struct job *job, char *answer, const char *outcome);
 void exec_notify_init(struct cmdd *d);
+void exec_batch_init(struct cmdd *d);
 void job_free(struct job *job);
 
 /* metrics.c */

@@ -52,12 +52,36 @@ static const char snapshot_sql[] =
 
 static const char notify_sql[] = "NOTIFY cqrs_events";
 
+/* A retry after a lost race runs in a transaction that holds the stream's
+ * lock (the key cqrs.append takes) from before its reload to its append. */
+static const char begin_sql[] = "BEGIN";
+static const char lock_sql[] = "SELECT pg_advisory_xact_lock(1129468499, hashtext($1))";
+static const char commit_sql[] = "COMMIT";
+
+/*
+ * After a conflict, the aggregate's next commands without expected_version
+ * take the locked path at once, until this many in a row found no other
+ * writer's events: a stream that other daemons write too is not raced for,
+ * and costs one lost append only once in a while.
+ */
+#define CONTENDED_RUNS 16
+
 /* How long commits are gathered before one NOTIFY covers them all. */
 #define NOTIFY_GATHER_US 1000
 
 static void job_begin(struct job *job);
 static void job_run(struct job *job);
 static void job_finish(struct job *job, char *answer, const char *outcome);
+static void job_lock(struct job *job);
+
+/* A query for job: on the connection it holds, if it holds one. */
+static int
+job_query(struct job *job, const char *sql, int nparams, const char *const *values, pool_cb cb)
+{
+	if (job->hold != NULL)
+		return pool_hold_query(job->hold, sql, nparams, values, cb, job);
+	return pool_query(job->d->pool, sql, nparams, values, cb, job);
+}
 
 /* ---- aggregate cache --------------------------------------------------- */
 
@@ -348,7 +372,7 @@ load_done(void *arg, PGresult *res, PGconn *pg)
 				a->status = AGG_EMPTY;
 				a->state = a->type->type.state_new(a->type->plugin_state);
 				if (a->state == NULL ||
-				    pool_query(d->pool, load_sql, 3, job->params, load_done, job) != 0)
+				    job_query(job, load_sql, 3, job->params, load_done) != 0)
 					answer_error(job, PROTO_UNAVAILABLE, "%s: cannot reload", a->stream);
 				else
 					a->status = AGG_STALE;
@@ -390,9 +414,17 @@ load_done(void *arg, PGresult *res, PGconn *pg)
 			return;
 		}
 		a->version = version;
+		job->loaded++;
 	}
 	a->status = AGG_LOADED;
 	job->fresh = true;
+	if (job->hold != NULL && a->contended > 0) {
+		/* another writer's events: the stream stays contended */
+		if (job->loaded > 0)
+			a->contended = CONTENDED_RUNS;
+		else
+			a->contended--;
+	}
 	job_run(job);
 }
 
@@ -407,7 +439,7 @@ job_load(struct job *job)
 	job->params[1] = full ? "true" : "false";
 	snprintf(job->pbuf[0], sizeof(job->pbuf[0]), "%" PRId64, full ? (int64_t)0 : a->version);
 	job->params[2] = job->pbuf[0];
-	if (pool_query(job->d->pool, load_sql, 3, job->params, load_done, job) != 0)
+	if (job_query(job, load_sql, 3, job->params, load_done) != 0)
 		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
 }
 
@@ -417,7 +449,9 @@ job_begin(struct job *job)
 	struct agg *a = job->agg;
 
 	a->busy = true;
-	if (a->status != AGG_LOADED)
+	if (a->contended > 0 && job->req.expected == STORE_ANY)
+		job_lock(job);
+	else if (a->status != AGG_LOADED)
 		job_load(job);
 	else
 		job_run(job);
@@ -499,7 +533,7 @@ refuse(struct job *job, const char *code, const char *fmt, ...)
 	job->answer = proto_answer_error(request_answer_id(&job->req), code, job->errmsg);
 	job->outcome = code;
 	job->params[0] = job->req.id;
-	if (pool_query(job->d->pool, command_sql, 1, job->params, command_done, job) != 0) {
+	if (job_query(job, command_sql, 1, job->params, command_done) != 0) {
 		char *answer = job->answer;
 		job->answer = NULL;
 		job_finish(job, answer, code);
@@ -519,45 +553,45 @@ append_clear(struct job *job)
 	}
 }
 
+/*
+ * The append's outcome for job: rc 0 with job->result, or an error (err).
+ * A conflict on a command without expected_version retries on the locked
+ * path, which cannot lose again.
+ */
 static void
-append_done(void *arg, PGresult *res, PGconn *pg)
+append_outcome(struct job *job, int rc, struct cqrs_err *err)
 {
-	struct job *job = arg;
 	struct agg *a = job->agg;
 	struct cmdd *d = job->d;
-	struct cqrs_err err = { 0 };
 	int64_t before = a->version;
-	int rc;
 
-	append_clear(job);
-	if (res == NULL)
-		rc = cqrs_store_result_error(NULL, pg, "append", &err);
-	else
-		rc = cqrs_store_append_parse(res, pg, a->stream, &job->result, &err);
 	if (rc == 0 && job->result.n == 0 && !job->result.duplicate)
 		job->result.version = a->version;	/* a command that raised nothing */
 	if (rc == CQRS_ECONFLICT) {
 		a->status = AGG_STALE;
-		if (job->req.expected == STORE_ANY && job->retries < d->cfg.max_retries) {
+		if (job->req.expected == STORE_ANY && job->hold == NULL &&
+		    job->retries < d->cfg.max_retries) {
 			job->retries++;
 			d->stats.conflicts_retried++;
+			a->contended = CONTENDED_RUNS;
 			cqrs_log_debug(&job->log, "conflict on %s at version %" PRId64
-				       ": catching up (retry %d)", a->stream, before, job->retries);
+				       ": catching up under the stream's lock", a->stream, before);
 			cqrs_cmd_ctx_clear(&job->ctx);
-			job_load(job);
+			cqrs_store_append_result_clear(&job->result);
+			job_lock(job);
 			return;
 		}
-		refuse(job, PROTO_CONFLICT, "%s", err.msg);
+		refuse(job, PROTO_CONFLICT, "%s", err->msg);
 		return;
 	}
 	if (rc == CQRS_EIDREUSED) {
-		answer_error(job, PROTO_ID_REUSED, "%s", err.msg);
+		answer_error(job, PROTO_ID_REUSED, "%s", err->msg);
 		return;
 	}
 	if (rc != 0) {
 		/* unknown outcome: the next job on this stream catches up first */
 		a->status = AGG_STALE;
-		answer_error(job, code_of(rc), "%s", err.msg);
+		answer_error(job, code_of(rc), "%s", err->msg);
 		return;
 	}
 	if (job->result.duplicate) {
@@ -579,9 +613,9 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 			.metadata = job->event_meta,
 			.recorded_at = (char *)"",
 		};
-		if (cqrs_aggregate_apply(d->reg, a->type, a->state, &ev, &err) != 0) {
+		if (cqrs_aggregate_apply(d->reg, a->type, a->state, &ev, err) != 0) {
 			cqrs_log_error(&job->log, "applying %s to %s: %s (state dropped)",
-				       w->type, a->stream, err.msg);
+				       w->type, a->stream, err->msg);
 			agg_reset(a);
 			break;
 		}
@@ -592,6 +626,199 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 	if (job->result.n > 0)
 		notify_send(d);
 	job_finish(job, proto_answer_ok(request_answer_id(&job->req), job->stream, &job->result), "ok");
+}
+
+/* The locked path's COMMIT: the append it holds counts only now. */
+static void
+commit_done(void *arg, PGresult *res, PGconn *pg)
+{
+	struct job *job = arg;
+	struct cqrs_err err = { 0 };
+
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		int rc = cqrs_store_result_error(res, pg, "commit", &err);
+		/* a failed COMMIT's outcome is unknown */
+		cqrs_store_append_result_clear(&job->result);
+		append_outcome(job, rc == CQRS_ECONFLICT ? CQRS_EUNAVAILABLE : rc, &err);
+		return;
+	}
+	pool_release(job->hold);
+	job->hold = NULL;
+	append_outcome(job, 0, &err);
+}
+
+static void
+append_done(void *arg, PGresult *res, PGconn *pg)
+{
+	struct job *job = arg;
+	struct cqrs_err err = { 0 };
+	int rc;
+
+	append_clear(job);
+	if (res == NULL)
+		rc = cqrs_store_result_error(NULL, pg, "append", &err);
+	else
+		rc = cqrs_store_append_parse(res, pg, job->stream, &job->result, &err);
+	if (rc == 0 && job->hold != NULL) {
+		if (pool_hold_query(job->hold, commit_sql, 0, NULL, commit_done, job) != 0) {
+			cqrs_store_append_result_clear(&job->result);
+			append_outcome(job, CQRS_EUNAVAILABLE,
+				       &(struct cqrs_err){ CQRS_EUNAVAILABLE, "commit: connection lost" });
+		}
+		return;
+	}
+	append_outcome(job, rc, &err);
+}
+
+/* ---- group commit ------------------------------------------------------ */
+
+/* Appends sent as one (cqrs.append_batch), each with its own outcome. */
+struct batch {
+	struct cmdd *d;
+	int n;
+	char *json;			/* the one parameter */
+	const char *values[1];
+	struct job *jobs[];
+};
+
+static void
+batch_done(void *arg, PGresult *res, PGconn *pg)
+{
+	struct batch *b = arg;
+	struct store_batch_outcome *out = calloc((size_t)b->n, sizeof(*out));
+	struct cqrs_err err = { 0 };
+	int rc;
+
+	free(b->json);
+	b->json = NULL;
+	if (out == NULL)
+		rc = cqrs_err_set(&err, CQRS_EUNAVAILABLE, "batch append: out of memory for its outcome");
+	else
+		rc = cqrs_store_batch_parse(res, pg, out, (size_t)b->n, &err);
+	b->d->stats.batches++;
+	b->d->stats.batched += (uint64_t)b->n;
+	for (int i = 0; i < b->n; i++) {
+		struct job *job = b->jobs[i];
+
+		append_clear(job);
+		cqrs_store_append_result_clear(&job->result);
+		if (rc != 0) {
+			append_outcome(job, rc, &err);
+			continue;
+		}
+		job->result = out[i].result;	/* moved */
+		append_outcome(job, out[i].rc, &out[i].err);
+	}
+	free(out);
+	free(b);
+}
+
+/* The pool's join (struct pool_batcher): n prepared appends as one query. */
+static int
+batch_join(void *ctx, void *const *args, int n, const char **sql, int *nparams,
+	   const char *const **values, pool_cb *cb, void **arg)
+{
+	const struct store_append_req *reqs[256];
+	struct batch *b;
+
+	if (n > 256 || (b = calloc(1, sizeof(*b) + (size_t)n * sizeof(b->jobs[0]))) == NULL)
+		return -1;
+	b->d = ctx;
+	b->n = n;
+	for (int i = 0; i < n; i++) {
+		b->jobs[i] = args[i];
+		reqs[i] = &b->jobs[i]->append;
+	}
+	b->json = cqrs_store_batch_json(reqs, (size_t)n, NULL);
+	if (b->json == NULL) {
+		free(b);
+		return -1;
+	}
+	b->values[0] = b->json;
+	*sql = STORE_APPEND_BATCH_SQL;
+	*nparams = 1;
+	*values = b->values;
+	*cb = batch_done;
+	*arg = b;
+	return 0;
+}
+
+void
+exec_batch_init(struct cmdd *d)
+{
+	d->batcher.max = d->cfg.batch_max;
+	d->batcher.max_bytes = CMDD_BATCH_BYTES;
+	d->batcher.join = batch_join;
+	d->batcher.ctx = d;
+}
+
+/* ---- the locked path --------------------------------------------------- */
+
+static void
+locked_fail(struct job *job, PGresult *res, PGconn *pg, const char *what)
+{
+	struct cqrs_err err;
+	int rc = cqrs_store_result_error(res, pg, what, &err);
+
+	job->agg->status = AGG_STALE;
+	answer_error(job, code_of(rc == CQRS_ECONFLICT ? CQRS_EUNAVAILABLE : rc), "%s: %s",
+		     job->stream, err.msg);
+}
+
+static void
+locked_locked(void *arg, PGresult *res, PGconn *pg)
+{
+	struct job *job = arg;
+
+	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		locked_fail(job, res, pg, "locking the stream");
+		return;
+	}
+	/* what other writers added, read under the lock */
+	if (job->agg->status == AGG_LOADED)
+		job->agg->status = AGG_STALE;
+	job->loaded = 0;
+	job_load(job);
+}
+
+static void
+locked_begun(void *arg, PGresult *res, PGconn *pg)
+{
+	struct job *job = arg;
+
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		locked_fail(job, res, pg, "BEGIN");
+		return;
+	}
+	job->params[0] = job->stream;
+	if (job_query(job, lock_sql, 1, job->params, locked_locked) != 0)
+		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
+}
+
+static void
+locked_held(void *arg, struct pool_hold *h)
+{
+	struct job *job = arg;
+
+	if (h == NULL) {
+		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
+		return;
+	}
+	job->hold = h;
+	if (job_query(job, begin_sql, 0, NULL, locked_begun) != 0)
+		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
+}
+
+/*
+ * Runs job in a transaction that holds its stream's lock: reload what other
+ * writers added, run the handler, append, commit. Nobody can append to the
+ * stream in between, so the append cannot conflict.
+ */
+static void
+job_lock(struct job *job)
+{
+	if (pool_hold(job->d->pool, locked_held, job) != 0)
+		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
 }
 
 /* Metadata for the events: the request's, plus correlation, causation, the
@@ -708,9 +935,14 @@ job_run(struct job *job)
 		in[i].data_obj = job->ctx.events[i].data;
 		in[i].metadata_obj = job->event_meta;
 	}
-	/* expected = the version the handler saw: a concurrent writer conflicts */
+	/*
+	 * expected = the version the handler saw: a concurrent writer conflicts.
+	 * The command id is recorded only when the client gave it: an id the
+	 * daemon made up is never sent again, and its row would cost every
+	 * append a write and an index entry for nothing.
+	 */
 	rc = cqrs_store_append_prepare(&job->append, job->stream, a->version, in, job->ctx.n_events,
-				  job->req.id, job->req.command, &err);
+				  job->req.id_given ? job->req.id : NULL, job->req.command, &err);
 	free(in);
 	if (rc == 0) {
 		/* the events, as objects and as the text sent: counted as the
@@ -728,8 +960,13 @@ job_run(struct job *job)
 		answer_error(job, PROTO_INTERNAL, "%s", err.msg);
 		return;
 	}
-	if (pool_query(d->pool, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, job->append.values,
-		       append_done, job) != 0) {
+	if (job->hold != NULL)
+		rc = pool_hold_query(job->hold, STORE_APPEND_SQL, STORE_APPEND_NPARAMS,
+				     job->append.values, append_done, job);
+	else
+		rc = pool_query_batched(d->pool, &d->batcher, job->append_held, STORE_APPEND_SQL,
+					STORE_APPEND_NPARAMS, job->append.values, append_done, job);
+	if (rc != 0) {
 		append_clear(job);
 		answer_error(job, PROTO_UNAVAILABLE, "the event store is unavailable");
 	}
@@ -847,6 +1084,10 @@ job_finish(struct job *job, char *answer, const char *outcome)
 	}
 	cqrs_cmd_ctx_clear(&job->ctx);
 	append_clear(job);
+	if (job->hold != NULL) {
+		pool_release(job->hold);	/* rolls back what it did not commit */
+		job->hold = NULL;
+	}
 	if (job->in_map) {
 		cqrs_hmap_del(d->inflight, job->req.id);
 		job->in_map = false;

@@ -89,7 +89,7 @@ print_memory_bound(const struct cmdd_config *c)
 	printf("memory bound: %zu bytes (%zu MiB) = memory_budget %s + max_connections %d x %s "
 	       "(a client's floor and connection) + 2 x max_request_bytes + 64 KiB = %s (a line "
 	       "being parsed) + pool_size %d x %s (libpq's copy of the largest append, "
-	       "client_budget)\n", total, (total + 1024 * 1024 - 1) / (1024 * 1024),
+	       "client_budget, and a group commit's joined text, 1 MiB)\n", total, (total + 1024 * 1024 - 1) / (1024 * 1024),
 	       size_text(a, sizeof(a), m.budget), c->max_connections,
 	       size_text(b, sizeof(b), m.per_client), size_text(e, sizeof(e), m.parse),
 	       c->pool_size, size_text(f, sizeof(f), m.per_store));

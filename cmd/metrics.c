@@ -13,7 +13,8 @@
  *   cqrs_cmdd_client_bytes (clients_held + detached: what the budgets count),
  *   cqrs_cmdd_clients_paused, cqrs_cmdd_clients_waiting_budget,
  *   cqrs_cmdd_store_connections_up, cqrs_cmdd_store_connections,
- *   cqrs_cmdd_conflicts_retried_total, cqrs_cmdd_aggregate_loads_total,
+ *   cqrs_cmdd_store_queries_waiting, cqrs_cmdd_append_batches_total,
+ *   cqrs_cmdd_appends_batched_total, cqrs_cmdd_conflicts_retried_total, cqrs_cmdd_aggregate_loads_total,
  *   cqrs_cmdd_snapshots_written_total, cqrs_cmdd_ready, cqrs_cmdd_build_info
  *
  * /health is 503 while the daemon stops, and while no PostgreSQL connection
@@ -113,9 +114,17 @@ write_metrics(void *arg, struct evbuffer *out)
 		    pool_up(d->pool));
 	cqrs_httpd_gauge(out, "cqrs_cmdd_store_connections",
 		    "PostgreSQL connections configured (cmd.pool_size).", d->cfg.pool_size);
+	cqrs_httpd_gauge(out, "cqrs_cmdd_store_queries_waiting",
+		    "Queries (loads, appends) waiting for a PostgreSQL connection.",
+		    pool_waiting(d->pool));
 	cqrs_httpd_counter(out, "cqrs_cmdd_conflicts_retried_total",
-		      "Appends that met another writer and were re-run on the caught-up aggregate.",
-		      s->conflicts_retried);
+		      "Appends that met another writer and were re-run on the aggregate caught up "
+		      "under the stream's lock.", s->conflicts_retried);
+	cqrs_httpd_counter(out, "cqrs_cmdd_append_batches_total",
+		      "Transactions that appended several commands at once (group commit).",
+		      s->batches);
+	cqrs_httpd_counter(out, "cqrs_cmdd_appends_batched_total",
+		      "Commands appended in those transactions.", s->batched);
 	cqrs_httpd_counter(out, "cqrs_cmdd_aggregate_loads_total",
 		      "Aggregates read (or caught up) from the store.", s->loads);
 	cqrs_httpd_counter(out, "cqrs_cmdd_snapshots_written_total", "Snapshots written.", s->snapshots);

@@ -26,17 +26,25 @@ static const char setup_sql[] = "SET synchronous_commit TO on";
  * one per this many ms (the commands' own answers are logged anyway). */
 #define QUEUE_WARN_MS 10000
 
-/* CONNECTING: PQconnectPoll; SETUP: setup_sql sent; both count as coming up. */
-enum pc_state { PC_DOWN, PC_CONNECTING, PC_SETUP, PC_IDLE, PC_BUSY };
+/* CONNECTING: PQconnectPoll; SETUP: setup_sql sent; both count as coming up.
+ * HELD: idle, but for its holder's queries only. */
+enum pc_state { PC_DOWN, PC_CONNECTING, PC_SETUP, PC_IDLE, PC_BUSY, PC_HELD };
 
 struct job {
 	TAILQ_ENTRY(job) link;
 	const char *sql;
 	int nparams;
 	const char *const *values;
-	pool_cb cb;
+	pool_cb cb;		/* NULL: the pool's own query (a hold's rollback) */
+	pool_hold_cb hold_cb;	/* not NULL: a wait for a connection to hold */
 	void *arg;
 	int64_t deadline;	/* cqrs_now_ms(); 0: none */
+	const struct pool_batcher *batcher;
+	size_t bytes;
+};
+
+struct pool_hold {
+	struct pconn *c;	/* NULL once the connection is gone */
 };
 TAILQ_HEAD(job_list, job);
 
@@ -55,6 +63,7 @@ struct pconn {
 	struct job *job;	/* running query */
 	PGresult *res;		/* last result of the running query */
 	int failures;		/* consecutive failed connects, for log volume */
+	struct pool_hold *hold;	/* its holder, if held */
 };
 
 struct pool {
@@ -77,6 +86,17 @@ struct pool {
 static void conn_start(struct pconn *c);
 static void dispatch(struct pool *p);
 static void queue_arm(struct pool *p);
+
+/* A query that will not be sent, or whose connection went away. */
+static void
+job_fail(struct job *j)
+{
+	if (j->hold_cb != NULL)
+		j->hold_cb(j->arg, NULL);
+	else if (j->cb != NULL)
+		j->cb(j->arg, NULL, NULL);
+	free(j);
+}
 
 static void
 add_ms(struct event *ev, int64_t ms)
@@ -115,8 +135,7 @@ fail_queue_if_down(struct pool *p)
 		struct job *j = TAILQ_FIRST(&p->queue);
 		TAILQ_REMOVE(&p->queue, j, link);
 		p->queued--;
-		j->cb(j->arg, NULL, NULL);
-		free(j);
+		job_fail(j);
 	}
 	queue_arm(p);
 }
@@ -138,7 +157,11 @@ conn_down(struct pconn *c, const char *why)
 	struct timeval tv;
 
 	evtimer_del(c->deadline);
-	if (c->state == PC_IDLE || c->state == PC_BUSY) {
+	if (c->hold != NULL) {
+		c->hold->c = NULL;
+		c->hold = NULL;
+	}
+	if (c->state == PC_IDLE || c->state == PC_BUSY || c->state == PC_HELD) {
 		p->up--;
 		cqrs_log_warn(&p->log, "PostgreSQL connection %d lost: %s", c->idx, why);
 	} else if (c->failures++ == 0 || c->failures % 20 == 0) {
@@ -160,10 +183,8 @@ conn_down(struct pconn *c, const char *why)
 	c->res = NULL;
 	PQfinish(c->pg);
 	c->pg = NULL;
-	if (j != NULL) {
-		j->cb(j->arg, NULL, NULL);
-		free(j);
-	}
+	if (j != NULL)
+		job_fail(j);
 	tv.tv_sec = c->backoff_ms / 1000;
 	tv.tv_usec = (c->backoff_ms % 1000) * 1000;
 	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
@@ -244,8 +265,7 @@ queue_expire(evutil_socket_t fd, short what, void *arg)
 		TAILQ_REMOVE(&p->queue, j, link);
 		p->queued--;
 		p->queue_expired++;
-		j->cb(j->arg, NULL, NULL);
-		free(j);
+		job_fail(j);
 	}
 	if (p->queue_expired > 0 && now - p->queue_warned_at >= QUEUE_WARN_MS) {
 		cqrs_log_warn(&p->log, "%d queries waited over cmd.store_timeout (%.1f s) for a "
@@ -328,7 +348,7 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 		conn_down(c, pg_error(c->pg));
 		return;
 	}
-	if (c->state == PC_IDLE) {
+	if (c->state == PC_IDLE || c->state == PC_HELD) {
 		PGnotify *n;
 		while ((n = PQnotifies(c->pg)) != NULL)
 			PQfreemem(n);
@@ -351,14 +371,21 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 			evtimer_del(c->deadline);
 			if (PQstatus(c->pg) == CONNECTION_BAD) {
 				/* answer with the error result, then reconnect */
-				j->cb(j->arg, res, c->pg);
+				if (c->hold != NULL) {
+					c->hold->c = NULL;
+					c->hold = NULL;
+				}
+				if (j->cb != NULL)
+					j->cb(j->arg, res, c->pg);
 				PQclear(res);
 				free(j);
 				conn_down(c, pg_error(c->pg));
 				return;
 			}
-			c->state = PC_IDLE;
-			j->cb(j->arg, res, c->pg);
+			/* a held connection waits for its holder's next query */
+			c->state = c->hold != NULL ? PC_HELD : PC_IDLE;
+			if (j->cb != NULL)
+				j->cb(j->arg, res, c->pg);
 			PQclear(res);
 			free(j);
 			dispatch(p);
@@ -371,26 +398,94 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 		conn_down(c, pg_error(c->pg));
 }
 
+/*
+ * j (taken from the queue's head) and the queries of its batcher queued
+ * behind it, as one query when there are several and they join. Returns
+ * the query to send.
+ */
+static struct job *
+batch_take(struct pool *p, struct job *j, int64_t now)
+{
+	const struct pool_batcher *b = j->batcher;
+	struct job *take[256], *next, *joined;
+	void *args[256];
+	size_t bytes = j->bytes;
+	int n = 1, max = b->max < 256 ? b->max : 256;
+
+	take[0] = j;
+	for (struct job *o = TAILQ_FIRST(&p->queue); o != NULL && n < max; o = next) {
+		next = TAILQ_NEXT(o, link);
+		if (o->batcher != b || (o->deadline != 0 && o->deadline <= now) ||
+		    bytes + o->bytes > b->max_bytes)
+			continue;
+		bytes += o->bytes;
+		take[n++] = o;
+	}
+	if (n == 1 || (joined = calloc(1, sizeof(*joined))) == NULL)
+		return j;
+	for (int i = 0; i < n; i++)
+		args[i] = take[i]->arg;
+	if (b->join(b->ctx, args, n, &joined->sql, &joined->nparams, &joined->values,
+		    &joined->cb, &joined->arg) != 0) {
+		free(joined);
+		return j;
+	}
+	joined->deadline = j->deadline;
+	for (int i = 1; i < n; i++) {
+		TAILQ_REMOVE(&p->queue, take[i], link);
+		p->queued--;
+		free(take[i]);
+	}
+	free(j);
+	return joined;
+}
+
+/* c (idle) is now held by the hold j waited for. */
+static void
+hold_start(struct pconn *c, struct job *j)
+{
+	struct pool_hold *h = calloc(1, sizeof(*h));
+	pool_hold_cb cb = j->hold_cb;
+	void *arg = j->arg;
+
+	free(j);
+	if (h == NULL) {
+		cb(arg, NULL);
+		return;
+	}
+	h->c = c;
+	c->hold = h;
+	c->state = PC_HELD;
+	cb(arg, h);
+}
+
 static void
 dispatch(struct pool *p)
 {
 	for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
 		struct pconn *c = &p->conns[i];
 		struct job *j;
+		int64_t now;
 
 		if (c->state != PC_IDLE)
 			continue;
 		j = TAILQ_FIRST(&p->queue);
 		TAILQ_REMOVE(&p->queue, j, link);
 		p->queued--;
-		if (j->deadline != 0 && j->deadline <= cqrs_now_ms()) {
+		now = cqrs_now_ms();
+		if (j->deadline != 0 && j->deadline <= now) {
 			/* its time ran out in the queue (the timer is due): not sent */
 			p->queue_expired++;
-			j->cb(j->arg, NULL, NULL);
-			free(j);
+			job_fail(j);
 			i--;	/* c is still idle, unless the callback gave it a query */
 			continue;
 		}
+		if (j->hold_cb != NULL) {
+			hold_start(c, j);
+			continue;
+		}
+		if (j->batcher != NULL)
+			j = batch_take(p, j, now);
 		c->job = j;
 		c->state = PC_BUSY;
 		if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, j->values, NULL, NULL, 0)) {
@@ -542,6 +637,8 @@ pool_free(struct pool *p)
 			event_free(c->deadline);
 		PQclear(c->res);
 		free(c->job);
+		if (c->hold != NULL)
+			c->hold->c = NULL;
 		PQfinish(c->pg);
 	}
 	while (!TAILQ_EMPTY(&p->queue)) {
@@ -557,17 +654,30 @@ pool_free(struct pool *p)
 	free(p);
 }
 
+/* Whether a connection is up or coming up. */
+static bool
+pool_coming(const struct pool *p)
+{
+	for (int i = 0; i < p->size; i++)
+		if (p->conns[i].state != PC_DOWN)
+			return true;
+	return false;
+}
+
 int
 pool_query(struct pool *p, const char *sql, int nparams, const char *const *values,
 	   pool_cb cb, void *arg)
 {
-	struct job *j;
-	bool coming = false;
+	return pool_query_batched(p, NULL, 0, sql, nparams, values, cb, arg);
+}
 
-	for (int i = 0; i < p->size; i++)
-		if (p->conns[i].state != PC_DOWN)
-			coming = true;
-	if (!coming)
+int
+pool_query_batched(struct pool *p, const struct pool_batcher *b, size_t bytes, const char *sql,
+		   int nparams, const char *const *values, pool_cb cb, void *arg)
+{
+	struct job *j;
+
+	if (!pool_coming(p))
 		return CQRS_EUNAVAILABLE;
 	j = calloc(1, sizeof(*j));
 	if (j == NULL)
@@ -577,11 +687,101 @@ pool_query(struct pool *p, const char *sql, int nparams, const char *const *valu
 	j->values = values;
 	j->cb = cb;
 	j->arg = arg;
+	j->batcher = b;
+	j->bytes = bytes;
 	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
 	TAILQ_INSERT_TAIL(&p->queue, j, link);
 	p->queued++;
 	dispatch(p);
 	return 0;
+}
+
+int
+pool_hold(struct pool *p, pool_hold_cb cb, void *arg)
+{
+	struct job *j;
+
+	if (!pool_coming(p))
+		return CQRS_EUNAVAILABLE;
+	j = calloc(1, sizeof(*j));
+	if (j == NULL)
+		return CQRS_ENOMEM;
+	j->hold_cb = cb;
+	j->arg = arg;
+	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
+	TAILQ_INSERT_TAIL(&p->queue, j, link);
+	p->queued++;
+	dispatch(p);
+	return 0;
+}
+
+int
+pool_hold_query(struct pool_hold *h, const char *sql, int nparams, const char *const *values,
+		pool_cb cb, void *arg)
+{
+	struct pconn *c = h->c;
+	struct job *j;
+
+	if (c == NULL)
+		return CQRS_EUNAVAILABLE;
+	j = calloc(1, sizeof(*j));
+	if (j == NULL)
+		return CQRS_ENOMEM;
+	j->sql = sql;
+	j->nparams = nparams;
+	j->values = values;
+	j->cb = cb;
+	j->arg = arg;
+	j->deadline = c->pool->timeout_ms > 0 ? cqrs_now_ms() + c->pool->timeout_ms : 0;
+	c->job = j;
+	c->state = PC_BUSY;
+	if (!PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)) {
+		c->job = NULL;
+		free(j);
+		conn_down(c, pg_error(c->pg));
+		return CQRS_EUNAVAILABLE;
+	}
+	if (j->deadline != 0)
+		add_ms(c->deadline, j->deadline - cqrs_now_ms());
+	arm_query(c);
+	return 0;
+}
+
+void
+pool_release(struct pool_hold *h)
+{
+	struct pconn *c;
+
+	if (h == NULL)
+		return;
+	c = h->c;
+	free(h);
+	if (c == NULL)
+		return;
+	c->hold = NULL;
+	if (c->state != PC_HELD)
+		return;		/* a query runs: the connection frees when it is done */
+	if (PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+		struct job *j = calloc(1, sizeof(*j));
+
+		if (j == NULL) {
+			conn_down(c, "out of memory");
+			return;
+		}
+		j->sql = "ROLLBACK";
+		c->job = j;
+		c->state = PC_BUSY;
+		if (!PQsendQueryParams(c->pg, j->sql, 0, NULL, NULL, NULL, NULL, 0)) {
+			conn_down(c, pg_error(c->pg));
+			return;
+		}
+		if (c->pool->timeout_ms > 0)
+			add_ms(c->deadline, c->pool->timeout_ms);
+		arm_query(c);
+		return;
+	}
+	c->state = PC_IDLE;
+	dispatch(c->pool);
 }
 
 int
@@ -591,11 +791,17 @@ pool_up(const struct pool *p)
 }
 
 int
+pool_waiting(const struct pool *p)
+{
+	return p->queued;
+}
+
+int
 pool_pending(const struct pool *p)
 {
 	int busy = 0;
 
 	for (int i = 0; i < p->size; i++)
-		busy += p->conns[i].state == PC_BUSY;
+		busy += p->conns[i].state == PC_BUSY || p->conns[i].state == PC_HELD;
 	return p->queued + busy;
 }

@@ -50,8 +50,53 @@ void pool_free(struct pool *p);
 int pool_query(struct pool *p, const char *sql, int nparams, const char *const *values,
 	       pool_cb cb, void *arg) __attribute__((warn_unused_result));
 
+/*
+ * Queries that may go to PostgreSQL joined into one (group commit). Queued
+ * with pool_query_batched(), each is a query of its own; when a connection
+ * frees and the first of them is next, the pool takes it and the others of
+ * the same batcher queued behind it, up to max queries and max_bytes of
+ * their sizes (the first always goes). Alone, it is sent as it is; with
+ * others, join() makes the one query that stands for them all.
+ */
+struct pool_batcher {
+	int max;
+	size_t max_bytes;
+	/*
+	 * Joins n >= 2 queued queries (their args, in queue order) into one:
+	 * fills *sql, *nparams, *values (borrowed until *cb runs), *cb and *arg,
+	 * and owns the args from then on (their own callbacks are not called).
+	 * Returns 0, or -1 to have them sent one by one.
+	 */
+	int (*join)(void *ctx, void *const *args, int n, const char **sql, int *nparams,
+		    const char *const **values, pool_cb *cb, void **arg);
+	void *ctx;
+};
+
+/* As pool_query(); bytes: the query's size, for b->max_bytes. */
+int pool_query_batched(struct pool *p, const struct pool_batcher *b, size_t bytes,
+		       const char *sql, int nparams, const char *const *values,
+		       pool_cb cb, void *arg) __attribute__((warn_unused_result));
+
+/*
+ * A connection held for a transaction of several queries. hold_cb gets it
+ * when one frees (in queue order with the queries), or NULL when none came
+ * within the query timeout or none is up. Queries on it are answered as
+ * pool_query()'s; once one is answered with res NULL the connection is gone
+ * (later queries fail at once). pool_release() ends the hold (a transaction
+ * left open is rolled back) and frees h.
+ */
+struct pool_hold;
+typedef void (*pool_hold_cb)(void *arg, struct pool_hold *h);
+
+int pool_hold(struct pool *p, pool_hold_cb cb, void *arg) __attribute__((warn_unused_result));
+int pool_hold_query(struct pool_hold *h, const char *sql, int nparams, const char *const *values,
+		    pool_cb cb, void *arg) __attribute__((warn_unused_result));
+void pool_release(struct pool_hold *h);
+
 /* Connections up (idle or busy). */
 int pool_up(const struct pool *p);
+/* Queries (and holds) waiting for a connection. */
+int pool_waiting(const struct pool *p);
 /* Queries queued or running. */
 int pool_pending(const struct pool *p);
 

@@ -488,6 +488,163 @@ cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 	return 0;
 }
 
+/* s as a JSON string into out (NULL: only counted); returns its length. */
+static size_t
+json_str(char *out, const char *s)
+{
+	size_t n = 0;
+
+	if (out != NULL)
+		out[n] = '"';
+	n++;
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\') {
+			if (out != NULL) {
+				out[n] = '\\';
+				out[n + 1] = (char)*p;
+			}
+			n += 2;
+		} else if (*p < 0x20) {
+			if (out != NULL)
+				snprintf(out + n, 7, "\\u%04x", *p);
+			n += 6;
+		} else {
+			if (out != NULL)
+				out[n] = (char)*p;
+			n++;
+		}
+	}
+	if (out != NULL)
+		out[n] = '"';
+	return n + 1;
+}
+
+/* One command of a batch: {"stream","expected","id"?,"command"?,"events"}. */
+static size_t
+batch_item(char *out, const struct store_append_req *req)
+{
+	size_t n = 0;
+
+#define PUT(text)                                                                         \
+	do {                                                                              \
+		size_t l_ = strlen(text);                                                 \
+		if (out != NULL)                                                          \
+			memcpy(out + n, text, l_);                                        \
+		n += l_;                                                                  \
+	} while (0)
+	PUT("{\"stream\":");
+	n += json_str(out ? out + n : NULL, req->values[0]);
+	PUT(",\"expected\":");
+	PUT(req->values[1]);
+	if (req->values[2] != NULL) {
+		PUT(",\"id\":");
+		n += json_str(out ? out + n : NULL, req->values[2]);
+	}
+	if (req->values[4] != NULL) {
+		PUT(",\"command\":");
+		n += json_str(out ? out + n : NULL, req->values[4]);
+	}
+	PUT(",\"events\":");
+	PUT(req->values[3]);
+	PUT("}");
+#undef PUT
+	return n;
+}
+
+char *
+cqrs_store_batch_json(const struct store_append_req *const *reqs, size_t n, size_t *len)
+{
+	size_t size = 2, at = 0;
+	char *out;
+
+	for (size_t i = 0; i < n; i++)
+		size += batch_item(NULL, reqs[i]) + 1;
+	out = malloc(size + 1);
+	if (out == NULL)
+		return NULL;
+	out[at++] = '[';
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			out[at++] = ',';
+		at += batch_item(out + at, reqs[i]);
+	}
+	out[at++] = ']';
+	out[at] = '\0';
+	if (len != NULL)
+		*len = at;
+	return out;
+}
+
+int
+cqrs_store_batch_parse(PGresult *res, PGconn *pg, struct store_batch_outcome *out, size_t n,
+		       struct cqrs_err *err)
+{
+	int rows, rc = 0;
+	size_t *count;
+
+	for (size_t i = 0; i < n; i++)
+		memset(&out[i], 0, sizeof(out[i]));
+	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+		return cqrs_store_result_error(res, pg, "batch append", err);
+	rows = PQntuples(res);
+	count = calloc(n ? n : 1, sizeof(*count));
+	if (count == NULL)
+		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	/* the rows of each command, to size its events */
+	for (int r = 0; r < rows; r++) {
+		long k = strtol(PQgetvalue(res, r, 0), NULL, 10);
+		if (k < 1 || (size_t)k > n) {
+			rc = cqrs_err_set(err, CQRS_EINTERNAL, "batch append: row for command %ld of %zu",
+					  k, n);
+			goto out;
+		}
+		count[k - 1]++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (count[i] == 0) {
+			out[i].rc = cqrs_err_set(&out[i].err, CQRS_EINTERNAL,
+						 "batch append: no outcome for this command");
+			continue;
+		}
+		out[i].result.events = calloc(count[i], sizeof(*out[i].result.events));
+		if (out[i].result.events == NULL) {
+			rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	for (int r = 0; r < rows; r++) {
+		struct store_batch_outcome *o = &out[strtol(PQgetvalue(res, r, 0), NULL, 10) - 1];
+		const char *status = PQgetvalue(res, r, 1);
+		const char *detail = PQgetvalue(res, r, 6);
+		int64_t version = PQgetisnull(res, r, 3) ? -1 : strtoll(PQgetvalue(res, r, 3), NULL, 10);
+
+		if (strcmp(status, "ok") == 0 || strcmp(status, "duplicate") == 0) {
+			o->result.duplicate = status[0] == 'd';
+			o->result.version = version;
+			if (PQgetisnull(res, r, 2))
+				continue;	/* a command that wrote no event */
+			struct store_written *w = &o->result.events[o->result.n++];
+			snprintf(w->id, sizeof(w->id), "%s", PQgetvalue(res, r, 2));
+			w->version = version;
+			w->position = strtoll(PQgetvalue(res, r, 4), NULL, 10);
+			snprintf(w->type, sizeof(w->type), "%s", PQgetvalue(res, r, 5));
+		} else if (strcmp(status, "conflict") == 0) {
+			o->result.version = version;
+			o->rc = cqrs_err_set(&o->err, CQRS_ECONFLICT, "%s", detail);
+		} else if (strcmp(status, "id_reused") == 0) {
+			o->rc = cqrs_err_set(&o->err, CQRS_EIDREUSED, "%s", detail);
+		} else {
+			o->rc = cqrs_err_set(&o->err, CQRS_EINVALID, "append refused: %s", detail);
+		}
+	}
+out:
+	free(count);
+	if (rc != 0)
+		for (size_t i = 0; i < n; i++)
+			cqrs_store_append_result_clear(&out[i].result);
+	return rc;
+}
+
 /* The current version of a stream, for an append that wrote no events. */
 static int
 stream_version(PGconn *pg, const char *stream, int64_t *out, struct cqrs_err *err)

@@ -149,6 +149,31 @@ int cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 		       struct store_append_result *r, struct cqrs_err *err)
 	__attribute__((warn_unused_result));
 
+/*
+ * The batch append (sql/007): several prepared appends, each on its own
+ * stream, in one round trip and one transaction; each is all-or-nothing
+ * with its own outcome. cqrs_store_batch_json() joins the prepared appends
+ * into the batch's one parameter (malloc'ed; NULL: out of memory);
+ * cqrs_store_batch_parse() gives out[i] the outcome of reqs[i].
+ */
+#define STORE_APPEND_BATCH_SQL \
+	"SELECT n, status, id, version, position, type, detail FROM cqrs.append_batch($1)"
+
+struct store_batch_outcome {
+	int rc;				/* 0, or CQRS_ECONFLICT, CQRS_EIDREUSED,
+					 * CQRS_EINVALID with err */
+	struct store_append_result result;	/* as cqrs_store_append_parse()'s */
+	struct cqrs_err err;
+};
+
+char *cqrs_store_batch_json(const struct store_append_req *const *reqs, size_t n, size_t *len);
+
+/* res is borrowed. Returns 0 with every out[i] filled (each to clear with
+ * cqrs_store_append_result_clear()), or the batch's error, which is every
+ * command's (nothing was written, or the outcome is unknown). */
+int cqrs_store_batch_parse(PGresult *res, PGconn *pg, struct store_batch_outcome *out, size_t n,
+			   struct cqrs_err *err) __attribute__((warn_unused_result));
+
 /* Maps a failed result (or NULL result) to a cqrs error code with message. */
 int cqrs_store_result_error(PGresult *res, PGconn *pg, const char *what,
 		       struct cqrs_err *err);

@@ -378,7 +378,7 @@ START_TEST(example_config_documents_every_key)
 	static const char *const cmd_keys[] = { "socket", "socket_mode", "socket_group", "plugins",
 		"pool_size", "max_connections", "max_request_bytes", "idle_timeout", "shutdown_timeout",
 		"store_timeout", "cache_size",
-		"snapshot_every", "max_retries", "max_pipeline", "client_budget", "memory_budget",
+		"snapshot_every", "max_retries", "batch_max", "max_pipeline", "client_budget", "memory_budget",
 		"write_timeout", "http", "http_allow_remote" };
 	static const char *const tracker_keys[] = { "name", "batch_size", "poll_ms", "lag_warn",
 		"confirm_timeout", "status_interval", "http" };
@@ -496,8 +496,8 @@ START_TEST(check_config_prints_the_memory_bound)
 	ck_assert_int_eq(sh(&out, "sed -E 's/^#([a-z_]+ =( .*)?)$/\\1/' %s > %s", example, live), 0);
 	defaults = memory_bound("", live);
 	/* memory_budget + max_connections x (floor + connection) + 2 x
-	 * max_request_bytes + a read + pool_size x client_budget */
-	want = 256 * mib + 1024 * conn + 2 * mib + 64 * kib + 8 * 16 * mib;
+	 * max_request_bytes + a read + pool_size x (client_budget + a batch) */
+	want = 256 * mib + 1024 * conn + 2 * mib + 64 * kib + 8 * (16 * mib + CMDD_BATCH_BYTES);
 	ck_assert_msg(defaults == want, "the defaults give %zu bytes, the formula %zu", defaults, want);
 	ck_assert_msg(CMDD_READ_CHUNK == 64 * kib && conn == 42 * kib, "the constants moved: "
 		      "docs/deploy.md and this test say 64 KiB and 42 KiB");
@@ -510,7 +510,8 @@ START_TEST(check_config_prints_the_memory_bound)
 	ck_assert_uint_eq(memory_bound("CQRS_CMD_MAX_CONNECTIONS=2048", live) - defaults, 1024 * conn);
 	ck_assert_uint_eq(defaults - memory_bound("CQRS_CMD_MAX_CONNECTIONS=24", live), 1000 * conn);
 	ck_assert_uint_eq(memory_bound("CQRS_CMD_MAX_REQUEST_BYTES=4M", live) - defaults, 6 * mib);
-	ck_assert_uint_eq(memory_bound("CQRS_CMD_POOL_SIZE=16", live) - defaults, 8 * 16 * mib);
+	ck_assert_uint_eq(memory_bound("CQRS_CMD_POOL_SIZE=16", live) - defaults, 8 * 17 * mib);
+	ck_assert_msg(CMDD_BATCH_BYTES == mib, "docs/deploy.md says 1 MiB per connection for a batch");
 	/* libpq's buffer is a power of two: 16 KiB doubled up to client_budget */
 	ck_assert_uint_eq(memory_bound("CQRS_CMD_CLIENT_BUDGET=20M", live) - defaults, 8 * 16 * mib);
 	ck_assert_uint_eq(defaults - memory_bound("CQRS_CMD_CLIENT_BUDGET=4M", live), 8 * 12 * mib);
