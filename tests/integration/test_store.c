@@ -446,6 +446,133 @@ START_TEST(concurrent_writers_one_stream)
 }
 END_TEST
 
+/* ---- the batch append (group commit) ------------------------------------------------ */
+
+/* One row of a batch's answer for command n (1-based), with the status. */
+static int
+batch_rows(PGresult *res, int n, const char *status)
+{
+	int count = 0;
+
+	for (int r = 0; r < PQntuples(res); r++)
+		if (atoi(PQgetvalue(res, r, 0)) == n && strcmp(PQgetvalue(res, r, 1), status) == 0)
+			count++;
+	return count;
+}
+
+/*
+ * One batch, each command with its own outcome: two ok (one on a new
+ * stream, one with two events), a stale expected version, a duplicate id,
+ * an id recorded for another stream, a command with no events and an id,
+ * and two events the store refuses (data not an object; an event id that
+ * exists). The refused ones write nothing; the others all that they should,
+ * in one transaction.
+ */
+START_TEST(batch_append_outcomes)
+{
+	char *ci = fixture_db_new(true);
+	PGconn *pg = fixture_connect(ci);
+	const char *dup = "00000000-0000-4000-8000-0000000000d1";
+	const char *batch =
+		"[{\"stream\":\"b-1\",\"expected\":0,\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000001\","
+		"\"type\":\"A\",\"data\":{\"k\":1}}]},"
+		"{\"stream\":\"b-2\",\"id\":\"20000000-0000-4000-8000-000000000002\",\"command\":\"c\","
+		"\"metadata\":{\"m\":2},\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000002\",\"type\":\"A\",\"data\":{}},"
+		"{\"id\":\"10000000-0000-4000-8000-000000000003\",\"type\":\"B\",\"data\":{}}]},"
+		"{\"stream\":\"b-old\",\"expected\":5,\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000004\","
+		"\"type\":\"A\",\"data\":{}}]},"
+		"{\"stream\":\"b-old\x01\",\"events\":[]},"
+		"{\"stream\":\"b-dup\",\"id\":\"00000000-0000-4000-8000-0000000000d1\",\"command\":\"c\","
+		"\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000005\",\"type\":\"A\",\"data\":{}}]},"
+		"{\"stream\":\"b-reuse\",\"id\":\"00000000-0000-4000-8000-0000000000d2\",\"command\":\"c\","
+		"\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000006\",\"type\":\"A\",\"data\":{}}]},"
+		"{\"stream\":\"b-none\",\"id\":\"20000000-0000-4000-8000-000000000007\",\"events\":[]},"
+		"{\"stream\":\"b-array\",\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000008\","
+		"\"type\":\"A\",\"data\":[1]}]},"
+		"{\"stream\":\"b-taken\",\"events\":[{\"id\":\"10000000-0000-4000-8000-000000000009\","
+		"\"type\":\"A\",\"data\":{}},{\"id\":\"00000000-0000-4000-8000-0000000000e1\",\"type\":\"A\","
+		"\"data\":{}}]}]";
+	PGresult *res;
+
+	(void)dup;
+	/* what is there before: b-old at version 1, b-dup written by the id, an event id in use */
+	fixture_exec(pg, "SELECT count(*) FROM cqrs.append('b-old', 0, NULL, "
+		     "'[{\"id\":\"00000000-0000-4000-8000-0000000000e1\",\"type\":\"A\",\"data\":{}}]')");
+	fixture_exec(pg, "SELECT count(*) FROM cqrs.append('b-dup', 0, "
+		     "'00000000-0000-4000-8000-0000000000d1', "
+		     "'[{\"id\":\"00000000-0000-4000-8000-0000000000e2\",\"type\":\"A\",\"data\":{}}]', 'c')");
+	fixture_exec(pg, "SELECT count(*) FROM cqrs.append('b-other', 0, "
+		     "'00000000-0000-4000-8000-0000000000d2', "
+		     "'[{\"id\":\"00000000-0000-4000-8000-0000000000e3\",\"type\":\"A\",\"data\":{}}]', 'c')");
+	/* a stream name with a control character is the batch's error: the JSON
+	 * text is built by the daemon, and 0x01 is not JSON */
+	res = PQexecParams(pg, STORE_APPEND_BATCH_SQL, 1, NULL, (const char *const[]){ batch }, NULL,
+			   NULL, 0);
+	ck_assert_int_ne(PQresultStatus(res), PGRES_TUPLES_OK);
+	PQclear(res);
+	{
+		char *fixed = strdup(batch), *p = strstr(fixed, "b-old\x01");
+		p[5] = '2';	/* "b-old2" */
+		res = PQexecParams(pg, STORE_APPEND_BATCH_SQL, 1, NULL,
+				   (const char *const[]){ fixed }, NULL, NULL, 0);
+		free(fixed);
+	}
+	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s", PQresultErrorMessage(res));
+	ck_assert_int_eq(batch_rows(res, 1, "ok"), 1);
+	ck_assert_int_eq(batch_rows(res, 2, "ok"), 2);
+	ck_assert_int_eq(batch_rows(res, 3, "conflict"), 1);
+	ck_assert_int_eq(batch_rows(res, 4, "ok"), 1);		/* no events, no id */
+	ck_assert_int_eq(batch_rows(res, 5, "duplicate"), 1);
+	ck_assert_int_eq(batch_rows(res, 6, "id_reused"), 1);
+	ck_assert_int_eq(batch_rows(res, 7, "ok"), 1);		/* no events, recorded */
+	ck_assert_int_eq(batch_rows(res, 8, "invalid"), 1);
+	ck_assert_int_eq(batch_rows(res, 9, "invalid"), 1);
+	ck_assert_int_eq(PQntuples(res), 10);
+	for (int r = 0; r < PQntuples(res); r++) {
+		int n = atoi(PQgetvalue(res, r, 0));
+		if (n == 3)	/* the stream's version, and the message names it */
+			ck_assert(strcmp(PQgetvalue(res, r, 3), "1") == 0 &&
+				  strstr(PQgetvalue(res, r, 6), "b-old") != NULL);
+		if (n == 5)	/* the first outcome: version 1 of b-dup */
+			ck_assert_str_eq(PQgetvalue(res, r, 2), "00000000-0000-4000-8000-0000000000e2");
+		if (n == 6)
+			ck_assert_msg(strstr(PQgetvalue(res, r, 6), "b-other") != NULL, "%s",
+				      PQgetvalue(res, r, 6));
+		if (n == 8)
+			ck_assert_msg(strstr(PQgetvalue(res, r, 6), "events_data_check") != NULL, "%s",
+				      PQgetvalue(res, r, 6));
+		if (n == 9)
+			ck_assert_msg(strstr(PQgetvalue(res, r, 6), "events_id_key") != NULL, "%s",
+				      PQgetvalue(res, r, 6));
+		if (n == 2 && strcmp(PQgetvalue(res, r, 5), "B") == 0)
+			ck_assert_str_eq(PQgetvalue(res, r, 3), "2");
+	}
+	PQclear(res);
+	/* written: b-1 (1), b-2 (2, with the command's metadata), nothing else new */
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.events"), 3 + 3);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.events WHERE stream IN "
+					   "('b-reuse', 'b-array', 'b-taken', 'b-none', 'b-old2')"), 0);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.events WHERE stream = 'b-2' "
+					   "AND metadata = '{\"m\":2}'"), 2);
+	/* the ok ones in one transaction */
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(DISTINCT xid) FROM cqrs.events "
+					   "WHERE stream IN ('b-1', 'b-2')"), 1);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.commands WHERE id = "
+					   "'20000000-0000-4000-8000-000000000007' AND last_version = 0"), 1);
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.commands WHERE stream = "
+					   "'b-2' AND first_version = 1 AND last_version = 2"), 1);
+
+	/* a batch with one stream twice is refused whole */
+	res = PQexecParams(pg, STORE_APPEND_BATCH_SQL, 1, NULL, (const char *const[]){
+		"[{\"stream\":\"b-9\",\"events\":[]},{\"stream\":\"b-9\",\"events\":[]}]" },
+		NULL, NULL, 0);
+	ck_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+	PQclear(res);
+	PQfinish(pg);
+	free(ci);
+}
+END_TEST
+
 /*
  * Commit-safe reading. Writers append in transactions that they sometimes
  * hold open and sometimes roll back; a reader loops on cqrs_store_read_all from
@@ -460,7 +587,7 @@ struct cs_writer {
 	const char *conninfo;
 	int seed;
 	int committed;
-	char rolled_back[CS_TXNS * 2][UUID_STR_LEN];
+	char rolled_back[CS_TXNS * 3][UUID_STR_LEN];
 	int n_rolled_back;
 	int failed;
 };
@@ -494,14 +621,47 @@ cs_write(void *arg)
 		cqrs_uuid_v4(ids[1]);
 		ev[0].id = ids[0];
 		ev[1].id = ids[1];
-		snprintf(stream, sizeof(stream), "cs-%d", rand_r(&seed) % CS_STREAMS);
+		int s1 = rand_r(&seed) % CS_STREAMS;
+		snprintf(stream, sizeof(stream), "cs-%d", s1);
 		if (cqrs_store_append_prepare(&req, stream, STORE_ANY, ev, 2, NULL, NULL, &err) < 0) {
 			w->failed = 1;
 			break;
 		}
 		PQclear(PQexec(pg, "BEGIN"));
-		res = PQexecParams(pg, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, NULL, req.values,
-				   NULL, NULL, 0);
+		if (t % 2 == 0) {
+			res = PQexecParams(pg, STORE_APPEND_SQL, STORE_APPEND_NPARAMS, NULL,
+					   req.values, NULL, NULL, 0);
+		} else {
+			/* every other one a batch: its second stream's event too */
+			struct store_append_req req2;
+			struct store_event_in ev2 = { .type = "C", .data = "{}" };
+			const struct store_append_req *reqs[2] = { &req, &req2 };
+			char other[32], *json;
+
+			snprintf(other, sizeof(other), "cs-%d", (s1 + 1 + rand_r(&seed) % (CS_STREAMS - 1)) %
+				 CS_STREAMS);
+			if (cqrs_store_append_prepare(&req2, other, STORE_ANY, &ev2, 1, NULL, NULL,
+						      &err) < 0) {
+				w->failed = 1;
+				break;
+			}
+			json = cqrs_store_batch_json(reqs, 2, NULL);
+			res = PQexecParams(pg, STORE_APPEND_BATCH_SQL, 1, NULL,
+					   (const char *const[]){ json }, NULL, NULL, 0);
+			if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 3) {
+				char id[UUID_STR_LEN];
+
+				snprintf(id, sizeof(id), "%s", PQgetvalue(res, 2, 2));
+				if (roll)
+					memcpy(w->rolled_back[w->n_rolled_back++], id, UUID_STR_LEN);
+				else
+					w->committed++;
+			} else {
+				w->failed = 1;
+			}
+			free(json);
+			cqrs_store_append_req_clear(&req2);
+		}
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			w->failed = 1;
 		PQclear(res);
@@ -713,6 +873,7 @@ store_suite(void)
 	tcase_add_test(tc, lost_connection_is_unavailable);
 	tcase_add_test(tc, migrations_concurrent_and_idempotent);
 	tcase_add_test(tc, concurrent_writers_one_stream);
+	tcase_add_test(tc, batch_append_outcomes);
 	tcase_add_test(tc, commit_safe_read_all_skips_nothing);
 	tcase_add_test(tc, read_all_orders_xids_as_numbers);
 	tcase_add_test(tc, checkpoint_text);
