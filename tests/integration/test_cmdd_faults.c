@@ -30,6 +30,7 @@
 
 #include "daemon.h"
 #include "fixture.h"
+#include "scrape.h"
 #include "store.h"
 #include "uuid.h"
 
@@ -668,6 +669,233 @@ START_TEST(stale_cache_and_expected_version)
 }
 END_TEST
 
+/* ---- group commit ------------------------------------------------------------------------ */
+
+/*
+ * A session of the test's own that holds the stream's lock (the key the
+ * append functions take): appends to it wait until hold_release().
+ */
+static PGconn *
+hold_stream(const char *stream)
+{
+	PGconn *h = fixture_connect(conninfo);
+
+	fixture_exec(h, daemon_fmt("SELECT pg_advisory_lock(1129468499, hashtext('%s'))", stream));
+	return h;
+}
+
+/* Waits until n sessions wait for a lock of type locktype. */
+static void
+wait_lock_waiters(const char *locktype, int n)
+{
+	int64_t deadline = now_ms() + 30000;
+	long long got;
+
+	while ((got = qint("SELECT count(*) FROM pg_locks WHERE locktype = '%s' AND NOT granted",
+			   locktype)) < n && now_ms() < deadline)
+		usleep(10000);
+	ck_assert_msg(got >= n, "%lld sessions wait for a %s lock, not %d", got, locktype, n);
+}
+
+/* Waits until cqrs_cmdd_store_queries_waiting is n. */
+static void
+wait_queries_waiting(uint16_t port, int n)
+{
+	int64_t deadline = now_ms() + 30000;
+	double got;
+
+	for (;;) {
+		struct scrape *m = scrape_metrics(port);
+		got = scrape_value(m, "cqrs_cmdd_store_queries_waiting", NULL);
+		scrape_free(m);
+		if (got == n || now_ms() > deadline)
+			break;
+		usleep(10000);
+	}
+	ck_assert_msg(got == n, "%g store queries waiting, not %d", got, n);
+}
+
+/* A deposit written straight into the store: the daemon's cache falls behind. */
+static void
+deposit_behind(const char *stream, int version, long long amount, long long balance)
+{
+	fixture_exec(db(), daemon_fmt("SELECT count(*) FROM cqrs.append('%s', %d, NULL, "
+		"jsonb_build_array(jsonb_build_object('id', gen_random_uuid(), 'type', 'MoneyDeposited', "
+		"'data', jsonb_build_object('amount', %lld, 'balance', %lld))))",
+		stream, version, amount, balance));
+}
+
+/*
+ * Commands waiting for the one store connection go out as one batch, and
+ * each gets its own answer: ok, conflict on a stale expected_version, a
+ * conflict without expected_version (retried under the stream's lock: ok),
+ * a duplicate command id, an id recorded for another stream, a domain
+ * refusal, and a second ok. The oks share one transaction.
+ */
+START_TEST(group_commit_mixed_outcomes)
+{
+	struct daemon *d = new_bank();
+	struct daemon_conn *c;
+	struct scrape *m;
+	const char *first = new_id(), *elsewhere = new_id();
+	const char *ids[8], *a;
+	uint16_t port;
+	PGconn *h;
+	char *answers[8];
+
+	daemon_set(d, "cmd", "pool_size", "1");
+	port = daemon_start_http(d);
+	c = daemon_connect(d);
+	for (int k = 0; k < 8; k++) {
+		DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), daemon_fmt("gm%d", k), 0))));
+		ids[k] = new_id();
+	}
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, deposit_line(first, "gm4", 7))));
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, deposit_line(elsewhere, "gm0", 1))));
+	/* gm2 and gm3 move on behind the daemon's back */
+	deposit_behind("account-gm2", 1, 5, 5);
+	deposit_behind("account-gm3", 1, 5, 5);
+
+	/* gm0's append waits for the test; the others queue for the connection */
+	h = hold_stream("account-gm0");
+	daemon_conn_send(c, deposit_line(ids[0], "gm0", 1));
+	wait_lock_waiters("advisory", 1);
+	daemon_conn_send(c, deposit_line(ids[1], "gm1", 10));
+	daemon_conn_send(c, daemon_fmt("{\"id\":\"%s\",\"command\":\"account.deposit\",\"aggregate_id\":"
+				       "\"gm2\",\"expected_version\":1,\"data\":{\"amount\":10}}", ids[2]));
+	daemon_conn_send(c, deposit_line(ids[3], "gm3", 10));
+	daemon_conn_send(c, deposit_line(first, "gm4", 7));
+	daemon_conn_send(c, deposit_line(elsewhere, "gm5", 1));
+	daemon_conn_send(c, money_line(ids[6], "withdraw", "gm6", 1000));
+	daemon_conn_send(c, deposit_line(ids[7], "gm7", 10));
+	/* six appends and the reload that the refusal wants */
+	wait_queries_waiting(port, 7);
+	fixture_exec(h, "SELECT pg_advisory_unlock_all()");
+	for (int k = 0; k < 8; k++)
+		answers[k] = daemon_gc(daemon_conn_recv(c, 30000));
+
+	DAEMON_ASSERT_OK(answers[0]);
+	DAEMON_ASSERT_OK(answers[1]);
+	ck_assert_int_eq(daemon_answer_int(answers[1], "version"), 2);
+	DAEMON_ASSERT_ERROR(answers[2], "conflict");
+	ck_assert_msg(strstr(answers[2], "is at version 2, expected 1") != NULL, "%s", answers[2]);
+	DAEMON_ASSERT_OK(answers[3]);	/* lost the race, retried under the lock */
+	ck_assert_int_eq(daemon_answer_int(answers[3], "version"), 3);
+	DAEMON_ASSERT_OK(answers[4]);
+	ck_assert_msg(is_duplicate(answers[4]), "%s", answers[4]);
+	ck_assert_int_eq(daemon_answer_int(answers[4], "version"), 2);
+	DAEMON_ASSERT_ERROR(answers[5], "id_reused");
+	ck_assert_msg(strstr(answers[5], "account-gm0") != NULL, "%s", answers[5]);
+	DAEMON_ASSERT_ERROR(answers[6], "rejected");
+	DAEMON_ASSERT_OK(answers[7]);
+	for (int k = 0; k < 8; k++)
+		ck_assert_msg(strstr(answers[k], k == 4 ? first : k == 5 ? elsewhere : ids[k]) != NULL,
+			      "answer %d is not its command's: %s", k, answers[k]);
+
+	/* what the store holds: each ok once, nothing of the others */
+	ck_assert_int_eq(stream_count("account-gm1"), 2);
+	ck_assert_int_eq(stream_count("account-gm2"), 2);
+	ck_assert_int_eq(balance("account-gm3"), 15);
+	ck_assert_int_eq(stream_count("account-gm4"), 2);
+	ck_assert_int_eq(stream_count("account-gm5"), 1);
+	ck_assert_int_eq(stream_count("account-gm6"), 1);
+	ck_assert_int_eq(qint("SELECT count(DISTINCT xid) FROM cqrs.events WHERE version = 2 AND "
+			      "stream IN ('account-gm1', 'account-gm7')"), 1);
+	m = scrape_metrics(port);
+	ck_assert_msg(scrape_value(m, "cqrs_cmdd_append_batches_total", NULL) == 1 &&
+		      scrape_value(m, "cqrs_cmdd_appends_batched_total", NULL) == 6,
+		      "batches %g, commands in them %g",
+		      scrape_value(m, "cqrs_cmdd_append_batches_total", NULL),
+		      scrape_value(m, "cqrs_cmdd_appends_batched_total", NULL));
+	ck_assert(scrape_value(m, "cqrs_cmdd_conflicts_retried_total", NULL) == 1);
+	scrape_free(m);
+	/* later commands on them see the right state */
+	a = daemon_gc(daemon_conn_call(c, deposit_line(new_id(), "gm2", 1)));
+	ck_assert_int_eq(daemon_answer_int(a, "version"), 3);
+	ck_assert_int_eq(balance("account-gm2"), 6);
+	PQfinish(h);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
+/*
+ * PostgreSQL stops while a batch is half written (its insert waits on a
+ * row another session has not committed): every command of the batch is
+ * answered unavailable, and the same commands sent again, with their ids,
+ * are each written once.
+ */
+START_TEST(group_commit_postgres_killed_mid_batch)
+{
+	struct daemon *d = new_bank();
+	struct daemon_conn *c;
+	const char *ids[5];
+	uint16_t port;
+	PGconn *h, *w;
+	int64_t deadline;
+
+	daemon_set(d, "cmd", "pool_size", "1");
+	port = daemon_start_http(d);
+	c = daemon_connect(d);
+	for (int k = 0; k < 5; k++) {
+		DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), daemon_fmt("gk%d", k), 0))));
+		ids[k] = new_id();
+	}
+	h = hold_stream("account-gk0");
+	daemon_conn_send(c, deposit_line(ids[0], "gk0", 1));
+	wait_lock_waiters("advisory", 1);
+	for (int k = 1; k < 5; k++)
+		daemon_conn_send(c, deposit_line(ids[k], daemon_fmt("gk%d", k), 10 * k));
+	wait_queries_waiting(port, 4);
+	/* version 2 of gk4, the batch's last, is taken by a transaction left open
+	 * (written straight, without the stream's lock) */
+	w = fixture_connect(conninfo);
+	fixture_exec(w, "BEGIN");
+	fixture_exec(w, "INSERT INTO cqrs.events (stream, version, id, type, data) VALUES "
+		     "('account-gk4', 2, '00000000-0000-4000-8000-00000000c0de', 'MoneyDeposited', "
+		     "'{\"amount\":1,\"balance\":1}')");
+	fixture_exec(h, "SELECT pg_advisory_unlock_all()");
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_recv(c, 30000)));
+	/* the batch wrote gk1..gk3 and waits on gk4's row */
+	wait_lock_waiters("transactionid", 1);
+	ck_assert_int_eq(qint("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+			      "'%%cqrs.append_batch%%' AND state = 'active' AND pid <> pg_backend_pid()"), 1);
+	PQfinish(h);
+	PQfinish(pg);
+	pg = NULL;
+	fixture_pg_stop();	/* w's transaction still open: it never commits */
+	PQfinish(w);
+	for (int k = 1; k < 5; k++) {
+		char *a = daemon_gc(daemon_conn_recv(c, 30000));
+		DAEMON_ASSERT_ERROR(a, "unavailable");
+		ck_assert_msg(strstr(a, ids[k]) != NULL, "%s", a);
+	}
+	fixture_pg_start();
+
+	/* sent again: each written once, and a third time: the first outcome */
+	deadline = now_ms() + 60000;
+	for (int k = 1; k < 5; k++) {
+		const char *a;
+		for (;;) {
+			a = daemon_gc(daemon_conn_call(c, deposit_line(ids[k], daemon_fmt("gk%d", k), 10 * k)));
+			if (!daemon_answer_error(a, "unavailable") || now_ms() > deadline)
+				break;
+			usleep(100000);
+		}
+		DAEMON_ASSERT_OK(a);
+		ck_assert_int_eq(daemon_answer_int(a, "version"), 2);
+		a = daemon_gc(daemon_conn_call(c, deposit_line(ids[k], daemon_fmt("gk%d", k), 10 * k)));
+		ck_assert_msg(is_duplicate(a) && daemon_answer_int(a, "version") == 2, "%s", a);
+		ck_assert_int_eq(stream_count(daemon_fmt("account-gk%d", k)), 2);
+		ck_assert_int_eq(balance(daemon_fmt("account-gk%d", k)), 10 * k);
+	}
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events WHERE metadata->>'causation_id' IN "
+			      "('%s', '%s', '%s', '%s')", ids[1], ids[2], ids[3], ids[4]), 4);
+	daemon_conn_close(c);
+	daemon_free(d);
+}
+END_TEST
+
 /* ---- PostgreSQL away ---------------------------------------------------------------------- */
 
 START_TEST(unavailable_while_postgres_is_down)
@@ -952,6 +1180,8 @@ cmdd_faults_suite(void)
 	tcase_add_test(tc, sixteen_clients_one_account_exact_sum);
 	tcase_add_test(tc, two_daemons_one_database);
 	tcase_add_test(tc, three_daemons_two_accounts);
+	tcase_add_test(tc, group_commit_mixed_outcomes);
+	tcase_add_test(tc, group_commit_postgres_killed_mid_batch);
 	tcase_add_test(tc, stale_cache_rejects_nothing_wrongly);
 	tcase_add_test(tc, stale_cache_and_expected_version);
 	tcase_add_test(tc, unavailable_while_postgres_is_down);

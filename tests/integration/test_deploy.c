@@ -1017,39 +1017,6 @@ pg_ensure_up(void)
 			fixture_pg_dir());
 }
 
-/* Starts d and returns the port its log names for /metrics. */
-static uint16_t
-start_with_http(struct daemon *d)
-{
-	long long deadline;
-	uint16_t port = 0;
-
-	daemon_set(d, "cmd", "http", "127.0.0.1:0");
-	daemon_start(d);
-	deadline = now_ms() + 10000;
-	while (port == 0 && now_ms() < deadline) {
-		char *log = daemon_log(d);
-		const char *line = strstr(log, "metrics and health on ");
-		if (line != NULL)
-			port = scrape_port_from_log(line);
-		free(log);
-		if (port == 0)
-			sleep_ms(20);
-	}
-	ck_assert_msg(port != 0, "no \"metrics and health on http://...\" in the log:\n%s",
-		      (char *)daemon_gc(daemon_log_tail(d, 20)));
-	/* /health says 503 until a store connection is up: wait for that */
-	while (now_ms() < deadline) {
-		char *body = NULL;
-		int status = scrape_http(port, "GET", "/health", NULL, &body, 1000);
-		free(body);
-		if (status == 200)
-			break;
-		sleep_ms(20);
-	}
-	return port;
-}
-
 static double
 outcome(const struct scrape *m, const char *name)
 {
@@ -1071,7 +1038,7 @@ START_TEST(metrics_scraped_as_commands_run)
 
 	daemon_set(d, "cmd", "pool_size", "3");
 	daemon_set(d, "cmd", "max_request_bytes", "1k");
-	port = start_with_http(d);
+	port = daemon_start_http(d);
 
 	ck_assert_int_eq(scrape_http(port, "GET", "/health", NULL, &body, 5000), 200);
 	ck_assert_str_eq(daemon_gc(body), "ok\n");
@@ -1183,7 +1150,7 @@ START_TEST(metrics_count_retries_and_snapshots)
 	uint16_t port;
 
 	daemon_set(a, "cmd", "snapshot_every", "2");
-	port = start_with_http(a);
+	port = daemon_start_http(a);
 	daemon_start(b);
 	DAEMON_ASSERT_OK(daemon_gc(daemon_call(a, open_line("r1"))));
 	/* b moves the stream on behind a's cache: a's next append conflicts */
@@ -1230,7 +1197,7 @@ START_TEST(health_follows_the_store)
 	int code = 0;
 
 	daemon_set(d, "cmd", "pool_size", "2");
-	port = start_with_http(d);
+	port = daemon_start_http(d);
 	ck_assert_int_eq(health(port, &body), 200);
 	free(body);
 
@@ -1306,7 +1273,7 @@ START_TEST(http_address_rules)
 	{
 		struct daemon *first = daemon_new_cmdd(db(), "bank");
 		struct daemon *second = daemon_new_cmdd(db(), "bank");
-		uint16_t port = start_with_http(first);
+		uint16_t port = daemon_start_http(first);
 		daemon_set(second, "cmd", "http", "127.0.0.1:%u", (unsigned)port);
 		code = daemon_run(second, 20000);
 		log = daemon_gc(daemon_log(second));

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -20,6 +21,7 @@
 #include "daemon.h"
 #include "fixture.h"
 #include "proc.h"
+#include "scrape.h"
 
 #define LOG_TAIL_LINES 40
 
@@ -718,4 +720,46 @@ daemon_fmt(const char *fmt, ...)
 	va_end(ap);
 	ck_assert_int_ge(n, 0);
 	return daemon_gc(s);
+}
+
+static long long
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint16_t
+daemon_start_http(struct daemon *d)
+{
+	struct timespec pause = { 0, 20 * 1000000L };
+	long long deadline;
+	uint16_t port = 0;
+
+	daemon_set(d, "cmd", "http", "127.0.0.1:0");
+	daemon_start(d);
+	deadline = mono_ms() + 10000;
+	while (port == 0 && mono_ms() < deadline) {
+		char *log = daemon_log(d);
+		const char *line = strstr(log, "metrics and health on ");
+		if (line != NULL)
+			port = scrape_port_from_log(line);
+		free(log);
+		if (port == 0)
+			nanosleep(&pause, NULL);
+	}
+	ck_assert_msg(port != 0, "no \"metrics and health on http://...\" in the log:\n%s",
+		      (char *)daemon_gc(daemon_log_tail(d, 20)));
+	/* /health says 503 until a store connection is up: wait for that */
+	while (mono_ms() < deadline) {
+		char *body = NULL;
+		int status = scrape_http(port, "GET", "/health", NULL, &body, 1000);
+		free(body);
+		if (status == 200)
+			break;
+		nanosleep(&pause, NULL);
+	}
+	return port;
 }

@@ -24,6 +24,7 @@
 #define CQRS_TEST_DAEMON_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -212,6 +213,13 @@ char *daemon_answer_str(const char *line, const char *path);
  * info.
  */
 struct daemon *daemon_new_cmdd(const char *conninfo, const char *plugins);
+
+/*
+ * Starts d with /health and /metrics on 127.0.0.1 (a port of the kernel's
+ * choosing) and returns that port, once /health says 200 (a store
+ * connection is up). Fails the test after 10 s.
+ */
+uint16_t daemon_start_http(struct daemon *d);
 
 /* asprintf that fails the test; the result is freed by daemon_gc_run(). */
 char *daemon_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
