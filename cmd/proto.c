@@ -1,4 +1,5 @@
 /* proto.c - the command protocol v1: request parsing and answers. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,8 +380,48 @@ proto_answer_error(const char *id, const char *code, const char *message)
 	return finish(o);
 }
 
+/*
+ * Written straight into one block, as cqrs_store_append_result_json() and
+ * json-c would write it: every command answered ok goes through here, and
+ * a tree of json-c objects for it cost a dozen allocations.
+ */
 char *
 proto_answer_ok(const char *id, const char *stream, const struct store_append_result *r)
 {
-	return finish(cqrs_store_append_result_json(id, stream, r));
+	static const char ev_fmt[] = "{\"id\":\"%s\",\"type\":%s,\"version\":%" PRId64
+				     ",\"position\":%" PRId64 "}";
+	size_t size = 128 + cqrs_json_quote(NULL, stream) + (id ? cqrs_json_quote(NULL, id) : 0);
+	size_t n = 0;
+	char *line, *q;
+
+	for (size_t i = 0; i < r->n; i++)
+		size += 96 + 2 * cqrs_json_quote(NULL, r->events[i].type) + 40;
+	line = malloc(size);
+	q = malloc(size);
+	if (line == NULL || q == NULL) {
+		free(line);
+		free(q);
+		return NULL;
+	}
+	line[n++] = '{';
+	if (id != NULL) {
+		memcpy(line + n, "\"id\":", 5);
+		n += 5;
+		n += cqrs_json_quote(line + n, id);
+		line[n++] = ',';
+	}
+	q[cqrs_json_quote(q, stream)] = '\0';
+	n += (size_t)snprintf(line + n, size - n, "\"ok\":true,\"stream\":%s,\"version\":%" PRId64 "%s"
+			      ",\"events\":[", q, r->version, r->duplicate ? ",\"duplicate\":true" : "");
+	for (size_t i = 0; i < r->n; i++) {
+		const struct store_written *w = &r->events[i];
+
+		q[cqrs_json_quote(q, w->type)] = '\0';
+		if (i > 0)
+			line[n++] = ',';
+		n += (size_t)snprintf(line + n, size - n, ev_fmt, w->id, q, w->version, w->position);
+	}
+	memcpy(line + n, "]}\n", 4);
+	free(q);
+	return line;
 }

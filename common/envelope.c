@@ -737,3 +737,33 @@ out:
 		json_tokener_free(tok);
 	return rc;
 }
+
+size_t
+cqrs_json_quote(char *out, const char *s)
+{
+	size_t n = 0;
+
+	if (out != NULL)
+		out[n] = '"';
+	n++;
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\') {
+			if (out != NULL) {
+				out[n] = '\\';
+				out[n + 1] = (char)*p;
+			}
+			n += 2;
+		} else if (*p < 0x20) {
+			if (out != NULL)
+				snprintf(out + n, 7, "\\u%04x", *p);
+			n += 6;
+		} else {
+			if (out != NULL)
+				out[n] = (char)*p;
+			n++;
+		}
+	}
+	if (out != NULL)
+		out[n] = '"';
+	return n + 1;
+}

@@ -97,4 +97,12 @@ int cqrs_envelope_stream_type(const char *stream, char *buf, size_t size);
  * ENVELOPE_TIME_SIZE; a smaller buf gets a truncated string). */
 void cqrs_envelope_now(char *buf, size_t size);
 
+/*
+ * s (UTF-8, NUL-terminated) as a JSON string, quotes included, written to
+ * out (NULL: only counted; else room for the length returned). Escapes '"',
+ * '\\' and control characters only: cheaper than json-c for the short
+ * strings of answers and batches.
+ */
+size_t cqrs_json_quote(char *out, const char *s);
+
 #endif

@@ -308,36 +308,13 @@ parse_object(const char *text, const char *what, size_t idx,
 	return 0;
 }
 
-/*
- * The encoded size of data and metadata together. Through a container of
- * its own: json-c keeps the text of json_object_to_json_string() in the
- * object it was asked of, for the object's life, and these objects are the
- * caller's (cqrs-cmdd keeps a command's metadata until its answer is sent:
- * a copy of it held per command, uncounted by the daemon's byte budgets).
- */
-static int
-encoded_bytes(struct json_object *data, struct json_object *meta, size_t *bytes,
-	      struct cqrs_err *err)
-{
-	struct json_object *pair = json_object_new_array_ext(2);
-	size_t len;
-
-	if (pair == NULL)
-		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
-	json_object_array_add(pair, json_object_get(data));
-	json_object_array_add(pair, json_object_get(meta));
-	len = strlen(json_object_to_json_string_ext(pair, JSON_C_TO_STRING_PLAIN));
-	json_object_put(pair);
-	*bytes = len > 3 ? len - 3 : 0;		/* [data,meta] */
-	return 0;
-}
-
 int
 cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		     int64_t expected, const struct store_event_in *evs, size_t n,
 		     const char *command_id, const char *command, struct cqrs_err *err)
 {
-	struct json_object *arr = NULL;
+	char *buf = NULL;
+	size_t at = 0, cap = 0;
 	int rc;
 
 	memset(req, 0, sizeof(*req));
@@ -354,14 +331,12 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 				    "%zu events in one append, over the limit of %d",
 				    n, CQRS_APPEND_MAX_EVENTS);
 
-	arr = json_object_new_array_ext((int)n);
-	if (arr == NULL)
-		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		const struct store_event_in *e = &evs[i];
 		struct json_object *o = NULL, *data = NULL, *meta = NULL;
 		char idbuf[UUID_STR_LEN];
-		size_t bytes = 0;
+		const char *text;
+		size_t bytes, len;
 
 		if (e->id != NULL && !cqrs_uuid_valid(e->id)) {
 			rc = cqrs_err_set(err, CQRS_EINVALID, "event %zu: id \"%.64s\" is not a UUID",
@@ -406,34 +381,64 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 		} else {
 			meta = json_object_new_object();
 		}
-		if ((rc = encoded_bytes(data, meta, &bytes, err)) < 0) {
+		if (e->id == NULL)
+			cqrs_uuid_v7(idbuf);
+		o = json_object_new_object();
+		if (o == NULL) {
 			json_object_put(data);
 			json_object_put(meta);
+			rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
 			goto fail;
 		}
+		json_object_object_add(o, "id", json_object_new_string(e->id ? e->id : idbuf));
+		json_object_object_add(o, "type", json_object_new_string(e->type));
+		json_object_object_add(o, "data", data);
+		json_object_object_add(o, "metadata", meta);
+		/* written once, here: its text (json-c keeps it on o, ours, not
+		 * on the caller's data and metadata) is the size and the part */
+		text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+						      JSON_C_TO_STRING_NOSLASHESCAPE);
+		len = strlen(text);
+		/* {"id":"…","type":"…","data":…,"metadata":…}: the type needs no escape */
+		bytes = len - 39 - strlen(e->id ? e->id : idbuf) - strlen(e->type);
 		if (bytes > CQRS_EVENT_MAX_BYTES) {
-			json_object_put(data);
-			json_object_put(meta);
+			json_object_put(o);
 			rc = cqrs_err_set(err, CQRS_EINVALID,
 					  "event %zu: data and metadata are %zu bytes, over the limit of %d",
 					  i, bytes, CQRS_EVENT_MAX_BYTES);
 			goto fail;
 		}
-		if (e->id == NULL)
-			cqrs_uuid_v7(idbuf);
-		o = json_object_new_object();
-		json_object_object_add(o, "id", json_object_new_string(e->id ? e->id : idbuf));
-		json_object_object_add(o, "type", json_object_new_string(e->type));
-		json_object_object_add(o, "data", data);
-		json_object_object_add(o, "metadata", meta);
-		json_object_array_add(arr, o);
+		if (at + len + 3 > cap) {	/* with its comma, and "]" and NUL after */
+			size_t ncap = cap * 2 > at + len + 3 ? cap * 2 : at + len + 3;
+			char *nbuf = realloc(buf, ncap);
+			if (nbuf == NULL) {
+				json_object_put(o);
+				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+				goto fail;
+			}
+			buf = nbuf;
+			cap = ncap;
+		}
+		buf[at++] = i == 0 ? '[' : ',';
+		memcpy(buf + at, text, len);
+		at += len;
+		json_object_put(o);
 	}
-	req->events_json = strdup(json_object_to_json_string_ext(
-		arr, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-	json_object_put(arr);
-	arr = NULL;
-	if (req->events_json == NULL)
-		return cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+	if (n == 0) {
+		if (cap < 3) {
+			char *nbuf = realloc(buf, 3);
+			if (nbuf == NULL) {
+				rc = cqrs_err_set(err, CQRS_ENOMEM, "out of memory");
+				goto fail;
+			}
+			buf = nbuf;
+		}
+		buf[at++] = '[';
+	}
+	buf[at++] = ']';
+	buf[at] = '\0';
+	req->events_json = buf;
+	buf = NULL;
 	snprintf(req->expected, sizeof(req->expected), "%" PRId64, expected);
 	req->values[0] = stream;
 	req->values[1] = req->expected;
@@ -442,7 +447,7 @@ cqrs_store_append_prepare(struct store_append_req *req, const char *stream,
 	req->values[4] = command;
 	return 0;
 fail:
-	json_object_put(arr);
+	free(buf);
 	return rc;
 }
 
@@ -488,37 +493,6 @@ cqrs_store_append_parse(PGresult *res, PGconn *pg, const char *stream,
 	return 0;
 }
 
-/* s as a JSON string into out (NULL: only counted); returns its length. */
-static size_t
-json_str(char *out, const char *s)
-{
-	size_t n = 0;
-
-	if (out != NULL)
-		out[n] = '"';
-	n++;
-	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
-		if (*p == '"' || *p == '\\') {
-			if (out != NULL) {
-				out[n] = '\\';
-				out[n + 1] = (char)*p;
-			}
-			n += 2;
-		} else if (*p < 0x20) {
-			if (out != NULL)
-				snprintf(out + n, 7, "\\u%04x", *p);
-			n += 6;
-		} else {
-			if (out != NULL)
-				out[n] = (char)*p;
-			n++;
-		}
-	}
-	if (out != NULL)
-		out[n] = '"';
-	return n + 1;
-}
-
 /* One command of a batch: {"stream","expected","id"?,"command"?,"events"}. */
 static size_t
 batch_item(char *out, const struct store_append_req *req)
@@ -533,16 +507,16 @@ batch_item(char *out, const struct store_append_req *req)
 		n += l_;                                                                  \
 	} while (0)
 	PUT("{\"stream\":");
-	n += json_str(out ? out + n : NULL, req->values[0]);
+	n += cqrs_json_quote(out ? out + n : NULL, req->values[0]);
 	PUT(",\"expected\":");
 	PUT(req->values[1]);
 	if (req->values[2] != NULL) {
 		PUT(",\"id\":");
-		n += json_str(out ? out + n : NULL, req->values[2]);
+		n += cqrs_json_quote(out ? out + n : NULL, req->values[2]);
 	}
 	if (req->values[4] != NULL) {
 		PUT(",\"command\":");
-		n += json_str(out ? out + n : NULL, req->values[4]);
+		n += cqrs_json_quote(out ? out + n : NULL, req->values[4]);
 	}
 	PUT(",\"events\":");
 	PUT(req->values[3]);
