@@ -136,11 +136,12 @@ start_cmdd() {
 	"$B/bin/cqrs-cmdd" -c "$1" 2>>"$work/cmdd.log" &
 	cmdd_pid=$!
 	cmdd_pids="$cmdd_pids $cmdd_pid"
-	i=0
-	while [ ! -S "$2" ] && [ $i -lt 200 ]; do
+	# not i: the callers count their daemons with it (sh has no locals)
+	tries=0
+	while [ ! -S "$2" ] && [ $tries -lt 200 ]; do
 		kill -0 "$cmdd_pid" 2>/dev/null || die "cqrs-cmdd exited at start"
 		sleep 0.05
-		i=$((i + 1))
+		tries=$((tries + 1))
 	done
 	[ -S "$2" ] || die "cqrs-cmdd did not create $2"
 	sleep 0.2
@@ -393,8 +394,10 @@ for p in $load_pids; do
 	wait "$p" || st=$?
 	[ "$st" = 0 ] || echo "   cmdload on daemon $i exited with status $st:" \
 		"$(sed -n 's/^cmdload: //p' "$work/multi$i.out" | head -n 2)"
+	[ "$st" = 0 ] || bad=1
 	i=$((i + 1))
 done
+[ -z "${bad:-}" ] || { echo "   the daemons' log (last lines):"; grep -v "msg=\"command " "$work/cmdd.log" | tail -n 15 | sed 's/^/     /'; }
 for p in $multi_pids; do stop_cmdd "$p"; done
 ok=0 rate=0 i=1
 while [ $i -le $MULTI_DAEMONS ]; do
