@@ -18,7 +18,8 @@
 static const char *const cmd_keys[] = {
 	"socket", "socket_mode", "socket_group", "plugins", "pool_size", "max_connections",
 	"max_request_bytes", "idle_timeout", "shutdown_timeout", "store_timeout", "cache_size",
-	"snapshot_every", "max_retries", "batch_max", "max_pipeline", "client_budget", "memory_budget", "write_timeout",
+	"snapshot_every", "max_retries", "batch_max", "append_connections", "max_pipeline",
+	"client_budget", "memory_budget", "write_timeout",
 	HTTPD_CONFIG_KEYS, NULL,
 };
 
@@ -80,9 +81,12 @@ cmdd_config_load(const struct config *cfg, struct cmdd_config *out, struct cqrs_
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_retries", 5, 0, 1000, &v, err)) < 0)
 		return rc;
 	out->max_retries = (int)v;
-	if ((rc = cqrs_config_get_int(cfg, "cmd", "batch_max", 32, 1, 256, &v, err)) < 0)
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "batch_max", 64, 1, 256, &v, err)) < 0)
 		return rc;
 	out->batch_max = (int)v;
+	if ((rc = cqrs_config_get_int(cfg, "cmd", "append_connections", 2, 1, 256, &v, err)) < 0)
+		return rc;
+	out->append_connections = (int)v;
 	if ((rc = cqrs_config_get_int(cfg, "cmd", "max_pipeline", 1024, 1, 65536, &v, err)) < 0)
 		return rc;
 	out->max_pipeline = (int)v;

@@ -52,6 +52,10 @@ static const char snapshot_sql[] =
 
 static const char notify_sql[] = "NOTIFY cqrs_events";
 
+/* The appends, by these addresses: prepared on each connection (pool_prepare()) */
+static const char append_sql[] = STORE_APPEND_SQL;
+static const char batch_sql[] = STORE_APPEND_BATCH_SQL;
+
 /* A retry after a lost race runs in a transaction that holds the stream's
  * lock (the key cqrs.append takes) from before its reload to its append. */
 static const char begin_sql[] = "BEGIN";
@@ -735,7 +739,7 @@ batch_join(void *ctx, void *const *args, int n, const char **sql, int *nparams,
 		return -1;
 	}
 	b->values[0] = b->json;
-	*sql = STORE_APPEND_BATCH_SQL;
+	*sql = batch_sql;
 	*nparams = 1;
 	*values = b->values;
 	*cb = batch_done;
@@ -748,8 +752,15 @@ exec_batch_init(struct cmdd *d)
 {
 	d->batcher.max = d->cfg.batch_max;
 	d->batcher.max_bytes = CMDD_BATCH_BYTES;
+	d->batcher.max_inflight = d->cfg.append_connections;
+	d->batcher.min_join = d->cfg.batch_max < CMDD_BATCH_MIN_JOIN ? d->cfg.batch_max :
+			      CMDD_BATCH_MIN_JOIN;
 	d->batcher.join = batch_join;
 	d->batcher.ctx = d;
+	/* what every command sends: parsed and planned once per connection */
+	pool_prepare(d->pool, append_sql);
+	pool_prepare(d->pool, batch_sql);
+	pool_prepare(d->pool, load_sql);
 }
 
 /* ---- the locked path --------------------------------------------------- */
@@ -961,10 +972,10 @@ job_run(struct job *job)
 		return;
 	}
 	if (job->hold != NULL)
-		rc = pool_hold_query(job->hold, STORE_APPEND_SQL, STORE_APPEND_NPARAMS,
+		rc = pool_hold_query(job->hold, append_sql, STORE_APPEND_NPARAMS,
 				     job->append.values, append_done, job);
 	else
-		rc = pool_query_batched(d->pool, &d->batcher, job->append_held, STORE_APPEND_SQL,
+		rc = pool_query_batched(d->pool, &d->batcher, job->append_held, append_sql,
 					STORE_APPEND_NPARAMS, job->append.values, append_done, job);
 	if (rc != 0) {
 		append_clear(job);

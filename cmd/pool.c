@@ -39,8 +39,9 @@ struct job {
 	pool_hold_cb hold_cb;	/* not NULL: a wait for a connection to hold */
 	void *arg;
 	int64_t deadline;	/* cqrs_now_ms(); 0: none */
-	const struct pool_batcher *batcher;
+	struct pool_batcher *batcher;
 	size_t bytes;
+	bool sent;		/* counted in batcher->inflight */
 };
 
 struct pool_hold {
@@ -64,6 +65,7 @@ struct pconn {
 	PGresult *res;		/* last result of the running query */
 	int failures;		/* consecutive failed connects, for log volume */
 	struct pool_hold *hold;	/* its holder, if held */
+	int setup_step;		/* statements prepared so far */
 };
 
 struct pool {
@@ -81,16 +83,57 @@ struct pool {
 	int64_t queue_warned_at;
 	int queue_expired;	/* since the last warning */
 	struct cqrs_log_ctx log;
+	const char *prepared[POOL_MAX_PREPARED];	/* pool_prepare(): statement k is "cqrs_k" */
+	int n_prepared;
 };
 
 static void conn_start(struct pconn *c);
 static void dispatch(struct pool *p);
 static void queue_arm(struct pool *p);
 
+static void
+queue_add(struct pool *p, struct job *j)
+{
+	TAILQ_INSERT_TAIL(&p->queue, j, link);
+	p->queued++;
+	if (j->batcher != NULL)
+		j->batcher->waiting++;
+}
+
+static void
+queue_remove(struct pool *p, struct job *j)
+{
+	TAILQ_REMOVE(&p->queue, j, link);
+	p->queued--;
+	if (j->batcher != NULL)
+		j->batcher->waiting--;
+}
+
+/*
+ * Whether a query of b may go now: when none of b's runs, or when fewer
+ * than b->max_inflight run and enough wait to make a batch worth its own
+ * commit (b->min_join).
+ */
+static bool
+batch_may_go(const struct pool_batcher *b)
+{
+	return b->inflight == 0 || (b->inflight < b->max_inflight && b->waiting >= b->min_join);
+}
+
+/* A query that was sent is done: its batcher may send another. */
+static void
+job_sent_done(struct job *j)
+{
+	if (j->batcher != NULL && j->sent)
+		j->batcher->inflight--;
+	j->sent = false;
+}
+
 /* A query that will not be sent, or whose connection went away. */
 static void
 job_fail(struct job *j)
 {
+	job_sent_done(j);
 	if (j->hold_cb != NULL)
 		j->hold_cb(j->arg, NULL);
 	else if (j->cb != NULL)
@@ -133,8 +176,7 @@ fail_queue_if_down(struct pool *p)
 			return;
 	while (!TAILQ_EMPTY(&p->queue)) {
 		struct job *j = TAILQ_FIRST(&p->queue);
-		TAILQ_REMOVE(&p->queue, j, link);
-		p->queued--;
+		queue_remove(p, j);
 		job_fail(j);
 	}
 	queue_arm(p);
@@ -262,8 +304,7 @@ queue_expire(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	p->queue_timer_at = 0;
 	while ((j = TAILQ_FIRST(&p->queue)) != NULL && j->deadline != 0 && j->deadline <= now) {
-		TAILQ_REMOVE(&p->queue, j, link);
-		p->queued--;
+		queue_remove(p, j);
 		p->queue_expired++;
 		job_fail(j);
 	}
@@ -305,23 +346,66 @@ conn_up(struct pconn *c)
 	dispatch(p);
 }
 
-/* setup_sql is done (its result in c->res). */
+static void
+stmt_name(char *buf, size_t size, int k)
+{
+	snprintf(buf, size, "cqrs_%d", k);
+}
+
+/* The statement name of sql, if it was prepared; NULL if not. */
+static const char *
+prepared_name(const struct pool *p, const char *sql, char *buf, size_t size)
+{
+	for (int k = 0; k < p->n_prepared; k++) {
+		if (p->prepared[k] == sql) {
+			stmt_name(buf, size, k);
+			return buf;
+		}
+	}
+	return NULL;
+}
+
+/* Sends sql, as its prepared statement when it has one. */
+static int
+send_query(struct pconn *c, const char *sql, int nparams, const char *const *values)
+{
+	char name[24];
+
+	if (prepared_name(c->pool, sql, name, sizeof(name)) != NULL)
+		return PQsendQueryPrepared(c->pg, name, nparams, values, NULL, NULL, 0);
+	return PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0);
+}
+
+/* One step of the setup is done (its result in c->res): setup_sql, then
+ * each statement of pool_prepare(). */
 static void
 setup_done(struct pconn *c)
 {
+	struct pool *p = c->pool;
 	PGresult *res = c->res;
-	char why[256];
+	const char *what = c->setup_step == 0 ? setup_sql : p->prepared[c->setup_step - 1];
+	char why[256], name[24];
 
 	c->res = NULL;
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
-		snprintf(why, sizeof(why), "%s: %.200s", setup_sql, m != NULL ? m : pg_error(c->pg));
+		snprintf(why, sizeof(why), "%.40s: %.200s", what, m != NULL ? m : pg_error(c->pg));
 		PQclear(res);
 		conn_down(c, why);
 		return;
 	}
 	PQclear(res);
+	if (c->setup_step < p->n_prepared) {
+		stmt_name(name, sizeof(name), c->setup_step);
+		if (!PQsendPrepare(c->pg, name, p->prepared[c->setup_step], 0, NULL)) {
+			conn_down(c, pg_error(c->pg));
+			return;
+		}
+		c->setup_step++;
+		arm_query(c);
+		return;
+	}
 	conn_up(c);
 }
 
@@ -375,6 +459,7 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 					c->hold->c = NULL;
 					c->hold = NULL;
 				}
+				job_sent_done(j);
 				if (j->cb != NULL)
 					j->cb(j->arg, res, c->pg);
 				PQclear(res);
@@ -384,6 +469,7 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 			}
 			/* a held connection waits for its holder's next query */
 			c->state = c->hold != NULL ? PC_HELD : PC_IDLE;
+			job_sent_done(j);
 			if (j->cb != NULL)
 				j->cb(j->arg, res, c->pg);
 			PQclear(res);
@@ -406,7 +492,7 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 static struct job *
 batch_take(struct pool *p, struct job *j, int64_t now)
 {
-	const struct pool_batcher *b = j->batcher;
+	struct pool_batcher *b = j->batcher;
 	struct job *take[256], *next, *joined;
 	void *args[256];
 	size_t bytes = j->bytes;
@@ -431,9 +517,9 @@ batch_take(struct pool *p, struct job *j, int64_t now)
 		return j;
 	}
 	joined->deadline = j->deadline;
+	joined->batcher = b;
 	for (int i = 1; i < n; i++) {
-		TAILQ_REMOVE(&p->queue, take[i], link);
-		p->queued--;
+		queue_remove(p, take[i]);
 		free(take[i]);
 	}
 	free(j);
@@ -469,9 +555,14 @@ dispatch(struct pool *p)
 
 		if (c->state != PC_IDLE)
 			continue;
-		j = TAILQ_FIRST(&p->queue);
-		TAILQ_REMOVE(&p->queue, j, link);
-		p->queued--;
+		/* the first query that may go: a batcher at its limit waits */
+		for (j = TAILQ_FIRST(&p->queue); j != NULL; j = TAILQ_NEXT(j, link))
+			if (j->batcher == NULL || batch_may_go(j->batcher) ||
+			    (j->deadline != 0 && j->deadline <= cqrs_now_ms()))
+				break;
+		if (j == NULL)
+			break;
+		queue_remove(p, j);
 		now = cqrs_now_ms();
 		if (j->deadline != 0 && j->deadline <= now) {
 			/* its time ran out in the queue (the timer is due): not sent */
@@ -484,11 +575,14 @@ dispatch(struct pool *p)
 			hold_start(c, j);
 			continue;
 		}
-		if (j->batcher != NULL)
+		if (j->batcher != NULL) {
 			j = batch_take(p, j, now);
+			j->batcher->inflight++;
+			j->sent = true;
+		}
 		c->job = j;
 		c->state = PC_BUSY;
-		if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, j->values, NULL, NULL, 0)) {
+		if (!send_query(c, j->sql, j->nparams, j->values)) {
 			conn_down(c, pg_error(c->pg));
 			continue;
 		}
@@ -529,6 +623,7 @@ connect_io(evutil_socket_t fd, short what, void *arg)
 		event_add(c->ev_read, NULL);
 		/* still under connect_timeout */
 		c->state = PC_SETUP;
+		c->setup_step = 0;
 		if (!PQsendQuery(c->pg, setup_sql)) {
 			conn_down(c, pg_error(c->pg));
 			return;
@@ -672,7 +767,7 @@ pool_query(struct pool *p, const char *sql, int nparams, const char *const *valu
 }
 
 int
-pool_query_batched(struct pool *p, const struct pool_batcher *b, size_t bytes, const char *sql,
+pool_query_batched(struct pool *p, struct pool_batcher *b, size_t bytes, const char *sql,
 		   int nparams, const char *const *values, pool_cb cb, void *arg)
 {
 	struct job *j;
@@ -690,8 +785,7 @@ pool_query_batched(struct pool *p, const struct pool_batcher *b, size_t bytes, c
 	j->batcher = b;
 	j->bytes = bytes;
 	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
-	TAILQ_INSERT_TAIL(&p->queue, j, link);
-	p->queued++;
+	queue_add(p, j);
 	dispatch(p);
 	return 0;
 }
@@ -709,8 +803,7 @@ pool_hold(struct pool *p, pool_hold_cb cb, void *arg)
 	j->hold_cb = cb;
 	j->arg = arg;
 	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
-	TAILQ_INSERT_TAIL(&p->queue, j, link);
-	p->queued++;
+	queue_add(p, j);
 	dispatch(p);
 	return 0;
 }
@@ -735,7 +828,7 @@ pool_hold_query(struct pool_hold *h, const char *sql, int nparams, const char *c
 	j->deadline = c->pool->timeout_ms > 0 ? cqrs_now_ms() + c->pool->timeout_ms : 0;
 	c->job = j;
 	c->state = PC_BUSY;
-	if (!PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0)) {
+	if (!send_query(c, sql, nparams, values)) {
 		c->job = NULL;
 		free(j);
 		conn_down(c, pg_error(c->pg));
@@ -788,6 +881,13 @@ int
 pool_up(const struct pool *p)
 {
 	return p->up;
+}
+
+void
+pool_prepare(struct pool *p, const char *sql)
+{
+	if (p->n_prepared < POOL_MAX_PREPARED)
+		p->prepared[p->n_prepared++] = sql;
 }
 
 int

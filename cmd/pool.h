@@ -53,14 +53,26 @@ int pool_query(struct pool *p, const char *sql, int nparams, const char *const *
 /*
  * Queries that may go to PostgreSQL joined into one (group commit). Queued
  * with pool_query_batched(), each is a query of its own; when a connection
- * frees and the first of them is next, the pool takes it and the others of
- * the same batcher queued behind it, up to max queries and max_bytes of
- * their sizes (the first always goes). Alone, it is sent as it is; with
+ * frees and the first of them is next (and fewer than max_inflight of the
+ * batcher's run), the pool takes it and the others of the same batcher
+ * queued behind it, up to max queries and max_bytes of their sizes (the
+ * first always goes). Alone, it is sent as it is; with
  * others, join() makes the one query that stands for them all.
  */
 struct pool_batcher {
 	int max;
 	size_t max_bytes;
+	/*
+	 * Queries of this batcher running at once, at most: the others wait
+	 * (and join) until one is answered, while other queries go by. One
+	 * transaction commits while the next is built and sent: fewer, larger
+	 * commits than one per free connection.
+	 */
+	int max_inflight;
+	/* a second query (and more) goes only when this many wait */
+	int min_join;
+	int inflight;			/* the pool's counts */
+	int waiting;
 	/*
 	 * Joins n >= 2 queued queries (their args, in queue order) into one:
 	 * fills *sql, *nparams, *values (borrowed until *cb runs), *cb and *arg,
@@ -73,7 +85,7 @@ struct pool_batcher {
 };
 
 /* As pool_query(); bytes: the query's size, for b->max_bytes. */
-int pool_query_batched(struct pool *p, const struct pool_batcher *b, size_t bytes,
+int pool_query_batched(struct pool *p, struct pool_batcher *b, size_t bytes,
 		       const char *sql, int nparams, const char *const *values,
 		       pool_cb cb, void *arg) __attribute__((warn_unused_result));
 
@@ -92,6 +104,15 @@ int pool_hold(struct pool *p, pool_hold_cb cb, void *arg) __attribute__((warn_un
 int pool_hold_query(struct pool_hold *h, const char *sql, int nparams, const char *const *values,
 		    pool_cb cb, void *arg) __attribute__((warn_unused_result));
 void pool_release(struct pool_hold *h);
+
+/*
+ * Prepares sql (borrowed for the pool's life, matched by its address) on
+ * each connection as it comes up: the queries that pass this very pointer
+ * are then sent without being parsed and planned again. Call it before the
+ * loop runs, for at most POOL_MAX_PREPARED statements.
+ */
+#define POOL_MAX_PREPARED 8
+void pool_prepare(struct pool *p, const char *sql);
 
 /* Connections up (idle or busy). */
 int pool_up(const struct pool *p);

@@ -33,7 +33,11 @@ RETURNS TABLE (n int, status text, id uuid, version int, "position" bigint, type
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-	v_key int;
+	v_shape_bad bool;
+	v_twice bool;
+	v_stream_keys int[];		-- the locks to take, in order
+	v_id_keys int[];
+	v_empty bool := false;		-- a command without events
 	c record;
 	v_ok int[] := '{}';		-- commands to write: their places,
 	v_streams text[] := '{}';	-- streams,
@@ -46,34 +50,37 @@ BEGIN
 	IF jsonb_typeof(p_batch) IS DISTINCT FROM 'array' THEN
 		RAISE EXCEPTION 'append_batch: the batch is not a JSON array' USING ERRCODE = '22023';
 	END IF;
-	IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_batch) x
-		   WHERE jsonb_typeof(x) <> 'object' OR coalesce(x->>'stream', '') = ''
-		      OR jsonb_typeof(x->'events') IS DISTINCT FROM 'array') THEN
+	-- one statement for the checks and the keys (each statement costs)
+	SELECT coalesce(bool_or(jsonb_typeof(x) <> 'object' OR coalesce(x->>'stream', '') = ''
+				OR jsonb_typeof(x->'events') IS DISTINCT FROM 'array'), false),
+	       count(*) <> count(DISTINCT x->>'stream') OR
+		       count(x->>'id') <> count(DISTINCT (x->>'id')::uuid),
+	       array_agg(DISTINCT hashtext(x->>'stream') ORDER BY hashtext(x->>'stream')),
+	       array_agg(DISTINCT hashtext((x->>'id')::uuid::text)
+			 ORDER BY hashtext((x->>'id')::uuid::text)) FILTER (WHERE x->>'id' IS NOT NULL)
+	INTO v_shape_bad, v_twice, v_stream_keys, v_id_keys
+	FROM jsonb_array_elements(p_batch) x;
+	IF v_shape_bad THEN
 		RAISE EXCEPTION 'append_batch: every command needs a stream and an events array'
 			USING ERRCODE = '22023';
 	END IF;
-	IF (SELECT count(*) <> count(DISTINCT x->>'stream') OR
-		   count(x->>'id') <> count(DISTINCT (x->>'id')::uuid)
-	    FROM jsonb_array_elements(p_batch) x) THEN
+	IF v_twice THEN
 		RAISE EXCEPTION 'append_batch: two commands on one stream or with one id'
 			USING ERRCODE = '22023';
 	END IF;
 
-	-- the streams' locks, then the command ids' (as cqrs.append takes them)
-	FOR v_key IN SELECT DISTINCT hashtext(x->>'stream')
-		     FROM jsonb_array_elements(p_batch) x ORDER BY 1 LOOP
-		PERFORM pg_advisory_xact_lock(1129468499, v_key);
-	END LOOP;
-	FOR v_key IN SELECT DISTINCT hashtext((x->>'id')::uuid::text)
-		     FROM jsonb_array_elements(p_batch) x WHERE x->>'id' IS NOT NULL ORDER BY 1 LOOP
-		PERFORM pg_advisory_xact_lock(1129468502, v_key);
-	END LOOP;
+	-- the streams' locks, then the command ids' (as cqrs.append takes
+	-- them), each in key order: unnest gives an array's elements in order
+	PERFORM pg_advisory_xact_lock(1129468499, k) FROM unnest(v_stream_keys) AS k;
+	IF v_id_keys IS NOT NULL THEN
+		PERFORM pg_advisory_xact_lock(1129468502, k) FROM unnest(v_id_keys) AS k;
+	END IF;
 
 	-- every version and recorded id, read before anything is written
 	FOR c IN
 		SELECT t.ord::int AS ord, t.x->>'stream' AS stream,
 		       coalesce((t.x->>'expected')::bigint, -1) AS expected,
-		       t.x->>'command' AS command,
+		       t.x->>'command' AS command, jsonb_array_length(t.x->'events') AS n_events,
 		       coalesce((SELECT max(e.version) FROM cqrs.events e
 				 WHERE e.stream = t.x->>'stream'), 0) AS cur,
 		       k.id AS rec_id, k.stream AS rec_stream, k.command AS rec_command,
@@ -108,6 +115,7 @@ BEGIN
 			v_ok := v_ok || c.ord;
 			v_streams := v_streams || c.stream;
 			v_base := v_base || c.cur;
+			v_empty := v_empty OR c.n_events = 0;
 		END IF;
 	END LOOP;
 	IF cardinality(v_ok) = 0 THEN
@@ -129,12 +137,14 @@ BEGIN
 		SELECT array_agg(w.stream), array_agg(w.id), array_agg(w.version),
 		       array_agg(w.position), array_agg(w.type)
 		INTO r_stream, r_id, r_version, r_pos, r_type FROM w;
-		INSERT INTO cqrs.commands (id, stream, first_version, last_version, command)
-		SELECT (x->>'id')::uuid, b.stream, b.base + 1,
-		       b.base + jsonb_array_length(x->'events'), x->>'command'
-		FROM unnest(v_ok, v_streams, v_base) AS b(ord, stream, base),
-		     LATERAL (SELECT p_batch->(b.ord - 1) AS x) AS q
-		WHERE x->>'id' IS NOT NULL;
+		IF v_id_keys IS NOT NULL THEN
+			INSERT INTO cqrs.commands (id, stream, first_version, last_version, command)
+			SELECT (x->>'id')::uuid, b.stream, b.base + 1,
+			       b.base + jsonb_array_length(x->'events'), x->>'command'
+			FROM unnest(v_ok, v_streams, v_base) AS b(ord, stream, base),
+			     LATERAL (SELECT p_batch->(b.ord - 1) AS x) AS q
+			WHERE x->>'id' IS NOT NULL;
+		END IF;
 	EXCEPTION WHEN data_exception OR integrity_constraint_violation OR
 		       SQLSTATE 'CQ403' THEN
 		r_stream := '{}'; r_id := '{}'; r_version := '{}'; r_pos := '{}'; r_type := '{}';
@@ -178,14 +188,18 @@ BEGIN
 		     AS w(stream, id, version, position, type) ON w.stream = b.stream
 		ORDER BY b.ord, w.version;
 	-- commands that raised no event (recorded for their id only)
-	RETURN QUERY
-		SELECT b.ord, 'ok', NULL::uuid, b.base, NULL::bigint, NULL::text, NULL::text
-		FROM unnest(v_ok, v_streams, v_base) AS b(ord, stream, base)
-		WHERE jsonb_array_length(p_batch->(b.ord - 1)->'events') = 0
-		  AND b.ord <> ALL (v_bad);
-	RETURN QUERY
-		SELECT b.ord, 'invalid', NULL::uuid, NULL::int, NULL::bigint, NULL::text, b.why
-		FROM unnest(v_bad, v_why) AS b(ord, why);
+	IF v_empty THEN
+		RETURN QUERY
+			SELECT b.ord, 'ok', NULL::uuid, b.base, NULL::bigint, NULL::text, NULL::text
+			FROM unnest(v_ok, v_streams, v_base) AS b(ord, stream, base)
+			WHERE jsonb_array_length(p_batch->(b.ord - 1)->'events') = 0
+			  AND b.ord <> ALL (v_bad);
+	END IF;
+	IF cardinality(v_bad) > 0 THEN
+		RETURN QUERY
+			SELECT b.ord, 'invalid', NULL::uuid, NULL::int, NULL::bigint, NULL::text, b.why
+			FROM unnest(v_bad, v_why) AS b(ord, why);
+	END IF;
 END $$;
 
 -- The queries inside both append functions are index lookups whatever the

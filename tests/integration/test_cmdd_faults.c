@@ -820,6 +820,54 @@ START_TEST(group_commit_mixed_outcomes)
 END_TEST
 
 /*
+ * While an append runs, the next ones wait for it, free connections or not,
+ * and go together when it is answered; a second append goes at once only
+ * when 16 commands wait for it (cmd.append_connections 2, the default).
+ */
+START_TEST(group_commit_appends_wait_for_the_running_one)
+{
+	struct daemon *d = new_bank();
+	struct daemon_conn *c, *c2;
+	uint16_t port;
+	PGconn *h;
+	enum { N = 16 };
+
+	daemon_set(d, "cmd", "pool_size", "4");
+	port = daemon_start_http(d);
+	c = daemon_connect(d);
+	c2 = daemon_connect(d);
+	for (int k = 0; k <= N; k++)
+		DAEMON_ASSERT_OK(daemon_gc(daemon_conn_call(c, open_line(new_id(), daemon_fmt("gw%d", k), 0))));
+	h = hold_stream("account-gw0");
+	daemon_conn_send(c, deposit_line(new_id(), "gw0", 1));
+	wait_lock_waiters("advisory", 1);
+	/* three connections free: the appends wait all the same, under 16 */
+	for (int k = 1; k < 16; k++)
+		daemon_conn_send(c2, deposit_line(new_id(), daemon_fmt("gw%d", k), 1));
+	wait_queries_waiting(port, 15);
+	/* the 16th: they go, as one, while the first is still held (a 17th
+	 * would wait: two run) */
+	for (int k = 16; k <= N; k++)
+		daemon_conn_send(c2, deposit_line(new_id(), daemon_fmt("gw%d", k), 1));
+	for (int k = 1; k <= N; k++) {
+		const char *a = daemon_gc(daemon_conn_recv(c2, 30000));
+		DAEMON_ASSERT_OK(a);
+	}
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events WHERE stream = 'account-gw0'"), 1);
+	ck_assert_int_eq(qint("SELECT count(DISTINCT xid) FROM cqrs.events WHERE version = 2 AND "
+			      "stream LIKE 'account-gw%%'"), 1);
+	ck_assert_int_eq(qint("SELECT count(*) FROM cqrs.events WHERE version = 2 AND "
+			      "stream LIKE 'account-gw%%'"), N);
+	fixture_exec(h, "SELECT pg_advisory_unlock_all()");
+	DAEMON_ASSERT_OK(daemon_gc(daemon_conn_recv(c, 30000)));
+	PQfinish(h);
+	daemon_conn_close(c);
+	daemon_conn_close(c2);
+	daemon_free(d);
+}
+END_TEST
+
+/*
  * PostgreSQL stops while a batch is half written (its insert waits on a
  * row another session has not committed): every command of the batch is
  * answered unavailable, and the same commands sent again, with their ids,
@@ -1181,6 +1229,7 @@ cmdd_faults_suite(void)
 	tcase_add_test(tc, two_daemons_one_database);
 	tcase_add_test(tc, three_daemons_two_accounts);
 	tcase_add_test(tc, group_commit_mixed_outcomes);
+	tcase_add_test(tc, group_commit_appends_wait_for_the_running_one);
 	tcase_add_test(tc, group_commit_postgres_killed_mid_batch);
 	tcase_add_test(tc, stale_cache_rejects_nothing_wrongly);
 	tcase_add_test(tc, stale_cache_and_expected_version);

@@ -378,7 +378,7 @@ START_TEST(example_config_documents_every_key)
 	static const char *const cmd_keys[] = { "socket", "socket_mode", "socket_group", "plugins",
 		"pool_size", "max_connections", "max_request_bytes", "idle_timeout", "shutdown_timeout",
 		"store_timeout", "cache_size",
-		"snapshot_every", "max_retries", "batch_max", "max_pipeline", "client_budget", "memory_budget",
+		"snapshot_every", "max_retries", "batch_max", "append_connections", "max_pipeline", "client_budget", "memory_budget",
 		"write_timeout", "http", "http_allow_remote" };
 	static const char *const tracker_keys[] = { "name", "batch_size", "poll_ms", "lag_warn",
 		"confirm_timeout", "status_interval", "http" };
