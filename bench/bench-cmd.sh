@@ -10,9 +10,11 @@
 #           and metadata cqrs-cmdd writes for a deposit;
 #   append: pgbench, one cqrs.append() of that event per transaction, with a
 #           fresh command id each time, as cqrs-cmdd calls it;
-#   cmdd:   cmdload through cqrs-cmdd (pool_size POOL, default CONNS):
-#           deposits round robin over STREAMS / CONNS accounts per connection,
-#           DEPTH (1) in flight per connection.
+#   cmdd:   cmdload through cqrs-cmdd (its default settings, or pool_size
+#           POOL): deposits round robin over STREAMS / CONNS accounts per
+#           connection, DEPTH (1) in flight per connection;
+#   cmdd-pipe: the same with PIPE (4) requests in flight per connection
+#           (the protocol's pipelining: more commands for one batch).
 # Before each workload the tables are emptied, STREAMS streams get their first
 # event (pgbench) or are opened through the daemon (cmdload, untimed: the
 # daemon is restarted, so its cache starts empty) and a CHECKPOINT is taken,
@@ -36,8 +38,8 @@
 # EVENTS-event (100000) aggregate, without and with a snapshot.
 #
 # Environment: CONNS (16), SECS (10, or SECONDS_PER_RUN), RUNS (3), DEPTH (1),
-# STREAMS (10000), POOL (CONNS), BATCH_MAX (unset: the daemon's default
-# cmd.batch_max), ONE_SECS (5), EVENTS (100000).
+# STREAMS (10000), POOL, BATCH_MAX (unset: the daemon's defaults of
+# cmd.pool_size and cmd.batch_max), PIPE (4), ONE_SECS (5), EVENTS (100000).
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 B="$top/build"
@@ -46,7 +48,8 @@ SECS=${SECONDS_PER_RUN:-${SECS:-10}}
 RUNS=${RUNS:-3}
 DEPTH=${DEPTH:-1}
 STREAMS=${STREAMS:-10000}
-POOL=${POOL:-$CONNS}
+POOL=${POOL:-}
+PIPE=${PIPE:-4}
 BATCH_MAX=${BATCH_MAX:-}
 ONE_SECS=${ONE_SECS:-5}
 EVENTS=${EVENTS:-100000}
@@ -122,7 +125,7 @@ write_conf() {
 		echo "[cmd]"
 		echo "socket = $2"
 		echo "plugins = $B/plugins/bank.so"
-		echo "pool_size = $POOL"
+		[ -n "$POOL" ] && echo "pool_size = $POOL"
 		echo "snapshot_every = $3"
 		[ -n "$BATCH_MAX" ] && echo "batch_max = $BATCH_MAX"
 		echo "[log]"
@@ -323,7 +326,7 @@ keep() { echo "$2" >> "$work/m.$1"; }	# keep NAME VALUE
 med() { median < "$work/m.$1"; }
 
 echo "== $RUNS rounds: $CONNS connections, $STREAMS streams, ${SECS} s each workload," \
-     "cqrs-cmdd pool_size $POOL, depth $DEPTH${BATCH_MAX:+, batch_max $BATCH_MAX}"
+     "cqrs-cmdd ${POOL:+pool_size $POOL, }depth $DEPTH (cmdd-pipe: $PIPE)${BATCH_MAX:+, batch_max $BATCH_MAX}"
 r=1
 while [ "$r" -le "$RUNS" ]; do
 	pgbench_run raw bench_raw "$work/raw.sql"
@@ -337,7 +340,15 @@ while [ "$r" -le "$RUNS" ]; do
 	cmdd_run "r$r" "$CONNS" "$PER_CONN" "$SECS"
 	keep cmdd.rate "$w_rate"; keep cmdd.cpu "$m_pgcpu"; keep cmdd.wal "$m_wal"
 	keep cmdd.dcpu "$w_dcpu"; keep cmdd.p50 "$w_p50"; keep cmdd.p99 "$w_p99"
-	echo "$line | cmdd $w_rate/s ($m_pgcpu µs, $m_wal B; daemon $w_dcpu µs;" \
+	line="$line | cmdd $w_rate/s ($m_pgcpu µs, $m_wal B; daemon $w_dcpu µs; p50 $w_p50 ms, p99 $w_p99 ms)"
+
+	DEPTH_SAVED=$DEPTH
+	DEPTH=$PIPE
+	cmdd_run "r${r}p" "$CONNS" "$PER_CONN" "$SECS"
+	DEPTH=$DEPTH_SAVED
+	keep pipe.rate "$w_rate"; keep pipe.cpu "$m_pgcpu"; keep pipe.wal "$m_wal"
+	keep pipe.dcpu "$w_dcpu"; keep pipe.p50 "$w_p50"; keep pipe.p99 "$w_p99"
+	echo "$line | cmdd-pipe $w_rate/s ($m_pgcpu µs, $m_wal B; daemon $w_dcpu µs;" \
 	     "p50 $w_p50 ms, p99 $w_p99 ms)"
 	r=$((r + 1))
 done
@@ -355,9 +366,14 @@ echo "               events/s  PG CPU µs/event  WAL B/event  daemon µs/command
 printf '   %-10s %9s %16s %12s %18s\n' raw "$raw" "$(med raw.cpu)" "$(med raw.wal)" -
 printf '   %-10s %9s %16s %12s %18s\n' append "$app" "$(med append.cpu)" "$(med append.wal)" -
 printf '   %-10s %9s %16s %12s %18s\n' cmdd "$cmd" "$(med cmdd.cpu)" "$(med cmdd.wal)" "$(med cmdd.dcpu)"
+printf '   %-10s %9s %16s %12s %18s\n' cmdd-pipe "$(med pipe.rate)" "$(med pipe.cpu)" "$(med pipe.wal)" "$(med pipe.dcpu)"
 awk -v c="$cmd" -v r="$raw" -v a="$app" -v p50="$p50" -v p99="$p99" 'BEGIN {
 	printf "   cmdd/raw %.2f (target >= 1.5), cmdd/append %.2f; cmdd p50 %s ms, p99 %s ms (target p99 < 20 ms)\n",
 		c / r, c / a, p50, p99
+}'
+awk -v c="$(med pipe.rate)" -v r="$raw" -v a="$app" -v p50="$(med pipe.p50)" -v p99="$(med pipe.p99)" -v d="$PIPE" 'BEGIN {
+	printf "   cmdd-pipe/raw %.2f (target >= 1.5), cmdd-pipe/append %.2f; depth %d: p50 %s ms, p99 %s ms (target p99 < 20 ms)\n",
+		c / r, c / a, d, p50, p99
 }'
 
 echo "== one connection, depth 1, ${ONE_SECS} s"

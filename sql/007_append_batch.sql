@@ -204,11 +204,13 @@ END $$;
 
 -- The queries inside both append functions are index lookups whatever the
 -- values: planning them afresh at each call (plpgsql's custom plans) cost
--- more PostgreSQL CPU per append than running them.
+-- more PostgreSQL CPU per append than running them. And a plan made while a
+-- table was empty (a new store, or statistics taken then) must not scan it
+-- whole at every call for ever after: no sequential scans in them.
 ALTER FUNCTION cqrs.append_batch(jsonb)
 	SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-	SET plan_cache_mode = force_generic_plan;
+	SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION cqrs.append(text, bigint, uuid, jsonb, text)
-	SET plan_cache_mode = force_generic_plan;
+	SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 REVOKE EXECUTE ON FUNCTION cqrs.append_batch(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION cqrs.append_batch(jsonb) TO cqrs_writer;

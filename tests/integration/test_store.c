@@ -562,6 +562,15 @@ START_TEST(batch_append_outcomes)
 	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM cqrs.commands WHERE stream = "
 					   "'b-2' AND first_version = 1 AND last_version = 2"), 1);
 
+	/* the append functions plan once and never scan a table whole: a plan
+	 * cached while cqrs.commands was empty scanned it at every call, each
+	 * call slower than the last (bench-cmd with command ids: 260 against
+	 * 96 us of PostgreSQL CPU per event) */
+	ck_assert_int_eq(fixture_query_int(pg, "SELECT count(*) FROM pg_proc WHERE "
+		"pronamespace = 'cqrs'::regnamespace AND proname IN ('append', 'append_batch') AND "
+		"'enable_seqscan=off' = ANY (proconfig) AND "
+		"'plan_cache_mode=force_generic_plan' = ANY (proconfig)"), 2);
+
 	/* a batch with one stream twice is refused whole */
 	res = PQexecParams(pg, STORE_APPEND_BATCH_SQL, 1, NULL, (const char *const[]){
 		"[{\"stream\":\"b-9\",\"events\":[]},{\"stream\":\"b-9\",\"events\":[]}]" },
