@@ -115,6 +115,12 @@ size_t cmdd_memory_parts(const struct cmdd_config *c, struct cmdd_memory *m);
  * append at a time than by two, with 64 at a time two were 14 % faster).
  */
 #define CMDD_BATCH_MIN_JOIN 16
+/*
+ * An append that has run this long (ms) holds the next ones back no more:
+ * it waits on a lock, or on a server that does not answer, and the others
+ * go on the free connections. A batch takes a few ms when all is well.
+ */
+#define CMDD_BATCH_STALL_MS 20
 
 #define CMDD_PEER_GROUPS 64
 

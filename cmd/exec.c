@@ -755,6 +755,7 @@ exec_batch_init(struct cmdd *d)
 	d->batcher.max_inflight = d->cfg.append_connections;
 	d->batcher.min_join = d->cfg.batch_max < CMDD_BATCH_MIN_JOIN ? d->cfg.batch_max :
 			      CMDD_BATCH_MIN_JOIN;
+	d->batcher.stall_ms = CMDD_BATCH_STALL_MS;
 	d->batcher.join = batch_join;
 	d->batcher.ctx = d;
 	/* what every command sends: parsed and planned once per connection */
@@ -1151,6 +1152,8 @@ exec_free_all(struct cmdd *d)
 		}
 		cqrs_cmd_ctx_clear(&job->ctx);
 		append_clear(job);
+		pool_release(job->hold);
+		job->hold = NULL;
 		job_free(job);
 	}
 	exec_free_aggs(d);

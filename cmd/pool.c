@@ -41,7 +41,7 @@ struct job {
 	int64_t deadline;	/* cqrs_now_ms(); 0: none */
 	struct pool_batcher *batcher;
 	size_t bytes;
-	bool sent;		/* counted in batcher->inflight */
+	int64_t sent_ms;	/* cqrs_now_ms() when sent */
 };
 
 struct pool_hold {
@@ -79,6 +79,7 @@ struct pool {
 	int up;
 	int64_t timeout_ms;	/* a query's deadline after pool_query(); 0: none */
 	struct event *queue_timer;	/* the oldest queued query's deadline */
+	struct event *stall_timer;	/* a running append stalls: dispatch() again */
 	int64_t queue_timer_at;		/* the deadline it is armed for, 0: none */
 	int64_t queue_warned_at;
 	int queue_expired;	/* since the last warning */
@@ -110,30 +111,38 @@ queue_remove(struct pool *p, struct job *j)
 }
 
 /*
- * Whether a query of b may go now: when none of b's runs, or when fewer
+ * Whether a query of b may go at now: when none of b's runs, or when fewer
  * than b->max_inflight run and enough wait to make a batch worth its own
- * commit (b->min_join).
+ * commit (b->min_join). One that has run b->stall_ms is not counted: an
+ * append stuck on a lock someone holds must not hold up the others. When
+ * the answer is no, *retry gets the time it may change (0: when a query
+ * ends).
  */
 static bool
-batch_may_go(const struct pool_batcher *b)
+batch_may_go(const struct pool *p, const struct pool_batcher *b, int64_t now, int64_t *retry)
 {
-	return b->inflight == 0 || (b->inflight < b->max_inflight && b->waiting >= b->min_join);
-}
+	int running = 0;
+	int64_t first_stall = 0;
 
-/* A query that was sent is done: its batcher may send another. */
-static void
-job_sent_done(struct job *j)
-{
-	if (j->batcher != NULL && j->sent)
-		j->batcher->inflight--;
-	j->sent = false;
+	for (int i = 0; i < p->size; i++) {
+		const struct job *r = p->conns[i].job;
+
+		if (r == NULL || r->batcher != b || r->sent_ms + b->stall_ms <= now)
+			continue;
+		running++;
+		if (first_stall == 0 || r->sent_ms + b->stall_ms < first_stall)
+			first_stall = r->sent_ms + b->stall_ms;
+	}
+	if (running == 0 || (running < b->max_inflight && b->waiting >= b->min_join))
+		return true;
+	*retry = first_stall;
+	return false;
 }
 
 /* A query that will not be sent, or whose connection went away. */
 static void
 job_fail(struct job *j)
 {
-	job_sent_done(j);
 	if (j->hold_cb != NULL)
 		j->hold_cb(j->arg, NULL);
 	else if (j->cb != NULL)
@@ -390,7 +399,11 @@ setup_done(struct pconn *c)
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
-		snprintf(why, sizeof(why), "%.40s: %.200s", what, m != NULL ? m : pg_error(c->pg));
+		if (c->setup_step == 0)
+			snprintf(why, sizeof(why), "%s: %.200s", setup_sql, m != NULL ? m : pg_error(c->pg));
+		else
+			snprintf(why, sizeof(why), "preparing \"%.60s\": %.120s (is the schema "
+				 "migrated? cqrsctl migrate)", what, m != NULL ? m : pg_error(c->pg));
 		PQclear(res);
 		conn_down(c, why);
 		return;
@@ -459,7 +472,6 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 					c->hold->c = NULL;
 					c->hold = NULL;
 				}
-				job_sent_done(j);
 				if (j->cb != NULL)
 					j->cb(j->arg, res, c->pg);
 				PQclear(res);
@@ -469,7 +481,6 @@ conn_io(evutil_socket_t fd, short what, void *arg)
 			}
 			/* a held connection waits for its holder's next query */
 			c->state = c->hold != NULL ? PC_HELD : PC_IDLE;
-			job_sent_done(j);
 			if (j->cb != NULL)
 				j->cb(j->arg, res, c->pg);
 			PQclear(res);
@@ -548,22 +559,31 @@ hold_start(struct pconn *c, struct job *j)
 static void
 dispatch(struct pool *p)
 {
+	int64_t retry = 0;
+
 	for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
 		struct pconn *c = &p->conns[i];
+		struct pool_batcher *blocked;
 		struct job *j;
 		int64_t now;
 
 		if (c->state != PC_IDLE)
 			continue;
 		/* the first query that may go: a batcher at its limit waits */
-		for (j = TAILQ_FIRST(&p->queue); j != NULL; j = TAILQ_NEXT(j, link))
-			if (j->batcher == NULL || batch_may_go(j->batcher) ||
-			    (j->deadline != 0 && j->deadline <= cqrs_now_ms()))
+		now = cqrs_now_ms();
+		blocked = NULL;
+		for (j = TAILQ_FIRST(&p->queue); j != NULL; j = TAILQ_NEXT(j, link)) {
+			if (j->batcher == NULL || (j->deadline != 0 && j->deadline <= now))
 				break;
+			if (j->batcher == blocked)
+				continue;
+			if (batch_may_go(p, j->batcher, now, &retry))
+				break;
+			blocked = j->batcher;
+		}
 		if (j == NULL)
 			break;
 		queue_remove(p, j);
-		now = cqrs_now_ms();
 		if (j->deadline != 0 && j->deadline <= now) {
 			/* its time ran out in the queue (the timer is due): not sent */
 			p->queue_expired++;
@@ -575,11 +595,9 @@ dispatch(struct pool *p)
 			hold_start(c, j);
 			continue;
 		}
-		if (j->batcher != NULL) {
+		if (j->batcher != NULL)
 			j = batch_take(p, j, now);
-			j->batcher->inflight++;
-			j->sent = true;
-		}
+		j->sent_ms = now;
 		c->job = j;
 		c->state = PC_BUSY;
 		if (!send_query(c, j->sql, j->nparams, j->values)) {
@@ -590,7 +608,18 @@ dispatch(struct pool *p)
 			add_ms(c->deadline, j->deadline - cqrs_now_ms());
 		arm_query(c);
 	}
+	/* appends held back for one that runs: look again when it stalls */
+	if (retry != 0 && !TAILQ_EMPTY(&p->queue))
+		add_ms(p->stall_timer, retry - cqrs_now_ms());
 	queue_arm(p);
+}
+
+static void
+stall_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	dispatch(arg);
 }
 
 static void
@@ -691,7 +720,9 @@ pool_new(struct event_base *base, const char *conninfo, int size, const char *na
 	p->conns = calloc((size_t)size, sizeof(*p->conns));
 	TAILQ_INIT(&p->queue);
 	p->queue_timer = evtimer_new(base, queue_expire, p);
-	if (p->conninfo == NULL || p->name == NULL || p->conns == NULL || p->queue_timer == NULL) {
+	p->stall_timer = evtimer_new(base, stall_cb, p);
+	if (p->conninfo == NULL || p->name == NULL || p->conns == NULL || p->queue_timer == NULL ||
+	    p->stall_timer == NULL) {
 		pool_free(p);
 		return NULL;
 	}
@@ -743,6 +774,8 @@ pool_free(struct pool *p)
 	}
 	if (p->queue_timer != NULL)
 		event_free(p->queue_timer);
+	if (p->stall_timer != NULL)
+		event_free(p->stall_timer);
 	free(p->conns);
 	free(p->conninfo);
 	free(p->name);
@@ -766,6 +799,24 @@ pool_query(struct pool *p, const char *sql, int nparams, const char *const *valu
 	return pool_query_batched(p, NULL, 0, sql, nparams, values, cb, arg);
 }
 
+/* A query (or a hold, sql NULL) with its deadline from now. */
+static struct job *
+job_new(const struct pool *p, const char *sql, int nparams, const char *const *values,
+	pool_cb cb, void *arg)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (j == NULL)
+		return NULL;
+	j->sql = sql;
+	j->nparams = nparams;
+	j->values = values;
+	j->cb = cb;
+	j->arg = arg;
+	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
+	return j;
+}
+
 int
 pool_query_batched(struct pool *p, struct pool_batcher *b, size_t bytes, const char *sql,
 		   int nparams, const char *const *values, pool_cb cb, void *arg)
@@ -774,17 +825,10 @@ pool_query_batched(struct pool *p, struct pool_batcher *b, size_t bytes, const c
 
 	if (!pool_coming(p))
 		return CQRS_EUNAVAILABLE;
-	j = calloc(1, sizeof(*j));
-	if (j == NULL)
+	if ((j = job_new(p, sql, nparams, values, cb, arg)) == NULL)
 		return CQRS_ENOMEM;
-	j->sql = sql;
-	j->nparams = nparams;
-	j->values = values;
-	j->cb = cb;
-	j->arg = arg;
 	j->batcher = b;
 	j->bytes = bytes;
-	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
 	queue_add(p, j);
 	dispatch(p);
 	return 0;
@@ -797,12 +841,9 @@ pool_hold(struct pool *p, pool_hold_cb cb, void *arg)
 
 	if (!pool_coming(p))
 		return CQRS_EUNAVAILABLE;
-	j = calloc(1, sizeof(*j));
-	if (j == NULL)
+	if ((j = job_new(p, NULL, 0, NULL, NULL, arg)) == NULL)
 		return CQRS_ENOMEM;
 	j->hold_cb = cb;
-	j->arg = arg;
-	j->deadline = p->timeout_ms > 0 ? cqrs_now_ms() + p->timeout_ms : 0;
 	queue_add(p, j);
 	dispatch(p);
 	return 0;
@@ -817,15 +858,8 @@ pool_hold_query(struct pool_hold *h, const char *sql, int nparams, const char *c
 
 	if (c == NULL)
 		return CQRS_EUNAVAILABLE;
-	j = calloc(1, sizeof(*j));
-	if (j == NULL)
+	if ((j = job_new(c->pool, sql, nparams, values, cb, arg)) == NULL)
 		return CQRS_ENOMEM;
-	j->sql = sql;
-	j->nparams = nparams;
-	j->values = values;
-	j->cb = cb;
-	j->arg = arg;
-	j->deadline = c->pool->timeout_ms > 0 ? cqrs_now_ms() + c->pool->timeout_ms : 0;
 	c->job = j;
 	c->state = PC_BUSY;
 	if (!send_query(c, sql, nparams, values)) {

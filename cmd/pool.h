@@ -71,8 +71,9 @@ struct pool_batcher {
 	int max_inflight;
 	/* a second query (and more) goes only when this many wait */
 	int min_join;
-	int inflight;			/* the pool's counts */
-	int waiting;
+	/* one that runs longer is not counted (it waits on a lock, say) */
+	int64_t stall_ms;
+	int waiting;			/* the pool's count */
 	/*
 	 * Joins n >= 2 queued queries (their args, in queue order) into one:
 	 * fills *sql, *nparams, *values (borrowed until *cb runs), *cb and *arg,

@@ -150,6 +150,13 @@ START_TEST(each_daemon_on_its_role_and_none_can_rewrite_history)
 		ck_assert_str_eq(sqlstate_as(conninfo, roles[i].login,
 					     "SELECT * FROM cqrs.append('account-x', -1, NULL, "
 					     "'[]'::jsonb)"), "42501");
+	/* the batch append likewise: the writer's only */
+	for (size_t i = 1; i < N_ROLES; i++)
+		ck_assert_str_eq(sqlstate_as(conninfo, roles[i].login,
+					     "SELECT * FROM cqrs.append_batch('[{\"stream\":\"account-x\","
+					     "\"events\":[]}]')"), "42501");
+	ck_assert_str_eq(sqlstate_as(conninfo, roles[0].login, "SELECT * FROM cqrs.append_batch('[]')"),
+			 "");
 	ck_assert_int_eq(cons_query_int(conninfo, "SELECT count(*) FROM cqrs.events"), 6);
 
 	ck_assert_int_eq(cons_stop(c), 0);
