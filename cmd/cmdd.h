@@ -228,6 +228,7 @@ struct cmdd {
 	struct registry *reg;		/* borrowed */
 	struct pool *pool;
 	struct pool_batcher batcher;	/* joins the appends queued on pool */
+	LIST_HEAD(, batch) batches;	/* joined appends running (exec.c) */
 	struct pool *notify;		/* one connection for the tracker's wake-up */
 	bool notify_inflight, notify_again;
 	struct event *notify_timer;

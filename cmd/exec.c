@@ -679,6 +679,7 @@ append_done(void *arg, PGresult *res, PGconn *pg)
 /* Appends sent as one (cqrs.append_batch), each with its own outcome. */
 struct batch {
 	struct cmdd *d;
+	LIST_ENTRY(batch) link;		/* in d->batches while it runs */
 	int n;
 	char *json;			/* the one parameter */
 	const char *values[1];
@@ -693,6 +694,7 @@ batch_done(void *arg, PGresult *res, PGconn *pg)
 	struct cqrs_err err = { 0 };
 	int rc;
 
+	LIST_REMOVE(b, link);
 	free(b->json);
 	b->json = NULL;
 	if (out == NULL)
@@ -739,6 +741,7 @@ batch_join(void *ctx, void *const *args, int n, const char **sql, int *nparams,
 		return -1;
 	}
 	b->values[0] = b->json;
+	LIST_INSERT_HEAD(&b->d->batches, b, link);
 	*sql = batch_sql;
 	*nparams = 1;
 	*values = b->values;
@@ -758,6 +761,7 @@ exec_batch_init(struct cmdd *d)
 	d->batcher.stall_ms = CMDD_BATCH_STALL_MS;
 	d->batcher.join = batch_join;
 	d->batcher.ctx = d;
+	LIST_INIT(&d->batches);
 	/* what every command sends: parsed and planned once per connection */
 	pool_prepare(d->pool, append_sql);
 	pool_prepare(d->pool, batch_sql);
@@ -1155,6 +1159,13 @@ exec_free_all(struct cmdd *d)
 		pool_release(job->hold);
 		job->hold = NULL;
 		job_free(job);
+	}
+	/* batches still running when the pool went (a stop past its deadline) */
+	while (!LIST_EMPTY(&d->batches)) {
+		struct batch *b = LIST_FIRST(&d->batches);
+		LIST_REMOVE(b, link);
+		free(b->json);
+		free(b);
 	}
 	exec_free_aggs(d);
 }
